@@ -1,0 +1,23 @@
+//! Process events the kernel sends to the daemon through the `EVENTS` ring buffer. They are
+//! rare (per process start, executable mapping and exit), never per frame.
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A process called exec: its executable may be a static ffmpeg build.
+    Exec = 1,
+    /// A process mapped a file executable: a library may have been loaded.
+    ExecMmap = 2,
+    /// A thread group ended: its streams end.
+    Exit = 3,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub ktime_ns: u64,
+}
+
+crate::user_pod!(ProcessEvent);

@@ -1,0 +1,23 @@
+//! observer's kernel programs: uprobes on FFmpeg's libraries and tracepoints on process
+//! life. They aggregate in maps; user space reads the maps, and only rare process events go
+//! through the ring buffer.
+#![no_std]
+#![no_main]
+// Atomic adds on map values: see probes::codec::add.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod maps;
+mod probes;
+mod read;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach this; it exists to satisfy no_std.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,84 @@
+//! The maps shared with the daemon. Names are the contract with `observer/src/kernel.rs`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use observer_common::{
+    layout::{LibLayout, MAX_LIBS},
+    stream::{
+        EndedKey, InflightKey, MAX_CALLS_IN_PROGRESS, MAX_ENDED_STREAMS, MAX_INFLIGHT,
+        MAX_STREAMS, Stream, StreamKey, counter,
+    },
+};
+
+/// Allocate entries as they are inserted: a `Stream` is over a kilobyte and most nodes run far
+/// fewer streams than the map can hold.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+#[map]
+pub static STREAMS: HashMap<StreamKey, Stream> =
+    HashMap::with_max_entries(MAX_STREAMS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static ENDED_STREAMS: HashMap<EndedKey, Stream> =
+    HashMap::with_max_entries(MAX_ENDED_STREAMS, BPF_F_NO_PREALLOC);
+
+/// One all-zero `Stream`, never written: new streams are inserted from it, since a `Stream`
+/// does not fit on the 512-byte BPF stack.
+#[map]
+pub static ZERO_STREAM: Array<Stream> = Array::with_max_entries(1, 0);
+
+/// Arguments of calls in progress, from entry probe to return probe, per thread and call.
+/// LRU, so a call that never returns (a thread killed inside it) cannot leak an entry.
+#[map]
+pub static CALLS: LruHashMap<CallKey, CallState> =
+    LruHashMap::with_max_entries(MAX_CALLS_IN_PROGRESS, 0);
+
+/// Inputs waiting for their output (latency pairing). LRU: an input whose output never comes
+/// (dropped by the codec) ages out instead of filling the map.
+#[map]
+pub static INFLIGHT: LruHashMap<InflightKey, u64> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+#[map]
+pub static LIBS: Array<LibLayout> = Array::with_max_entries(MAX_LIBS, 0);
+
+/// Reads through a library slot that failed their sanity check; the daemon stops trusting a
+/// library whose count rises.
+#[map]
+pub static LIB_READ_FAILURES: Array<u64> = Array::with_max_entries(MAX_LIBS, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// What an entry probe leaves for the return probe of the same call on the same thread.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CallKey {
+    pub pid_tgid: u64,
+    pub call: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CallState {
+    pub start_ns: u64,
+    pub args: [u64; 4],
+    /// A timestamp read at entry, for calls that consume their input (a buffer source takes
+    /// the frame's references, so its pts is gone by the return).
+    pub pts: i64,
+    pub slot: u32,
+    pub _pad: u32,
+}
+
+#[inline(always)]
+pub fn bump(counter: u32) {
+    if let Some(v) = COUNTERS.get_ptr_mut(counter) {
+        // SAFETY: a per-CPU slot; nothing else on this CPU runs while a BPF program does.
+        unsafe { *v += 1 };
+    }
+}

@@ -1,0 +1,558 @@
+//! Probes on libavcodec, libavformat and libavfilter.
+//!
+//! Every data call (`avcodec_send_packet`, `avcodec_receive_frame[_flags]`,
+//! `avcodec_send_frame`, `avcodec_receive_packet`, the subtitle calls, the libavcodec 58
+//! legacy encode calls, `av_buffersrc_add_frame_flags`, `av_buffersink_get_frame_flags`) is
+//! served by the same pair of programs, [`call_enter`] and [`call_return`]; the cookie says
+//! which call and which library layout. The entry keeps the arguments and the time; the return
+//! counts, times and pairs, all into the stream's map entry.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_user_str_bytes,
+    },
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use observer_common::{
+    layout::{LibLayout, cookie_call, cookie_slot},
+    stream::{
+        AVERROR_EAGAIN, AVERROR_EOF, Call, Direction, ERROR_OTHER, ERROR_SLOTS, EndedKey,
+        FLAG_INSANE, FLAG_PROBE_DECODER, FLAG_SEEN_OPEN, Histogram, InflightKey, NOPTS, Stream,
+        StreamKey, counter,
+        hook::{CLOSE, FIND_STREAM_INFO, OPEN},
+    },
+};
+
+use crate::{
+    maps::{
+        CALLS, CallKey, CallState, ENDED_STREAMS, INFLIGHT, LIB_READ_FAILURES, LIBS, STREAMS,
+        ZERO_STREAM, bump,
+    },
+    read::field,
+};
+
+const AV_PKT_FLAG_KEY: i32 = 1;
+const AV_FRAME_FLAG_KEY: i32 = 1 << 1;
+const BPF_NOEXIST: u64 = 1;
+
+#[inline(always)]
+fn cookie(ctx: &impl EbpfContext) -> u64 {
+    // SAFETY: the helper only reads the cookie of the link that ran this program.
+    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
+}
+
+#[inline(always)]
+fn layout(slot: u32) -> Option<&'static LibLayout> {
+    let l = LIBS.get(slot)?;
+    if l.valid == 0 { None } else { Some(l) }
+}
+
+#[inline(always)]
+fn add(counter: &mut u64, v: u64) {
+    // Streams are counted from whichever thread calls (the ffmpeg 7+ CLI runs one thread per
+    // stage), so counters are bumped atomically.
+    // BPF targets have no `AtomicU64::fetch_add`; the intrinsic lowers to BPF's atomic add.
+    // SAFETY: the reference points into a map value that lives as long as this program run.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter as *mut u64, v) };
+}
+
+#[inline(always)]
+fn observe(h: &mut Histogram, ns: u64) {
+    let b = Histogram::bucket(ns);
+    if let Some(slot) = h.buckets.get_mut(b) {
+        add(slot, 1);
+    }
+    add(&mut h.sum_ns, ns);
+}
+
+// --- avformat_find_stream_info: the scope of probe decoders -------------------------------
+
+/// `int avformat_find_stream_info(AVFormatContext *ic, AVDictionary **options)`: decoders
+/// opened on this thread until it returns are throwaway probes, not the pipeline's streams.
+#[uprobe]
+pub fn find_stream_info_enter(_ctx: ProbeContext) -> u32 {
+    let key = CallKey { pid_tgid: bpf_get_current_pid_tgid(), call: FIND_STREAM_INFO, _pad: 0 };
+    let state = CallState { start_ns: 0, args: [0; 4], pts: 0, slot: 0, _pad: 0 };
+    if CALLS.insert(&key, &state, 0).is_err() {
+        bump(counter::CALLS_FULL);
+    }
+    0
+}
+
+#[uretprobe]
+pub fn find_stream_info_return(_ctx: RetProbeContext) -> u32 {
+    let key = CallKey { pid_tgid: bpf_get_current_pid_tgid(), call: FIND_STREAM_INFO, _pad: 0 };
+    let _ = CALLS.remove(&key);
+    0
+}
+
+#[inline(always)]
+fn in_probe_scope(pid_tgid: u64) -> bool {
+    let key = CallKey { pid_tgid, call: FIND_STREAM_INFO, _pad: 0 };
+    CALLS.get_ptr(&key).is_some()
+}
+
+// --- stream life -----------------------------------------------------------------------
+
+/// Moves a live stream to `ENDED_STREAMS` so the daemon can read its final counts.
+#[inline(always)]
+fn end_stream(tgid: u32, ctx: u64) {
+    let key = StreamKey { tgid, _pad: 0, ctx };
+    let Some(s) = STREAMS.get_ptr(&key) else { return };
+    // SAFETY: a map value pointer, valid for this program run.
+    let s = unsafe { &*s };
+    if s.flags & (FLAG_PROBE_DECODER | FLAG_INSANE) == 0 && s.direction != 0 {
+        let ended = EndedKey { tgid, _pad: 0, ctx, opened_ns: s.opened_ns };
+        if ENDED_STREAMS.insert(&ended, s, 0).is_err() {
+            bump(counter::ENDED_FULL);
+        }
+    }
+    let _ = STREAMS.remove(&key);
+}
+
+/// Reads what the context says about the stream into a fresh entry. Returns false (and
+/// counts a failure against the library) if the context does not look like one.
+#[inline(always)]
+fn describe_codec(s: &mut Stream, l: &LibLayout, ctx: u64) -> bool {
+    let Some(media) = field::<i32>(ctx, l.ctx_codec_type) else { return false };
+    if !(-1..=4).contains(&media) {
+        return false;
+    }
+    s.media = media;
+    let Some(codec) = field::<u64>(ctx, l.ctx_codec) else { return false };
+    if codec != 0 {
+        let Some(name) = field::<u64>(codec, l.codec_name) else { return false };
+        // SAFETY: reads at most the buffer's length through the fault-tolerant path.
+        match unsafe { bpf_probe_read_user_str_bytes(name as *const u8, &mut s.codec_name) } {
+            Ok(bytes) if !bytes.is_empty() => {
+                let c = bytes[0];
+                if !(c.is_ascii_alphanumeric() || c == b'_') {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+    s.codec_id = field::<u32>(ctx, l.ctx_codec_id).unwrap_or(0);
+    s.bit_rate = field::<i64>(ctx, l.ctx_bit_rate).unwrap_or(0);
+    let w = field::<i32>(ctx, l.ctx_width).unwrap_or(0);
+    let h = field::<i32>(ctx, l.ctx_height).unwrap_or(0);
+    if !(0..=65536).contains(&w) || !(0..=65536).contains(&h) {
+        return false;
+    }
+    s.width = w as u32;
+    s.height = h as u32;
+    if media == 1 {
+        s.format = field::<i32>(ctx, l.ctx_sample_fmt).unwrap_or(-1);
+        s.sample_rate = field::<i32>(ctx, l.ctx_sample_rate).unwrap_or(0) as u32;
+        s.channels = field::<i32>(ctx, l.ctx_channels).unwrap_or(0) as u32;
+    } else {
+        s.format = field::<i32>(ctx, l.ctx_pix_fmt).unwrap_or(-1);
+    }
+    true
+}
+
+/// Inserts a new stream for `(tgid, ctx)` and returns it.
+#[inline(always)]
+fn new_stream(
+    tgid: u32,
+    ctx: u64,
+    slot: u32,
+    l: &LibLayout,
+    codec: bool,
+    probe: bool,
+) -> Option<&'static mut Stream> {
+    let key = StreamKey { tgid, _pad: 0, ctx };
+    let zero = ZERO_STREAM.get(0)?;
+    if STREAMS.insert(&key, zero, BPF_NOEXIST).is_err() {
+        // Either full, or another thread inserted it first: use theirs if so.
+        let s = STREAMS.get_ptr_mut(&key);
+        if s.is_none() {
+            bump(counter::STREAMS_FULL);
+        }
+        // SAFETY: map value pointer.
+        return s.map(|p| unsafe { &mut *p });
+    }
+    // SAFETY: map value pointer.
+    let s = unsafe { &mut *STREAMS.get_ptr_mut(&key)? };
+    s.opened_ns = unsafe { bpf_ktime_get_ns() };
+    s.tgid = tgid;
+    s.ctx = ctx;
+    s.slot = slot;
+    if let Ok(comm) = bpf_get_current_comm() {
+        s.comm = comm;
+    }
+    if probe {
+        s.flags |= FLAG_PROBE_DECODER;
+    }
+    if codec && !describe_codec(s, l, ctx) {
+        s.flags |= FLAG_INSANE;
+        if let Some(f) = LIB_READ_FAILURES.get_ptr_mut(slot) {
+            // SAFETY: map value pointer.
+            add(unsafe { &mut *f }, 1);
+        }
+        bump(counter::READ_FAILED);
+    }
+    Some(s)
+}
+
+/// `int avcodec_open2(AVCodecContext *avctx, const AVCodec *codec, AVDictionary **options)`
+#[uprobe]
+pub fn open_enter(ctx: ProbeContext) -> u32 {
+    let Some(avctx) = ctx.arg::<u64>(0) else { return 0 };
+    let key = CallKey { pid_tgid: bpf_get_current_pid_tgid(), call: OPEN, _pad: 0 };
+    let state =
+        CallState { start_ns: 0, args: [avctx, 0, 0, 0], pts: 0, slot: cookie_slot(cookie(&ctx)), _pad: 0 };
+    if CALLS.insert(&key, &state, 0).is_err() {
+        bump(counter::CALLS_FULL);
+    }
+    0
+}
+
+#[uretprobe]
+pub fn open_return(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = CallKey { pid_tgid, call: OPEN, _pad: 0 };
+    let Some(state) = CALLS.get_ptr(&key) else { return 0 };
+    // SAFETY: map value pointer; copied out before the entry is removed.
+    let state = unsafe { *state };
+    let _ = CALLS.remove(&key);
+    let ret: i32 = ctx.ret();
+    if ret < 0 {
+        return 0;
+    }
+    let Some(l) = layout(state.slot) else { return 0 };
+    let tgid = (pid_tgid >> 32) as u32;
+    let avctx = state.args[0];
+    // Reopening a context (allowed after avcodec_close up to libavcodec 61) starts a new
+    // stream; so does a context address reused after a free we did not see.
+    end_stream(tgid, avctx);
+    if let Some(s) = new_stream(tgid, avctx, state.slot, l, true, in_probe_scope(pid_tgid)) {
+        s.flags |= FLAG_SEEN_OPEN;
+    }
+    0
+}
+
+/// `void avcodec_free_context(AVCodecContext **avctx)`, `int avcodec_close(AVCodecContext*)`,
+/// `void avfilter_graph_free(AVFilterGraph **graph)`: the stream ends.
+#[uprobe]
+pub fn stream_end(ctx: ProbeContext) -> u32 {
+    let Some(arg) = ctx.arg::<u64>(0) else { return 0 };
+    let target = match cookie_call(cookie(&ctx)) {
+        CLOSE => arg,
+        _ => match field::<u64>(arg, 0) {
+            Some(p) => p,
+            None => return 0,
+        },
+    };
+    if target != 0 {
+        end_stream((bpf_get_current_pid_tgid() >> 32) as u32, target);
+    }
+    0
+}
+
+// --- data calls ------------------------------------------------------------------------
+
+#[uprobe]
+pub fn call_enter(ctx: ProbeContext) -> u32 {
+    let c = cookie(&ctx);
+    let call = cookie_call(c);
+    let slot = cookie_slot(c);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if call == Call::EncodeLegacy as u32 {
+        // libavcodec 58's avcodec_send_frame encodes through avcodec_encode_video2/audio2:
+        // count the outer call only.
+        let outer = CallKey { pid_tgid, call: Call::SendFrame as u32, _pad: 0 };
+        if CALLS.get_ptr(&outer).is_some() {
+            return 0;
+        }
+    }
+    let mut state = CallState {
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        args: [
+            ctx.arg::<u64>(0).unwrap_or(0),
+            ctx.arg::<u64>(1).unwrap_or(0),
+            ctx.arg::<u64>(2).unwrap_or(0),
+            ctx.arg::<u64>(3).unwrap_or(0),
+        ],
+        pts: NOPTS,
+        slot,
+        _pad: 0,
+    };
+    if call == Call::BuffersrcAddFrame as u32 {
+        if let Some(l) = layout(slot) {
+            state.pts = field::<i64>(state.args[1], l.frame_pts).unwrap_or(NOPTS);
+        }
+    }
+    let key = CallKey { pid_tgid, call, _pad: 0 };
+    if CALLS.insert(&key, &state, 0).is_err() {
+        bump(counter::CALLS_FULL);
+    }
+    0
+}
+
+#[uretprobe]
+pub fn call_return(ctx: RetProbeContext) -> u32 {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let c = cookie(&ctx);
+    let call_id = cookie_call(c);
+    let Some(call) = Call::from_u32(call_id) else { return 0 };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = CallKey { pid_tgid, call: call_id, _pad: 0 };
+    let Some(state) = CALLS.get_ptr(&key) else { return 0 };
+    // SAFETY: map value pointer; copied out before the entry is removed.
+    let state = unsafe { *state };
+    let _ = CALLS.remove(&key);
+    let Some(l) = layout(state.slot) else { return 0 };
+    let ret: i64 = ctx.ret();
+    let ret = ret as i32;
+    let tgid = (pid_tgid >> 32) as u32;
+
+    let filter = call.direction() as u32 == Direction::Filter as u32;
+    let stream_ctx = if filter {
+        match field::<u64>(state.args[0], l.filter_graph) {
+            Some(g) if g != 0 => g,
+            _ => return 0,
+        }
+    } else {
+        state.args[0]
+    };
+    if stream_ctx == 0 {
+        return 0;
+    }
+    let skey = StreamKey { tgid, _pad: 0, ctx: stream_ctx };
+    let s = match STREAMS.get_ptr_mut(&skey) {
+        // SAFETY: map value pointer.
+        Some(p) => unsafe { &mut *p },
+        None => {
+            // A context opened before we attached, or a filter graph's first frame.
+            match new_stream(tgid, stream_ctx, state.slot, l, !filter, in_probe_scope(pid_tgid)) {
+                Some(s) => s,
+                None => return 0,
+            }
+        }
+    };
+    if s.flags & (FLAG_PROBE_DECODER | FLAG_INSANE) != 0 {
+        return 0;
+    }
+    if s.direction == 0 {
+        s.direction = call.direction() as u32;
+    }
+    let side = call.side();
+    if let Some(h) = s.calls.get_mut(side) {
+        observe(h, now.saturating_sub(state.start_ns));
+    }
+    if let Some(sc) = s.side_call.get_mut(side) {
+        *sc = call_id;
+    }
+
+    if ret < 0 {
+        if ret != AVERROR_EAGAIN && ret != AVERROR_EOF {
+            count_error(s, call_id, ret);
+        }
+        return 0;
+    }
+
+    match call {
+        Call::SendPacket => {
+            if ret == 0 {
+                submitted_packet(s, l, tgid, stream_ctx, state.args[1], state.start_ns);
+            }
+        }
+        Call::ReceiveFrame => {
+            if ret == 0 {
+                received_frame(s, l, tgid, stream_ctx, state.args[1], now);
+            }
+        }
+        Call::SendFrame => {
+            let frame = state.args[1];
+            if ret == 0 && frame != 0 {
+                submitted_frame(s, l, tgid, stream_ctx, frame, state.start_ns, None);
+            }
+        }
+        Call::ReceivePacket => {
+            if ret == 0 {
+                received_packet(s, l, tgid, stream_ctx, state.args[1], now);
+            }
+        }
+        Call::DecodeSubtitle => {
+            // (ctx, AVSubtitle *sub, int *got_sub_ptr, const AVPacket *avpkt)
+            let pkt = state.args[3];
+            let size = field::<i32>(pkt, l.pkt_size).unwrap_or(0);
+            if size > 0 {
+                add(&mut s.in_count, 1);
+                add(&mut s.in_bytes, size as u64);
+                s.last_ns = now;
+            }
+            if field::<i32>(state.args[2], 0).unwrap_or(0) != 0 {
+                add(&mut s.out_count, 1);
+                s.last_ns = now;
+            }
+        }
+        Call::EncodeSubtitle => {
+            // (ctx, uint8_t *buf, int buf_size, const AVSubtitle *sub) -> bytes written
+            add(&mut s.in_count, 1);
+            if ret > 0 {
+                add(&mut s.out_count, 1);
+                add(&mut s.out_bytes, ret as u64);
+            }
+            s.last_ns = now;
+        }
+        Call::EncodeLegacy => {
+            // (ctx, AVPacket *avpkt, const AVFrame *frame, int *got_packet_ptr)
+            let frame = state.args[2];
+            if frame != 0 {
+                submitted_frame(s, l, tgid, stream_ctx, frame, state.start_ns, None);
+            }
+            if field::<i32>(state.args[3], 0).unwrap_or(0) != 0 {
+                received_packet(s, l, tgid, stream_ctx, state.args[1], now);
+            }
+        }
+        Call::BuffersrcAddFrame => {
+            if state.args[1] != 0 {
+                // The source took the frame's contents: use the pts read at entry.
+                submitted_frame(s, l, tgid, stream_ctx, 0, state.start_ns, Some(state.pts));
+            }
+        }
+        Call::BuffersinkGetFrame => {
+            received_frame(s, l, tgid, stream_ctx, state.args[1], now);
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn count_error(s: &mut Stream, call: u32, code: i32) {
+    let mut i = 0;
+    while i < ERROR_SLOTS {
+        let last = i == ERROR_SLOTS - 1;
+        if let Some(e) = s.errors.get_mut(i) {
+            if e.code == 0 {
+                e.call = call;
+                e.code = if last { ERROR_OTHER } else { code };
+            }
+            if (e.call == call && e.code == code) || last {
+                add(&mut e.count, 1);
+                return;
+            }
+        }
+        i += 1;
+    }
+}
+
+#[inline(always)]
+fn inflight(tgid: u32, ctx: u64, pts: i64, at: u64) {
+    if pts == NOPTS {
+        return;
+    }
+    let key = InflightKey { tgid, _pad: 0, ctx, pts };
+    let _ = INFLIGHT.insert(&key, &at, 0);
+}
+
+#[inline(always)]
+fn pair(s: &mut Stream, tgid: u32, ctx: u64, pts: i64, now: u64) {
+    let key = InflightKey { tgid, _pad: 0, ctx, pts };
+    if pts != NOPTS {
+        if let Some(t) = INFLIGHT.get_ptr(&key) {
+            // SAFETY: map value pointer.
+            let t = unsafe { *t };
+            let _ = INFLIGHT.remove(&key);
+            observe(&mut s.latency, now.saturating_sub(t));
+            return;
+        }
+    }
+    add(&mut s.latency_unmatched, 1);
+}
+
+#[inline(always)]
+fn submitted_packet(s: &mut Stream, l: &LibLayout, tgid: u32, ctx: u64, pkt: u64, at: u64) {
+    // A NULL or empty packet is the flush that starts draining, not a packet.
+    let size = field::<i32>(pkt, l.pkt_size).unwrap_or(0);
+    if size <= 0 {
+        return;
+    }
+    add(&mut s.in_count, 1);
+    add(&mut s.in_bytes, size as u64);
+    s.last_ns = at;
+    inflight(tgid, ctx, field::<i64>(pkt, l.pkt_pts).unwrap_or(NOPTS), at);
+}
+
+#[inline(always)]
+fn frame_shape(s: &mut Stream, l: &LibLayout, frame: u64) {
+    let w = field::<i32>(frame, l.frame_width).unwrap_or(0);
+    if w > 0 && w <= 65536 {
+        let h = field::<i32>(frame, l.frame_height).unwrap_or(0);
+        if h > 0 && h <= 65536 {
+            s.width = w as u32;
+            s.height = h as u32;
+            if let Some(f) = field::<i32>(frame, l.frame_format) {
+                s.format = f;
+            }
+            if s.direction == Direction::Filter as u32 {
+                s.media = 0;
+            }
+        }
+    } else if s.direction == Direction::Filter as u32
+        && field::<i32>(frame, l.frame_nb_samples).unwrap_or(0) > 0
+    {
+        s.media = 1;
+    }
+}
+
+#[inline(always)]
+fn submitted_frame(
+    s: &mut Stream,
+    l: &LibLayout,
+    tgid: u32,
+    ctx: u64,
+    frame: u64,
+    at: u64,
+    pts: Option<i64>,
+) {
+    add(&mut s.in_count, 1);
+    s.last_ns = at;
+    let pts = match pts {
+        Some(p) => p,
+        None => {
+            frame_shape(s, l, frame);
+            field::<i64>(frame, l.frame_pts).unwrap_or(NOPTS)
+        }
+    };
+    inflight(tgid, ctx, pts, at);
+}
+
+#[inline(always)]
+fn received_frame(s: &mut Stream, l: &LibLayout, tgid: u32, ctx: u64, frame: u64, now: u64) {
+    add(&mut s.out_count, 1);
+    s.last_ns = now;
+    frame_shape(s, l, frame);
+    let key = match field::<i32>(frame, l.frame_key_frame) {
+        Some(k) => k != 0,
+        None => field::<i32>(frame, l.frame_flags).unwrap_or(0) & AV_FRAME_FLAG_KEY != 0,
+    };
+    if key && s.direction == Direction::Decode as u32 {
+        add(&mut s.keyframes, 1);
+    }
+    let pts = field::<i64>(frame, l.frame_pts).unwrap_or(NOPTS);
+    pair(s, tgid, ctx, pts, now);
+}
+
+#[inline(always)]
+fn received_packet(s: &mut Stream, l: &LibLayout, tgid: u32, ctx: u64, pkt: u64, now: u64) {
+    let size = field::<i32>(pkt, l.pkt_size).unwrap_or(0);
+    add(&mut s.out_count, 1);
+    if size > 0 {
+        add(&mut s.out_bytes, size as u64);
+    }
+    s.last_ns = now;
+    if field::<i32>(pkt, l.pkt_flags).unwrap_or(0) & AV_PKT_FLAG_KEY != 0 {
+        add(&mut s.keyframes, 1);
+    }
+    let pts = field::<i64>(pkt, l.pkt_pts).unwrap_or(NOPTS);
+    pair(s, tgid, ctx, pts, now);
+}

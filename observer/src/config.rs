@@ -1,0 +1,183 @@
+//! Options: each has a flag, an environment variable (`OBSERVER_*`) and a config-file key
+//! (`--config FILE`, TOML, keys as the flags without dashes: `listen`, `ended_stream_grace`).
+//! Precedence: flag, then environment, then file, then default.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, ValueEnum, parser::ValueSource};
+use serde::Deserialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "observer", version, about = "Zero-instrumentation observability for video pipelines")]
+pub struct Options {
+    /// Address to serve /metrics, /healthz, /readyz and /streams on.
+    #[arg(long, env = "OBSERVER_LISTEN", default_value = "127.0.0.1:9464")]
+    pub listen: SocketAddr,
+
+    /// TOML file with any of these options; flags and environment win over it.
+    #[arg(long, env = "OBSERVER_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Log format: human-readable text, or JSON lines for log collectors.
+    #[arg(long, env = "OBSERVER_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter, in tracing's EnvFilter syntax (`info`, `observer=debug`).
+    #[arg(long, env = "OBSERVER_LOG", default_value = "info")]
+    pub log_level: String,
+
+    /// How long an ended stream stays exported, so a scrape after a short job still sees its
+    /// final counts (e.g. `5m`, `30s`).
+    #[arg(long, env = "OBSERVER_ENDED_STREAM_GRACE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub ended_stream_grace: Duration,
+
+    /// Most streams exported at once; live streams are exported first, then the most recently
+    /// ended.
+    #[arg(long, env = "OBSERVER_MAX_STREAMS", default_value_t = 5000)]
+    pub max_streams: usize,
+
+    /// Drop the per-stream labels (`stream`, `pid`) and sum streams that share process,
+    /// direction, media and codec: for nodes that run thousands of short jobs.
+    #[arg(long, env = "OBSERVER_AGGREGATE", default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub aggregate: bool,
+
+    /// How often the kernel's counters are read.
+    #[arg(long, env = "OBSERVER_COLLECT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub collect_interval: Duration,
+
+    /// How often every process is rescanned for FFmpeg copies, as a safety net behind the
+    /// exec and library-load events.
+    #[arg(long, env = "OBSERVER_RESCAN_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub rescan_interval: Duration,
+
+    /// How long a file stays attached after the last process using it exits.
+    #[arg(long, env = "OBSERVER_DETACH_LINGER", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub detach_linger: Duration,
+
+    /// Directories whose FFmpeg libraries are attached at start, whether or not a process uses
+    /// them yet (comma-separated).
+    #[arg(long, env = "OBSERVER_LIBRARY_DIRS", value_delimiter = ',', default_values_t = crate::tracker::LIBRARY_DIRS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
+    pub library_dirs: Vec<String>,
+}
+
+/// The config file: every option, all optional; unknown keys are an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOptions {
+    listen: Option<SocketAddr>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    ended_stream_grace: Option<Duration>,
+    max_streams: Option<usize>,
+    aggregate: Option<bool>,
+    #[serde(default, with = "opt_duration")]
+    collect_interval: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    rescan_interval: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    detach_linger: Option<Duration>,
+    library_dirs: Option<Vec<String>>,
+}
+
+mod opt_duration {
+    use serde::{Deserialize as _, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Options {
+    /// Parses the command line and environment, then fills what neither set from the config
+    /// file. Flag errors exit with clap's message and status 2.
+    pub fn load() -> Result<Self, ConfigError> {
+        let matches = Options::command().get_matches();
+        let mut opts = Options::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        if let Some(path) = opts.config.clone() {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            let file: FileOptions =
+                toml::from_str(&text).map_err(|source| ConfigError::Parse { path, source })?;
+            opts.merge(&matches, file);
+        }
+        opts.validate()?;
+        Ok(opts)
+    }
+
+    fn merge(&mut self, m: &ArgMatches, f: FileOptions) {
+        let unset = |id: &str| matches!(m.value_source(id), None | Some(ValueSource::DefaultValue));
+        macro_rules! take {
+            ($($field:ident),*) => {$(
+                if unset(stringify!($field)) {
+                    if let Some(v) = f.$field {
+                        self.$field = v;
+                    }
+                }
+            )*};
+        }
+        take!(listen, log_format, log_level, ended_stream_grace, max_streams, aggregate, collect_interval, rescan_interval, detach_linger, library_dirs);
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_streams == 0 {
+            return Err(ConfigError::Invalid("max_streams must be at least 1".into()));
+        }
+        if self.collect_interval < Duration::from_millis(10) {
+            return Err(ConfigError::Invalid("collect_interval must be at least 10ms".into()));
+        }
+        if self.rescan_interval < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid("rescan_interval must be at least 1s".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], file: &str) -> Result<Options, ConfigError> {
+        let m = Options::command().try_get_matches_from(args).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut o = Options::from_arg_matches(&m).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let f: FileOptions = toml::from_str(file).map_err(|source| ConfigError::Parse { path: "t".into(), source })?;
+        o.merge(&m, f);
+        o.validate()?;
+        Ok(o)
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let o = parse(&["observer", "--max-streams", "7"], "max_streams = 9\nended_stream_grace = \"30s\"\n").unwrap();
+        assert_eq!(o.max_streams, 7);
+        assert_eq!(o.ended_stream_grace, Duration::from_secs(30));
+        assert_eq!(o.listen.to_string(), "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn bad_file_keys_and_values_are_refused() {
+        assert!(matches!(parse(&["observer"], "no_such_key = 1\n"), Err(ConfigError::Parse { .. })));
+        assert!(matches!(parse(&["observer"], "ended_stream_grace = \"soon\"\n"), Err(ConfigError::Parse { .. })));
+        assert!(matches!(parse(&["observer"], "max_streams = 0\n"), Err(ConfigError::Invalid(_))));
+        assert!(parse(&["observer", "--listen", "nope"], "").is_err());
+    }
+}

@@ -1,0 +1,304 @@
+//! The kernel side as the daemon sees it: loads the programs, attaches them to FFmpeg files,
+//! and reads the maps. The only module that talks to aya.
+
+use std::{
+    collections::HashMap as StdHashMap,
+    path::Path,
+};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        BtfTracePoint, FEntry, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+    },
+};
+use observer_common::{
+    event::ProcessEvent,
+    layout::{LibLayout, MAX_LIBS, cookie},
+    stream::{EndedKey, InflightKey, Stream, StreamKey, counter},
+};
+
+use crate::{elf::FfmpegFile, ffmpeg::Hook};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("loading the kernel programs: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("kernel program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("kernel map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("the kernel's BTF (/sys/kernel/btf/vmlinux) is unreadable: {0}")]
+    Btf(#[from] aya::BtfError),
+    #[error("all {MAX_LIBS} library slots are in use")]
+    NoSlot,
+}
+
+/// The compiled kernel programs, built by build.rs.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+
+/// Entry and return program names for each kind of hook.
+fn programs_for(hook: Hook) -> (&'static str, Option<&'static str>) {
+    match hook {
+        Hook::Data(_) => ("call_enter", Some("call_return")),
+        Hook::Open => ("open_enter", Some("open_return")),
+        Hook::FindStreamInfo => ("find_stream_info_enter", Some("find_stream_info_return")),
+        Hook::End(_) => ("stream_end", None),
+    }
+}
+
+fn cookie_kind(hook: Hook) -> u32 {
+    use observer_common::stream::hook::*;
+    match hook {
+        Hook::Data(call) => call as u32,
+        Hook::Open => OPEN,
+        Hook::FindStreamInfo => FIND_STREAM_INFO,
+        Hook::End(kind) => kind,
+    }
+}
+
+const UPROBE_PROGRAMS: [&str; 7] = [
+    "call_enter",
+    "call_return",
+    "open_enter",
+    "open_return",
+    "find_stream_info_enter",
+    "find_stream_info_return",
+    "stream_end",
+];
+
+/// Probes attached to one file.
+pub struct Attachment {
+    pub slot: Option<u32>,
+    links: Vec<(&'static str, UProbeLinkId)>,
+}
+
+/// Which process-life probes are active (for `/readyz` details and the log).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LifeProbes {
+    pub exec: bool,
+    pub exit: bool,
+    pub mmap: bool,
+}
+
+pub struct Kernel {
+    ebpf: Ebpf,
+    streams: HashMap<MapData, StreamKey, Stream>,
+    ended: HashMap<MapData, EndedKey, Stream>,
+    inflight: HashMap<MapData, InflightKey, u64>,
+    libs: Array<MapData, LibLayout>,
+    lib_failures: Array<MapData, u64>,
+    counters: PerCpuArray<MapData, u64>,
+    free_slots: Vec<u32>,
+    pub life: LifeProbes,
+}
+
+fn map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, KernelError> {
+    let m = ebpf.take_map(name).ok_or(KernelError::Map {
+        name,
+        source: aya::maps::MapError::InvalidName { name: name.into() },
+    })?;
+    T::try_from(m).map_err(|source| KernelError::Map { name, source })
+}
+
+impl Kernel {
+    /// Loads every program. Process-life probes that this kernel lacks are reported in
+    /// [`Kernel::life`] and the daemon falls back to periodic /proc scans for them.
+    pub fn load() -> Result<(Self, RingBuf<MapData>), KernelError> {
+        raise_memlock_limit();
+        let btf = Btf::from_sys_fs().ok();
+        let mut ebpf = EbpfLoader::new().btf(btf.as_ref()).load(PROGRAMS)?;
+        for name in UPROBE_PROGRAMS {
+            let p: &mut UProbe = program(&mut ebpf, name)?;
+            p.load().map_err(|source| KernelError::Program { name, source })?;
+        }
+        let mut life = LifeProbes::default();
+        if let Some(btf) = btf.as_ref() {
+            for (name, tp, flag) in [
+                ("sched_process_exec", "sched_process_exec", &mut life.exec),
+                ("sched_process_exit", "sched_process_exit", &mut life.exit),
+            ] {
+                let p: &mut BtfTracePoint = program(&mut ebpf, name)?;
+                match p.load(tp, btf).and_then(|()| p.attach().map(drop)) {
+                    Ok(()) => *flag = true,
+                    Err(e) => tracing::warn!(program = name, error = %e, "process probe unavailable; falling back to /proc scans"),
+                }
+            }
+            let p: &mut FEntry = program(&mut ebpf, "mmap_exec")?;
+            match p.load("security_mmap_file", btf).and_then(|()| p.attach().map(drop)) {
+                Ok(()) => life.mmap = true,
+                Err(e) => tracing::warn!(program = "mmap_exec", error = %e, "library-load probe unavailable; new library copies are found by periodic /proc scans"),
+            }
+        } else {
+            tracing::warn!("no kernel BTF: process events unavailable, falling back to /proc scans");
+        }
+        let events: RingBuf<MapData> = map(&mut ebpf, "EVENTS")?;
+        let kernel = Kernel {
+            streams: map(&mut ebpf, "STREAMS")?,
+            ended: map(&mut ebpf, "ENDED_STREAMS")?,
+            inflight: map(&mut ebpf, "INFLIGHT")?,
+            libs: map(&mut ebpf, "LIBS")?,
+            lib_failures: map(&mut ebpf, "LIB_READ_FAILURES")?,
+            counters: map(&mut ebpf, "COUNTERS")?,
+            free_slots: (0..MAX_LIBS).rev().collect(),
+            ebpf,
+            life,
+        };
+        Ok((kernel, events))
+    }
+
+    /// Attaches every probe point of `file` (reachable at `path`) for all processes.
+    pub fn attach(&mut self, path: &Path, file: &FfmpegFile) -> Result<Attachment, KernelError> {
+        let slot = match file.release.and_then(crate::ffmpeg::layout_for) {
+            Some(row) => {
+                let slot = self.free_slots.pop().ok_or(KernelError::NoSlot)?;
+                let zero = 0u64;
+                let set = self
+                    .libs
+                    .set(slot, row.layout, 0)
+                    .and_then(|()| self.lib_failures.set(slot, zero, 0));
+                if let Err(source) = set {
+                    self.free_slots.push(slot);
+                    return Err(KernelError::Map { name: "LIBS", source });
+                }
+                Some(slot)
+            }
+            None => None,
+        };
+        let mut attachment = Attachment { slot, links: Vec::new() };
+        for point in &file.points {
+            if point.probe.needs_layout && slot.is_none() {
+                continue;
+            }
+            let (enter, ret) = programs_for(point.probe.hook);
+            let c = cookie(slot.unwrap_or(u16::MAX as u32), cookie_kind(point.probe.hook));
+            for name in [Some(enter), ret].into_iter().flatten() {
+                let p: &mut UProbe = program(&mut self.ebpf, name)?;
+                let at = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(point.offset),
+                    cookie: Some(c),
+                };
+                match p.attach(at, path, UProbeScope::AllProcesses) {
+                    Ok(id) => attachment.links.push((name, id)),
+                    Err(source) => {
+                        self.detach(attachment);
+                        return Err(KernelError::Program { name, source });
+                    }
+                }
+            }
+        }
+        Ok(attachment)
+    }
+
+    pub fn detach(&mut self, attachment: Attachment) {
+        for (name, id) in attachment.links {
+            if let Ok(p) = program::<UProbe>(&mut self.ebpf, name) {
+                if let Err(e) = p.detach(id) {
+                    tracing::warn!(program = name, error = %e, "detach failed");
+                }
+            }
+        }
+        if let Some(slot) = attachment.slot {
+            let _ = self.libs.set(slot, LibLayout::default(), 0);
+            self.free_slots.push(slot);
+        }
+    }
+
+    /// Failed sanity checks of reads through this slot since it was filled.
+    pub fn read_failures(&self, slot: u32) -> u64 {
+        self.lib_failures.get(&slot, 0).unwrap_or(0)
+    }
+
+    pub fn live_streams(&self) -> Vec<(StreamKey, Stream)> {
+        self.streams.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Takes the streams that ended in the kernel out of its map.
+    pub fn take_ended(&mut self) -> Vec<(EndedKey, Stream)> {
+        let keys: Vec<EndedKey> = self.ended.keys().filter_map(Result::ok).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Ok(s) = self.ended.get(&k, 0) {
+                out.push((k, s));
+            }
+            let _ = self.ended.remove(&k);
+        }
+        out
+    }
+
+    /// Removes a live stream (its process is gone); returns its last state.
+    pub fn remove_stream(&mut self, key: &StreamKey) -> Option<Stream> {
+        let s = self.streams.get(key, 0).ok();
+        let _ = self.streams.remove(key);
+        s
+    }
+
+    /// Drops the latency-pairing state of processes that are gone.
+    pub fn forget_inflight(&mut self, dead: &dyn Fn(u32) -> bool) {
+        let keys: Vec<InflightKey> =
+            self.inflight.keys().filter_map(Result::ok).filter(|k| dead(k.tgid)).collect();
+        for k in keys {
+            let _ = self.inflight.remove(&k);
+        }
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.keys().count()
+    }
+
+    /// The kernel side's own health counters, summed over CPUs.
+    pub fn counters(&self) -> StdHashMap<u32, u64> {
+        (0..counter::COUNT)
+            .filter_map(|i| Some((i, self.counters.get(&i, 0).ok()?.iter().sum())))
+            .collect()
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, KernelError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or(KernelError::Program {
+        name,
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    })?;
+    p.try_into().map_err(|source| KernelError::Program { name, source })
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels from 5.11");
+    }
+}
+
+/// Decodes one ring buffer record.
+pub fn parse_event(bytes: &[u8]) -> Option<ProcessEvent> {
+    if bytes.len() < std::mem::size_of::<ProcessEvent>() {
+        return None;
+    }
+    // SAFETY: length checked; ProcessEvent is Pod and read unaligned.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ProcessEvent>()) })
+}
+
+impl Kernel {
+    /// The libavcodec major of a library slot (0 if the slot is empty).
+    pub fn lavc_major(&self, slot: u32) -> u32 {
+        self.libs.get(&slot, 0).map_or(0, |l| l.lavc_major)
+    }
+}

@@ -1,0 +1,221 @@
+//! observer: a per-node daemon that counts what every FFmpeg in every process decodes,
+//! encodes and filters, from uprobes, and serves it to Prometheus.
+
+mod config;
+mod elf;
+mod ffmpeg;
+mod kernel;
+mod metrics;
+mod procfs;
+mod server;
+mod state;
+mod streams;
+mod tracker;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use observer_common::event::EventKind;
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+
+use crate::{
+    config::{LogFormat, Options},
+    kernel::Kernel,
+    state::{Shared, SharedState},
+    streams::Registry,
+    tracker::Tracker,
+};
+
+fn main() {
+    let opts = match Options::load() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("observer: {e}");
+            std::process::exit(2);
+        }
+    };
+    init_logging(&opts);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(opts)) {
+        tracing::error!("{e:#}");
+        eprintln!("observer: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(opts: &Options) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&opts.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match opts.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Processes to scan, and when: a library-load event arrives just before the mapping
+/// exists, so each pid is scanned shortly after and once more a little later.
+#[derive(Default)]
+struct Pending {
+    /// pid -> (when, whether this is already the second look)
+    due: BTreeMap<u32, (Instant, bool)>,
+}
+
+impl Pending {
+    fn add(&mut self, pid: u32, at: Instant) {
+        let e = self.due.entry(pid).or_insert((at, false));
+        if at < e.0 {
+            *e = (at, false);
+        }
+    }
+    fn next_due(&self) -> Option<Instant> {
+        self.due.values().map(|(t, _)| *t).min()
+    }
+    fn take_due(&mut self, now: Instant) -> Vec<(u32, bool)> {
+        let due: Vec<(u32, bool)> =
+            self.due.iter().filter(|(_, (t, _))| *t <= now).map(|(p, (_, again))| (*p, *again)).collect();
+        for (p, _) in &due {
+            self.due.remove(p);
+        }
+        due
+    }
+}
+
+async fn run(opts: Options) -> anyhow::Result<()> {
+    let (mut kernel, events) = Kernel::load().context(
+        "cannot load the kernel programs; observer needs root or CAP_BPF, CAP_PERFMON and \
+         CAP_SYS_PTRACE, and a kernel with uprobes and BTF",
+    )?;
+    tracing::info!(exec = kernel.life.exec, exit = kernel.life.exit, library_loads = kernel.life.mmap, "kernel programs loaded");
+    let mut tracker = Tracker::new(opts.detach_linger);
+    let shared: SharedState = Arc::new(Mutex::new(Shared {
+        registry: Registry::new(opts.ended_stream_grace, opts.max_streams),
+        attached: Vec::new(),
+        unsupported: BTreeMap::new(),
+        kernel_counters: HashMap::new(),
+        processes: 0,
+        scans: 0,
+        ready: false,
+        aggregate: opts.aggregate,
+    }));
+
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    tracing::info!(address = %opts.listen, "serving /metrics");
+    let app = server::router(shared.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+
+    // Libraries on the linker path first, so processes started from now on are counted from
+    // their first frame; then everything already running.
+    let dirs: Vec<PathBuf> = opts.library_dirs.iter().map(PathBuf::from).collect();
+    for path in tracker::system_libraries(&dirs) {
+        tracker.attach_path(&mut kernel, &path);
+    }
+    let mut scans = 0u64;
+    for pid in procfs::pids() {
+        tracker.scan(&mut kernel, pid);
+        scans += 1;
+    }
+    publish(&shared, &mut kernel, &tracker, scans, true);
+    tracing::info!(attached = tracker.attached().len(), processes = tracker.pids().len(), "initial scan done; ready");
+
+    // SAFETY: the ring buffer owns its map fd, which stays open until the AsyncFd drops it.
+    let mut events = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("watching the kernel's event ring buffer: {e}"))?;
+    let mut collect = tokio::time::interval(opts.collect_interval);
+    let mut rescan = tokio::time::interval(opts.rescan_interval);
+    rescan.tick().await;
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut pending = Pending::default();
+    let mut exited: Vec<u32> = Vec::new();
+
+    loop {
+        let wake = pending.next_due().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            guard = events.readable_mut() => {
+                let mut guard = guard.context("event ring buffer")?;
+                let now = Instant::now();
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    let Some(ev) = kernel::parse_event(&item) else { continue };
+                    match ev.kind {
+                        k if k == EventKind::Exec as u32 => pending.add(ev.tgid, now),
+                        k if k == EventKind::ExecMmap as u32 => {
+                            pending.add(ev.tgid, now + Duration::from_millis(1));
+                        }
+                        k if k == EventKind::Exit as u32 => exited.push(ev.tgid),
+                        _ => {}
+                    }
+                }
+                guard.clear_ready();
+                if !exited.is_empty() {
+                    // Collect now, so a process's final counts are read before its pid can be
+                    // reused.
+                    for pid in exited.drain(..) {
+                        pending.due.remove(&pid);
+                        tracker.exited(pid);
+                    }
+                    publish(&shared, &mut kernel, &tracker, scans, true);
+                }
+            }
+            _ = async { tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)).await }, if wake.is_some() => {
+                let now = Instant::now();
+                for (pid, second_look) in pending.take_due(now) {
+                    let found = tracker.scan(&mut kernel, pid);
+                    scans += 1;
+                    if found == 0 && !second_look {
+                        // The library may still be on its way in: look once more, later.
+                        pending.due.entry(pid).or_insert((now + Duration::from_millis(50), true));
+                    }
+                }
+            }
+            _ = collect.tick() => {
+                tracker.distrust_failing(&mut kernel);
+                tracker.detach_unused(&mut kernel);
+                publish(&shared, &mut kernel, &tracker, scans, true);
+            }
+            _ = rescan.tick() => {
+                for pid in procfs::pids() {
+                    tracker.scan(&mut kernel, pid);
+                    scans += 1;
+                }
+                for pid in tracker.pids() {
+                    if procfs::stat(pid).is_none() {
+                        tracker.exited(pid);
+                    }
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: detaching every probe");
+    drop(kernel);
+    Ok(())
+}
+
+/// Reads the kernel maps into the registry and refreshes what the HTTP side shows.
+fn publish(shared: &SharedState, kernel: &mut Kernel, tracker: &Tracker, scans: u64, ready: bool) {
+    let Ok(mut s) = shared.lock() else { return };
+    s.registry.collect(kernel, tracker);
+    s.attached = tracker.attached();
+    s.unsupported = tracker.unsupported();
+    s.kernel_counters = kernel.counters();
+    s.processes = tracker.pids().len();
+    s.scans = scans;
+    s.ready = ready;
+}

@@ -1,0 +1,360 @@
+//! `/metrics`: built at scrape time from the stream registry, so a scrape costs one pass over
+//! the streams and nothing between scrapes.
+
+use std::collections::BTreeMap;
+
+use observer_common::stream::{Call, Direction, HIST_BUCKETS, Histogram};
+use prometheus::{
+    Encoder as _, TextEncoder,
+    proto::{self, LabelPair, MetricFamily, MetricType},
+};
+
+use crate::{
+    ffmpeg,
+    state::Shared,
+    streams::Record,
+};
+
+/// Exported bucket ranges, as kernel log2 bucket indexes `lo..=hi`: bucket `i` ends at
+/// `2^(i+1)` ns. Frame latency: 16 µs to 8.6 s; call duration: 1 µs to 0.54 s. The kernel keeps
+/// the full range; these bound the exposition's size (20 buckets a series).
+const LATENCY_BUCKETS: (usize, usize) = (13, 32);
+const CALL_BUCKETS: (usize, usize) = (9, 28);
+
+pub fn call_name(call: u32) -> &'static str {
+    match Call::from_u32(call) {
+        Some(Call::SendPacket) => "avcodec_send_packet",
+        Some(Call::ReceiveFrame) => "avcodec_receive_frame",
+        Some(Call::SendFrame) => "avcodec_send_frame",
+        Some(Call::ReceivePacket) => "avcodec_receive_packet",
+        Some(Call::DecodeSubtitle) => "avcodec_decode_subtitle2",
+        Some(Call::EncodeSubtitle) => "avcodec_encode_subtitle",
+        Some(Call::EncodeLegacy) => "avcodec_encode_video2",
+        Some(Call::BuffersrcAddFrame) => "av_buffersrc_add_frame_flags",
+        Some(Call::BuffersinkGetFrame) => "av_buffersink_get_frame_flags",
+        None => "unknown",
+    }
+}
+
+pub fn media_name(media: i32) -> &'static str {
+    match media {
+        0 => "video",
+        1 => "audio",
+        3 => "subtitle",
+        4 => "attachment",
+        _ => "data",
+    }
+}
+
+pub fn direction_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Decode => "decode",
+        Direction::Encode => "encode",
+        Direction::Filter => "filter",
+        Direction::Unknown => "unknown",
+    }
+}
+
+fn label(name: &str, value: impl Into<String>) -> LabelPair {
+    let mut l = LabelPair::default();
+    l.set_name(name.to_string());
+    l.set_value(value.into());
+    l
+}
+
+/// Families under construction, keyed by name; series with equal labels are summed (the
+/// aggregation mode drops the per-stream labels and folds streams together).
+#[derive(Default)]
+struct Families {
+    map: BTreeMap<&'static str, (MetricType, &'static str, BTreeMap<Vec<(String, String)>, Value>)>,
+}
+
+enum Value {
+    Scalar(f64),
+    Hist { buckets: Vec<u64>, sum: f64, lo: usize, hi: usize },
+}
+
+impl Families {
+    fn add(
+        &mut self,
+        name: &'static str,
+        kind: MetricType,
+        help: &'static str,
+        labels: &[(&'static str, String)],
+        v: f64,
+    ) {
+        let key = labels.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect();
+        let series = &mut self.map.entry(name).or_insert_with(|| (kind, help, BTreeMap::new())).2;
+        match series.entry(key).or_insert(Value::Scalar(0.0)) {
+            Value::Scalar(x) => {
+                if matches!(kind, MetricType::GAUGE) {
+                    *x = x.max(v);
+                } else {
+                    *x += v;
+                }
+            }
+            Value::Hist { .. } => {}
+        }
+    }
+
+    fn declare(&mut self, name: &'static str, kind: MetricType, help: &'static str) {
+        self.map.entry(name).or_insert_with(|| (kind, help, BTreeMap::new()));
+    }
+
+    fn hist(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, String)],
+        h: &Histogram,
+        (lo, hi): (usize, usize),
+    ) {
+        let key = labels.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect();
+        let series =
+            &mut self.map.entry(name).or_insert_with(|| (MetricType::HISTOGRAM, help, BTreeMap::new())).2;
+        let v = series.entry(key).or_insert_with(|| Value::Hist {
+            buckets: vec![0; HIST_BUCKETS],
+            sum: 0.0,
+            lo,
+            hi,
+        });
+        if let Value::Hist { buckets, sum, .. } = v {
+            for (b, n) in buckets.iter_mut().zip(h.buckets.iter()) {
+                *b += n;
+            }
+            *sum += h.sum_ns as f64 / 1e9;
+        }
+    }
+
+    fn finish(self) -> Vec<MetricFamily> {
+        self.map
+            .into_iter()
+            .map(|(name, (kind, help, series))| {
+                let mut f = MetricFamily::default();
+                f.set_name(name.to_string());
+                f.set_help(help.to_string());
+                f.set_field_type(kind);
+                for (labels, v) in series {
+                    let mut m = proto::Metric::default();
+                    m.set_label(labels.into_iter().map(|(k, v)| label(&k, v)).collect());
+                    match (kind, v) {
+                        (MetricType::COUNTER, Value::Scalar(x)) => {
+                            let mut c = proto::Counter::default();
+                            c.set_value(x);
+                            m.set_counter(c);
+                        }
+                        (_, Value::Scalar(x)) => {
+                            let mut g = proto::Gauge::default();
+                            g.set_value(x);
+                            m.set_gauge(g);
+                        }
+                        (_, Value::Hist { buckets, sum, lo, hi }) => {
+                            let mut h = proto::Histogram::default();
+                            let total: u64 = buckets.iter().sum();
+                            let mut cum = 0;
+                            let mut out = Vec::with_capacity(hi - lo + 1);
+                            for (i, n) in buckets.iter().enumerate().take(hi + 1) {
+                                cum += n;
+                                if i >= lo {
+                                    let mut b = proto::Bucket::default();
+                                    b.set_upper_bound((1u64 << (i + 1)) as f64 / 1e9);
+                                    b.set_cumulative_count(cum);
+                                    out.push(b);
+                                }
+                            }
+                            h.set_bucket(out);
+                            h.set_sample_count(total);
+                            h.set_sample_sum(sum);
+                            m.set_histogram(h);
+                        }
+                    }
+                    f.mut_metric().push(m);
+                }
+                f
+            })
+            .collect()
+    }
+}
+
+const STREAM_HELP: &str = "1 while the stream is open, 0 in the grace period after it ended";
+
+fn stream_families(f: &mut Families, records: &[&Record], aggregate: bool) {
+    for kind in [
+        ("media_frames_total", MetricType::COUNTER, "Frames returned by a decoder or accepted by an encoder"),
+        ("media_packets_total", MetricType::COUNTER, "Packets accepted by a decoder or returned by an encoder; flush calls are not packets"),
+        ("media_packet_bytes_total", MetricType::COUNTER, "Payload bytes of the packets in media_packets_total"),
+        ("media_keyframes_total", MetricType::COUNTER, "Key frames returned by a decoder, key packets returned by an encoder"),
+    ] {
+        f.declare(kind.0, kind.1, kind.2);
+    }
+    for r in records {
+        let s = &r.stream;
+        let dir = r.direction();
+        let mut labels: Vec<(&'static str, String)> = Vec::with_capacity(8);
+        if !aggregate {
+            labels.push(("stream", r.label.clone()));
+            labels.push(("pid", r.pid().to_string()));
+        }
+        labels.push(("process", r.process.clone()));
+        if dir == Direction::Filter {
+            filter_families(f, r, labels);
+            continue;
+        }
+        labels.push(("direction", direction_name(dir).into()));
+        labels.push(("media", media_name(s.media).into()));
+        labels.push(("codec", r.codec()));
+        let (frames, packets, bytes) = match dir {
+            Direction::Decode => (s.out_count, s.in_count, s.in_bytes),
+            _ => (s.in_count, s.out_count, s.out_bytes),
+        };
+        f.add("media_frames_total", MetricType::COUNTER, "", &labels, frames as f64);
+        f.add("media_packets_total", MetricType::COUNTER, "", &labels, packets as f64);
+        f.add("media_packet_bytes_total", MetricType::COUNTER, "", &labels, bytes as f64);
+        f.add("media_keyframes_total", MetricType::COUNTER, "", &labels, s.keyframes as f64);
+        f.add(
+            "media_frame_latency_unmatched_total",
+            MetricType::COUNTER,
+            "Outputs whose pts matched no input in flight, so they have no latency sample",
+            &labels,
+            s.latency_unmatched as f64,
+        );
+        f.hist(
+            "media_frame_latency_seconds",
+            "Decode: packet submitted to frame with that pts returned. Encode: frame submitted to packet with that pts returned",
+            &labels,
+            &s.latency,
+            LATENCY_BUCKETS,
+        );
+        for side in 0..2 {
+            if s.calls[side].buckets.iter().all(|&b| b == 0) {
+                continue;
+            }
+            let mut l = labels.clone();
+            l.push(("call", call_name(s.side_call[side]).into()));
+            f.hist(
+                "media_codec_call_duration_seconds",
+                "Time spent inside each libavcodec API call",
+                &l,
+                &s.calls[side],
+                CALL_BUCKETS,
+            );
+        }
+        f.declare("media_codec_errors_total", MetricType::COUNTER, "API calls that failed with anything but EAGAIN or EOF, by call and AVERROR name");
+        for e in s.errors.iter().filter(|e| e.code != 0 && e.count > 0) {
+            let mut l = labels.clone();
+            l.push(("call", call_name(e.call).into()));
+            l.push(("error", ffmpeg::error_name(e.code)));
+            f.add("media_codec_errors_total", MetricType::COUNTER, "", &l, e.count as f64);
+        }
+        f.add("media_stream_up", MetricType::GAUGE, STREAM_HELP, &labels, if r.ended.is_none() { 1.0 } else { 0.0 });
+        if !aggregate {
+            f.add(
+                "media_stream_last_activity_timestamp_seconds",
+                MetricType::GAUGE,
+                "Wall-clock time of the stream's last packet or frame",
+                &labels,
+                r.last_activity,
+            );
+            let mut l = labels.clone();
+            if s.media == 1 {
+                l.push(("sample_rate", s.sample_rate.to_string()));
+                l.push(("channels", s.channels.to_string()));
+                l.push(("sample_format", ffmpeg::sample_format_name(s.format).map_or_else(|| format!("id:{}", s.format), Into::into)));
+            } else {
+                l.push(("width", s.width.to_string()));
+                l.push(("height", s.height.to_string()));
+                l.push((
+                    "pixel_format",
+                    ffmpeg::pixel_format_name(r.lavc_major, s.format)
+                        .map_or_else(|| format!("id:{}", s.format), Into::into),
+                ));
+            }
+            l.push(("libavcodec", r.lavc_major.to_string()));
+            f.add("media_stream_info", MetricType::GAUGE, "A stream's parameters, as labels", &l, 1.0);
+        }
+    }
+}
+
+fn filter_families(f: &mut Families, r: &Record, mut labels: Vec<(&'static str, String)>) {
+    let s = &r.stream;
+    labels.push(("media", media_name(s.media).into()));
+    f.add("media_filter_frames_in_total", MetricType::COUNTER, "Frames pushed into a filter graph's buffer sources", &labels, s.in_count as f64);
+    f.add("media_filter_frames_out_total", MetricType::COUNTER, "Frames pulled out of a filter graph's buffer sinks", &labels, s.out_count as f64);
+    f.hist(
+        "media_filter_frame_latency_seconds",
+        "Time a frame spends in a filter graph: pushed in to pulled out with the same pts",
+        &labels,
+        &s.latency,
+        LATENCY_BUCKETS,
+    );
+    f.add(
+        "media_filter_frame_latency_unmatched_total",
+        MetricType::COUNTER,
+        "Frames out of a graph whose pts matched no frame in (filters that retime frames)",
+        &labels,
+        s.latency_unmatched as f64,
+    );
+    for side in 0..2 {
+        if s.calls[side].buckets.iter().all(|&b| b == 0) {
+            continue;
+        }
+        let mut l = labels.clone();
+        l.push(("call", call_name(s.side_call[side]).into()));
+        f.hist("media_filter_call_duration_seconds", "Time spent inside buffer source and sink calls", &l, &s.calls[side], CALL_BUCKETS);
+    }
+}
+
+fn daemon_families(f: &mut Families, shared: &Shared) {
+    f.add(
+        "observer_build_info",
+        MetricType::GAUGE,
+        "observer's version",
+        &[("version", env!("CARGO_PKG_VERSION").into())],
+        1.0,
+    );
+    f.add("observer_ready", MetricType::GAUGE, "1 once the initial scan has attached", &[], if shared.ready { 1.0 } else { 0.0 });
+    f.add("observer_attached_files", MetricType::GAUGE, "FFmpeg files (libraries or executables) with probes attached", &[], shared.attached.len() as f64);
+    for a in &shared.attached {
+        f.add(
+            "observer_attached_file_info",
+            MetricType::GAUGE,
+            "An attached FFmpeg file, with its library versions and the processes mapping it",
+            &[("path", a.path.clone()), ("versions", a.versions.clone())],
+            1.0,
+        );
+    }
+    f.declare("observer_unsupported_files", MetricType::GAUGE, "FFmpeg files found but not probed, by reason");
+    for (reason, n) in &shared.unsupported {
+        f.add("observer_unsupported_files", MetricType::GAUGE, "", &[("reason", (*reason).into())], *n as f64);
+    }
+    use observer_common::stream::counter as c;
+    let k = |i| shared.kernel_counters.get(&i).copied().unwrap_or(0) as f64;
+    f.add("observer_events_lost_total", MetricType::COUNTER, "Process events the kernel could not queue (ring buffer full)", &[], k(c::EVENTS_LOST));
+    f.declare("observer_kernel_map_full_total", MetricType::COUNTER, "Inserts that failed because a kernel map was full, by map");
+    for (map, i) in [("streams", c::STREAMS_FULL), ("ended_streams", c::ENDED_FULL), ("calls", c::CALLS_FULL)] {
+        f.add("observer_kernel_map_full_total", MetricType::COUNTER, "", &[("map", map.into())], k(i));
+    }
+    f.add("observer_read_failures_total", MetricType::COUNTER, "Reads of pipeline memory that failed or failed their sanity check", &[], k(c::READ_FAILED));
+    let st = &shared.registry.stats;
+    f.add("observer_streams", MetricType::GAUGE, "Streams known to the daemon, by state", &[("state", "live".into())], st.live as f64);
+    f.add("observer_streams", MetricType::GAUGE, "", &[("state", "ended".into())], st.ended as f64);
+    f.add("observer_streams_over_limit", MetricType::GAUGE, "Streams not exported because of --max-streams", &[], st.over_limit as f64);
+    f.add("observer_streams_evicted_total", MetricType::COUNTER, "Ended streams dropped before their grace period ran out, to stay under --max-streams", &[], shared.registry.evicted_total as f64);
+    f.add("observer_processes", MetricType::GAUGE, "Processes mapping an attached FFmpeg file", &[], shared.processes as f64);
+    f.add("observer_collect_duration_seconds", MetricType::GAUGE, "Duration of the last read of the kernel maps", &[], st.duration.as_secs_f64());
+    f.add("observer_process_scans_total", MetricType::COUNTER, "Reads of a process's mappings", &[], shared.scans as f64);
+}
+
+/// Renders the whole exposition.
+pub fn render(shared: &Shared) -> String {
+    let mut f = Families::default();
+    let records: Vec<&Record> = shared.registry.exported_records().collect();
+    stream_families(&mut f, &records, shared.aggregate);
+    daemon_families(&mut f, shared);
+    let families = f.finish();
+    let mut out = Vec::with_capacity(64 * 1024);
+    if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+        tracing::error!(error = %e, "encoding /metrics failed");
+    }
+    String::from_utf8(out).unwrap_or_default()
+}

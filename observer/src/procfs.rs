@@ -1,0 +1,136 @@
+//! The little of /proc the daemon reads: executable file mappings, names and start times.
+
+use std::{fs, path::PathBuf};
+
+/// A file on some filesystem, as /proc/PID/maps names it: device and inode. The same library
+/// seen from two mount namespaces has the same identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    pub dev: u64,
+    pub inode: u64,
+}
+
+/// One executable file mapping of a process.
+#[derive(Clone, Debug)]
+pub struct ExecMapping {
+    pub id: FileId,
+    /// The path inside the process's mount namespace, as the maps file prints it.
+    pub path: String,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl ExecMapping {
+    /// A path the daemon can open whatever namespace the process is in, and even after the
+    /// file was deleted or replaced: the kernel keeps the mapping's file reachable here.
+    pub fn open_path(&self, pid: u32) -> PathBuf {
+        PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", self.start, self.end))
+    }
+}
+
+/// Parses /proc/PID/maps into its executable file mappings, one per file.
+pub fn exec_mappings(pid: u32) -> std::io::Result<Vec<ExecMapping>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    Ok(parse_maps(&text))
+}
+
+pub fn parse_maps(text: &str) -> Vec<ExecMapping> {
+    let mut out: Vec<ExecMapping> = Vec::new();
+    for line in text.lines() {
+        let mut f = line.splitn(6, ' ');
+        let (Some(range), Some(perms), Some(_off), Some(dev), Some(inode)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let path = f.next().unwrap_or("").trim_start();
+        if !perms.contains('x') || path.is_empty() || path.starts_with('[') {
+            continue;
+        }
+        let Ok(inode) = inode.parse::<u64>() else { continue };
+        if inode == 0 {
+            continue;
+        }
+        let Some((maj, min)) = dev.split_once(':') else { continue };
+        let (Ok(maj), Ok(min)) = (u64::from_str_radix(maj, 16), u64::from_str_radix(min, 16))
+        else {
+            continue;
+        };
+        let Some((start, end)) = range.split_once('-') else { continue };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
+            continue;
+        };
+        let id = FileId { dev: (maj << 32) | min, inode };
+        if out.iter().any(|m| m.id == id) {
+            continue;
+        }
+        out.push(ExecMapping { id, path: path.to_string(), start, end });
+    }
+    out
+}
+
+/// All process ids, from the names of /proc's numeric entries.
+pub fn pids() -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+}
+
+/// The process's name (comm), as `ps` shows it.
+pub fn comm(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_string())
+}
+
+/// What /proc/PID/stat says about a process's life.
+#[derive(Clone, Copy, Debug)]
+pub struct ProcStat {
+    /// Start time, nanoseconds since boot (the clock `bpf_ktime_get_ns` counts on, give or
+    /// take suspend, which servers do not do).
+    pub start_ns: u64,
+    pub zombie: bool,
+}
+
+pub fn stat(pid: u32) -> Option<ProcStat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything: split after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let state = fields.first()?;
+    // Field 22 of stat is starttime; fields here start at field 3.
+    let ticks: u64 = fields.get(19)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(ProcStat { start_ns: ticks * (1_000_000_000 / hz), zombie: matches!(*state, "Z" | "X") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_keep_one_executable_mapping_per_file() {
+        let text = "\
+55d0c0a00000-55d0c0a02000 r--p 00000000 fe:01 1234 /usr/bin/ffmpeg
+55d0c0a02000-55d0c0a04000 r-xp 00002000 fe:01 1234 /usr/bin/ffmpeg
+7f00000000-7f00100000 r-xp 00000000 00:1f 99 /opt/app/lib/libavcodec-5e6b81c2.so.62.28.102
+7f00200000-7f00300000 r-xp 00000000 00:1f 99 /opt/app/lib/libavcodec-5e6b81c2.so.62.28.102
+7f00400000-7f00500000 r-xp 00000000 00:00 0 
+7ffd0000-7ffd1000 r-xp 00000000 00:00 0 [vdso]
+7f00600000-7f00700000 r-xp 00000000 08:02 77 /usr/lib/lib with space.so (deleted)
+";
+        let maps = parse_maps(text);
+        assert_eq!(maps.len(), 3);
+        assert_eq!(maps[0].path, "/usr/bin/ffmpeg");
+        assert_eq!(maps[0].id, FileId { dev: (0xfe << 32) | 1, inode: 1234 });
+        assert_eq!(maps[1].start, 0x7f00000000);
+        assert_eq!(maps[2].path, "/usr/lib/lib with space.so (deleted)");
+        assert_eq!(maps[0].open_path(42), PathBuf::from("/proc/42/map_files/55d0c0a02000-55d0c0a04000"));
+    }
+
+    #[test]
+    fn own_stat_reads() {
+        let s = stat(std::process::id()).expect("own stat");
+        assert!(!s.zombie);
+        assert!(s.start_ns > 0);
+    }
+}

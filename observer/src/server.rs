@@ -1,0 +1,137 @@
+//! HTTP: `/metrics` (Prometheus), `/healthz`, `/readyz`, and `/streams` (JSON, for
+//! `cargo xtask run`'s table and other tools).
+
+use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use observer_common::stream::{Direction, Histogram};
+use serde::Serialize;
+
+use crate::{
+    metrics::{self, direction_name, media_name},
+    state::SharedState,
+};
+
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/streams", get(streams))
+        .with_state(state)
+}
+
+async fn metrics_handler(State(state): State<SharedState>) -> impl IntoResponse {
+    let body = match state.lock() {
+        Ok(s) => metrics::render(&s),
+        Err(_) => return (StatusCode::INTERNAL_SERVER_ERROR, [("content-type", "text/plain")], String::from("state poisoned\n")),
+    };
+    (StatusCode::OK, [("content-type", "text/plain; version=0.0.4; charset=utf-8")], body)
+}
+
+async fn ready(State(state): State<SharedState>) -> impl IntoResponse {
+    if state.lock().is_ok_and(|s| s.ready) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "initial scan in progress\n")
+    }
+}
+
+/// One stream, in the units a person reads.
+#[derive(Serialize)]
+pub struct StreamView {
+    pub stream: String,
+    pub pid: u32,
+    pub process: String,
+    pub direction: &'static str,
+    pub media: &'static str,
+    pub codec: String,
+    pub width: u32,
+    pub height: u32,
+    pub sample_rate: u32,
+    pub frames: u64,
+    pub packets: u64,
+    pub packet_bytes: u64,
+    pub keyframes: u64,
+    pub errors: u64,
+    pub latency_p50_seconds: Option<f64>,
+    pub latency_p99_seconds: Option<f64>,
+    pub up: bool,
+}
+
+/// The `q` quantile of a log2 histogram, interpolating linearly inside the bucket.
+pub fn quantile(h: &Histogram, q: f64) -> Option<f64> {
+    let total = h.count();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut cum = 0.0;
+    for (i, &n) in h.buckets.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        if cum + n as f64 >= rank {
+            let lo = if i == 0 { 0.0 } else { (1u64 << i) as f64 };
+            let hi = (1u64 << (i + 1)) as f64;
+            let frac = ((rank - cum) / n as f64).clamp(0.0, 1.0);
+            return Some((lo + frac * (hi - lo)) / 1e9);
+        }
+        cum += n as f64;
+    }
+    None
+}
+
+async fn streams(State(state): State<SharedState>) -> impl IntoResponse {
+    let Ok(s) = state.lock() else { return Json(Vec::new()) };
+    let views = s
+        .registry
+        .exported_records()
+        .map(|r| {
+            let st = &r.stream;
+            let dir = r.direction();
+            let (frames, packets, bytes) = match dir {
+                Direction::Decode => (st.out_count, st.in_count, st.in_bytes),
+                Direction::Filter => (st.out_count, 0, 0),
+                _ => (st.in_count, st.out_count, st.out_bytes),
+            };
+            StreamView {
+                stream: r.label.clone(),
+                pid: r.pid(),
+                process: r.process.clone(),
+                direction: direction_name(dir),
+                media: media_name(st.media),
+                codec: if dir == Direction::Filter { "filtergraph".into() } else { r.codec() },
+                width: st.width,
+                height: st.height,
+                sample_rate: st.sample_rate,
+                frames,
+                packets,
+                packet_bytes: bytes,
+                keyframes: st.keyframes,
+                errors: st.errors.iter().map(|e| e.count).sum(),
+                latency_p50_seconds: quantile(&st.latency, 0.5),
+                latency_p99_seconds: quantile(&st.latency, 0.99),
+                up: r.ended.is_none(),
+            }
+        })
+        .collect::<Vec<_>>();
+    Json(views)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use observer_common::stream::HIST_BUCKETS;
+
+    #[test]
+    fn quantiles_interpolate_within_log2_buckets() {
+        let mut h = Histogram { buckets: [0; HIST_BUCKETS], sum_ns: 0 };
+        // 100 samples in [1024, 2048) ns.
+        h.buckets[10] = 100;
+        let p50 = quantile(&h, 0.5).unwrap();
+        assert!((p50 - 1536e-9).abs() < 1e-12, "{p50}");
+        h.buckets[20] = 100;
+        let p99 = quantile(&h, 0.99).unwrap();
+        assert!(p99 > (1u64 << 20) as f64 / 1e9 && p99 < (1u64 << 21) as f64 / 1e9);
+        assert_eq!(quantile(&Histogram { buckets: [0; HIST_BUCKETS], sum_ns: 0 }, 0.5), None);
+    }
+}

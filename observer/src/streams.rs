@@ -1,0 +1,204 @@
+//! The daemon's view of every stream: refreshed from the kernel maps on each collection
+//! tick, kept for a grace period after it ends, capped in number.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use observer_common::stream::{Direction, FLAG_INSANE, FLAG_PROBE_DECODER, Stream, StreamKey};
+
+use crate::{kernel::Kernel, procfs, tracker::Tracker};
+
+/// A stream's identity on the node: process, context address, generation.
+pub type StreamId = (u32, u64, u64);
+
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// The `stream` label: `PID-GENERATION`, unique on the node for the daemon's life and
+    /// across its restarts (the generation is the kernel's monotonic clock at open).
+    pub label: String,
+    pub process: String,
+    pub stream: Stream,
+    /// When the daemon saw it end; `None` while live.
+    pub ended: Option<Instant>,
+    /// Wall-clock time of the stream's last data call, seconds since the epoch.
+    pub last_activity: f64,
+    pub lavc_major: u32,
+}
+
+impl Record {
+    pub fn pid(&self) -> u32 {
+        self.stream.tgid
+    }
+    pub fn direction(&self) -> Direction {
+        Direction::from_u32(self.stream.direction)
+    }
+    pub fn codec(&self) -> String {
+        cstr(&self.stream.codec_name)
+    }
+}
+
+pub fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// What the last collection saw, for the daemon's own metrics.
+#[derive(Clone, Debug, Default)]
+pub struct CollectStats {
+    pub live: usize,
+    pub ended: usize,
+    pub over_limit: usize,
+    pub duration: Duration,
+}
+
+pub struct Registry {
+    records: BTreeMap<StreamId, Record>,
+    grace: Duration,
+    max: usize,
+    /// `bpf_ktime_get_ns` minus wall-clock ns: turns kernel timestamps into wall time.
+    clock_offset_ns: i128,
+    pub stats: CollectStats,
+    /// Ended streams pushed out by the cap before their grace period ran out.
+    pub evicted_total: u64,
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: writes the struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Registry {
+    pub fn new(grace: Duration, max: usize) -> Self {
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+        Registry {
+            records: BTreeMap::new(),
+            grace,
+            max,
+            clock_offset_ns: monotonic_ns() as i128 - wall as i128,
+            stats: CollectStats::default(),
+            evicted_total: 0,
+        }
+    }
+
+    fn wall_secs(&self, ktime_ns: u64) -> f64 {
+        if ktime_ns == 0 {
+            return 0.0;
+        }
+        (ktime_ns as i128 - self.clock_offset_ns) as f64 / 1e9
+    }
+
+    fn upsert(&mut self, s: Stream, ended: Option<Instant>, tracker: &Tracker, kernel: &Kernel) {
+        let id = (s.tgid, s.ctx, s.opened_ns);
+        let last_activity = self.wall_secs(s.last_ns);
+        if let Some(r) = self.records.get_mut(&id) {
+            r.stream = s;
+            r.last_activity = last_activity;
+            if r.ended.is_none() {
+                r.ended = ended;
+            }
+            return;
+        }
+        let process = tracker
+            .process(s.tgid)
+            .map(|p| p.comm.clone())
+            .or_else(|| procfs::comm(s.tgid))
+            .unwrap_or_else(|| cstr(&s.comm));
+        let lavc_major = kernel.lavc_major(s.slot);
+        self.records.insert(
+            id,
+            Record {
+                label: format!("{}-{:x}", s.tgid, s.opened_ns),
+                process,
+                stream: s,
+                ended,
+                last_activity,
+                lavc_major,
+            },
+        );
+    }
+
+    /// One collection: reads the kernel's live and ended streams, ends the streams of
+    /// processes that are gone, expires ended streams past the grace period.
+    pub fn collect(&mut self, kernel: &mut Kernel, tracker: &Tracker) {
+        let t0 = Instant::now();
+        let now = Instant::now();
+        let mut seen_live = std::collections::HashSet::new();
+        let mut dead_tgids = std::collections::HashSet::new();
+        for (key, s) in kernel.live_streams() {
+            if !alive(key.tgid, s.opened_ns) {
+                dead_tgids.insert(key.tgid);
+                if let Some(last) = kernel.remove_stream(&StreamKey { ..key }) {
+                    if exported(&last) {
+                        self.upsert(last, Some(now), tracker, kernel);
+                    }
+                }
+                continue;
+            }
+            if exported(&s) {
+                seen_live.insert((s.tgid, s.ctx, s.opened_ns));
+                self.upsert(s, None, tracker, kernel);
+            }
+        }
+        for (_, s) in kernel.take_ended() {
+            self.upsert(s, Some(now), tracker, kernel);
+        }
+        if !dead_tgids.is_empty() {
+            kernel.forget_inflight(&|tgid| dead_tgids.contains(&tgid));
+        }
+        // Live streams the kernel no longer holds and did not hand over as ended (its ended
+        // map was full): end them with their last known counts.
+        for (id, r) in self.records.iter_mut() {
+            if r.ended.is_none() && !seen_live.contains(id) {
+                r.ended = Some(now);
+            }
+        }
+        let grace = self.grace;
+        self.records.retain(|_, r| r.ended.is_none_or(|t| now.duration_since(t) < grace));
+        let over = self.records.len().saturating_sub(self.max);
+        if over > 0 {
+            // Oldest ended streams go first; live streams are never dropped from the registry,
+            // only from the export (see `exported_records`).
+            let mut ended: Vec<(Instant, StreamId)> =
+                self.records.iter().filter_map(|(id, r)| Some((r.ended?, *id))).collect();
+            ended.sort();
+            for (_, id) in ended.into_iter().take(over) {
+                self.records.remove(&id);
+                self.evicted_total += 1;
+            }
+        }
+        let live = self.records.values().filter(|r| r.ended.is_none()).count();
+        self.stats = CollectStats {
+            live,
+            ended: self.records.len() - live,
+            over_limit: self.records.len().saturating_sub(self.max),
+            duration: t0.elapsed(),
+        };
+    }
+
+    /// The records to export: at most `max`, live ones first.
+    pub fn exported_records(&self) -> impl Iterator<Item = &Record> {
+        let live = self.records.values().filter(|r| r.ended.is_none());
+        let ended = self.records.values().filter(|r| r.ended.is_some());
+        live.chain(ended).take(self.max)
+    }
+}
+
+/// Streams that carry a pipeline's work: not probe decoders, not misread, and used.
+fn exported(s: &Stream) -> bool {
+    s.flags & (FLAG_PROBE_DECODER | FLAG_INSANE) == 0 && s.direction != Direction::Unknown as u32
+}
+
+/// Whether the process that opened a stream at `opened_ns` is still running: a pid reused by
+/// a newer process does not keep an old stream alive.
+fn alive(tgid: u32, opened_ns: u64) -> bool {
+    match procfs::stat(tgid) {
+        None => false,
+        Some(st) if st.zombie => false,
+        // /proc's start time has clock-tick resolution; allow one tick and then some.
+        Some(st) => st.start_ns <= opened_ns.saturating_add(50_000_000),
+    }
+}

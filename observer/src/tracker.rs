@@ -1,0 +1,336 @@
+//! Finds FFmpeg copies in processes and keeps the probes attached while anything maps them:
+//! one attachment per file (device, inode), reference-counted by the processes that map it.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    elf::{self, FfmpegFile},
+    kernel::{Attachment, Kernel},
+    procfs::{self, ExecMapping, FileId},
+};
+
+/// What a file turned out to be; kept per (device, inode) so each file is read once.
+#[derive(Clone)]
+enum Verdict {
+    NotFfmpeg,
+    Unsupported(&'static str),
+    Ffmpeg(Arc<FfmpegFile>),
+}
+
+struct AttachedFile {
+    attachment: Attachment,
+    path: String,
+    file: Arc<FfmpegFile>,
+    /// Processes mapping the file now. Files attached at start from the library path stay
+    /// attached with none.
+    pids: HashSet<u32>,
+    pinned: bool,
+    /// When the last process unmapped it.
+    unused_since: Option<Instant>,
+}
+
+/// A process the daemon has seen map at least one FFmpeg file.
+#[derive(Clone, Debug)]
+pub struct Process {
+    pub comm: String,
+    pub start_ns: u64,
+    files: Vec<FileId>,
+}
+
+/// One attached file, for `/metrics`.
+#[derive(Clone, Debug)]
+pub struct AttachedInfo {
+    pub path: String,
+    pub versions: String,
+    pub processes: usize,
+}
+
+pub struct Tracker {
+    verdicts: HashMap<FileId, Verdict>,
+    attached: HashMap<FileId, AttachedFile>,
+    processes: HashMap<u32, Process>,
+    /// Distinct unsupported files by reason.
+    unsupported: BTreeMap<&'static str, HashSet<FileId>>,
+    linger: Duration,
+}
+
+const MAX_VERDICTS: usize = 65536;
+
+impl Tracker {
+    pub fn new(linger: Duration) -> Self {
+        Tracker {
+            verdicts: HashMap::new(),
+            attached: HashMap::new(),
+            processes: HashMap::new(),
+            unsupported: BTreeMap::new(),
+            linger,
+        }
+    }
+
+    /// Attaches a library file found on disk (not through a process), for good.
+    pub fn attach_path(&mut self, kernel: &mut Kernel, path: &Path) {
+        let Ok(meta) = std::fs::metadata(path) else { return };
+        use std::os::unix::fs::MetadataExt as _;
+        let id = FileId { dev: dev_of(meta.dev()), inode: meta.ino() };
+        if let Some(f) = self.verdict(id, path, &path.display().to_string()) {
+            if let Some(a) = self.ensure_attached(kernel, id, path, &path.display().to_string(), f) {
+                a.pinned = true;
+            }
+        }
+    }
+
+    /// Reads a process's mappings and attaches to any FFmpeg file among them. Returns the
+    /// number of FFmpeg files the process maps.
+    pub fn scan(&mut self, kernel: &mut Kernel, pid: u32) -> usize {
+        let Ok(maps) = procfs::exec_mappings(pid) else {
+            // Gone already, or a kernel thread.
+            return 0;
+        };
+        let mut files = Vec::new();
+        for m in &maps {
+            let open = m.open_path(pid);
+            let Some(file) = self.verdict(m.id, &open, &m.path) else { continue };
+            let attach_path = attach_path(pid, m);
+            if let Some(a) = self.ensure_attached(kernel, m.id, &attach_path, &m.path, file) {
+                a.pids.insert(pid);
+                a.unused_since = None;
+                files.push(m.id);
+            }
+        }
+        if files.is_empty() {
+            if let Some(p) = self.processes.remove(&pid) {
+                self.release(&p.files, pid);
+            }
+            return 0;
+        }
+        let n = files.len();
+        let old = self.processes.insert(
+            pid,
+            Process {
+                comm: procfs::comm(pid).unwrap_or_default(),
+                start_ns: procfs::stat(pid).map_or(0, |s| s.start_ns),
+                files: files.clone(),
+            },
+        );
+        if let Some(old) = old {
+            let gone: Vec<FileId> = old.files.into_iter().filter(|f| !files.contains(f)).collect();
+            self.release(&gone, pid);
+        }
+        n
+    }
+
+    /// A process ended: drops its references.
+    pub fn exited(&mut self, pid: u32) -> Option<Process> {
+        let p = self.processes.remove(&pid)?;
+        self.release(&p.files, pid);
+        Some(p)
+    }
+
+    fn release(&mut self, files: &[FileId], pid: u32) {
+        for id in files {
+            if let Some(a) = self.attached.get_mut(id) {
+                a.pids.remove(&pid);
+                if a.pids.is_empty() && a.unused_since.is_none() {
+                    a.unused_since = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Detaches files no process has mapped for the linger time. The linger keeps back-to-back
+    /// runs of the same binary from paying an attach each, and from racing it.
+    pub fn detach_unused(&mut self, kernel: &mut Kernel) {
+        let now = Instant::now();
+        let done: Vec<FileId> = self
+            .attached
+            .iter()
+            .filter(|(_, a)| {
+                !a.pinned && a.unused_since.is_some_and(|t| now.duration_since(t) >= self.linger)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            if let Some(a) = self.attached.remove(&id) {
+                tracing::info!(path = %a.path, "detached: no process maps it");
+                kernel.detach(a.attachment);
+            }
+        }
+    }
+
+    /// Libraries whose reads keep failing their sanity check are detached and reported.
+    pub fn distrust_failing(&mut self, kernel: &mut Kernel) {
+        let failing: Vec<FileId> = self
+            .attached
+            .iter()
+            .filter(|(_, a)| a.attachment.slot.is_some_and(|s| kernel.read_failures(s) >= 3))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in failing {
+            if let Some(a) = self.attached.remove(&id) {
+                tracing::error!(path = %a.path, "reads through this library fail their sanity checks; detached and reported as unsupported");
+                kernel.detach(a.attachment);
+                self.verdicts.insert(id, Verdict::Unsupported("sanity_check_failed"));
+                self.unsupported.entry("sanity_check_failed").or_default().insert(id);
+            }
+        }
+    }
+
+    fn verdict(&mut self, id: FileId, open: &Path, shown: &str) -> Option<Arc<FfmpegFile>> {
+        if let Some(v) = self.verdicts.get(&id) {
+            return match v {
+                Verdict::Ffmpeg(f) => Some(f.clone()),
+                _ => None,
+            };
+        }
+        if self.verdicts.len() >= MAX_VERDICTS {
+            self.verdicts.retain(|_, v| matches!(v, Verdict::Ffmpeg(_)));
+        }
+        let v = match elf::inspect(open) {
+            Ok(None) => Verdict::NotFfmpeg,
+            Ok(Some(f)) => {
+                let versions: Vec<String> =
+                    f.versions.iter().map(|(l, v)| format!("{l:?} {v}")).collect();
+                tracing::info!(path = shown, versions = ?versions, probes = f.points.len(), "found FFmpeg");
+                Verdict::Ffmpeg(Arc::new(f))
+            }
+            Err(elf::InspectError::Open(e)) => {
+                // Not a verdict on the file: the process may have gone. Try again next time.
+                tracing::debug!(path = shown, error = %e, "cannot open mapped file");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(path = shown, reason = e.reason(), error = %e, "FFmpeg file not supported; not probed");
+                self.unsupported.entry(e.reason()).or_default().insert(id);
+                Verdict::Unsupported(e.reason())
+            }
+        };
+        self.verdicts.insert(id, v.clone());
+        match v {
+            Verdict::Ffmpeg(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    fn ensure_attached(
+        &mut self,
+        kernel: &mut Kernel,
+        id: FileId,
+        path: &Path,
+        shown: &str,
+        file: Arc<FfmpegFile>,
+    ) -> Option<&mut AttachedFile> {
+        if !self.attached.contains_key(&id) {
+            match kernel.attach(path, &file) {
+                Ok(attachment) => {
+                    tracing::info!(path = shown, slot = ?attachment.slot, "attached");
+                    self.attached.insert(
+                        id,
+                        AttachedFile {
+                            attachment,
+                            path: shown.to_string(),
+                            file,
+                            pids: HashSet::new(),
+                            pinned: false,
+                            unused_since: Some(Instant::now()),
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(path = shown, error = %e, "attach failed");
+                    self.verdicts.insert(id, Verdict::Unsupported("attach_failed"));
+                    self.unsupported.entry("attach_failed").or_default().insert(id);
+                    return None;
+                }
+            }
+        }
+        self.attached.get_mut(&id)
+    }
+
+    pub fn process(&self, pid: u32) -> Option<&Process> {
+        self.processes.get(&pid)
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes.keys().copied().collect()
+    }
+
+    pub fn attached(&self) -> Vec<AttachedInfo> {
+        self.attached
+            .values()
+            .map(|a| AttachedInfo {
+                path: a.path.clone(),
+                versions: a
+                    .file
+                    .versions
+                    .iter()
+                    .map(|(l, v)| format!("{l:?}:{v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                processes: a.pids.len(),
+            })
+            .collect()
+    }
+
+    pub fn unsupported(&self) -> BTreeMap<&'static str, usize> {
+        self.unsupported.iter().map(|(r, s)| (*r, s.len())).collect()
+    }
+}
+
+/// The path to hand the kernel for a uprobe: the process's own view of the file (through
+/// its root, so other mount namespaces work), or the map_files link if it was deleted.
+fn attach_path(pid: u32, m: &ExecMapping) -> PathBuf {
+    if m.path.ends_with(" (deleted)") {
+        m.open_path(pid)
+    } else {
+        PathBuf::from(format!("/proc/{pid}/root{}", m.path))
+    }
+}
+
+/// The kernel's `dev_t` as /proc/PID/maps prints it (major << 32 | minor in our FileId).
+fn dev_of(dev: u64) -> u64 {
+    // SAFETY: major/minor are pure arithmetic.
+    let (maj, min) = (libc::major(dev), libc::minor(dev));
+    (u64::from(maj) << 32) | u64::from(min)
+}
+
+/// Directories the dynamic linker searches; FFmpeg libraries in them are attached at start so
+/// a process started later is counted from its first frame.
+pub const LIBRARY_DIRS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+    "/usr/local/lib64",
+];
+
+/// FFmpeg libraries in `dirs`, one path per file.
+pub fn system_libraries(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let interesting = ["libavcodec", "libavformat", "libavfilter"]
+                .iter()
+                .any(|p| name.starts_with(p) && name.contains(".so"));
+            if !interesting {
+                continue;
+            }
+            let path = e.path();
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            use std::os::unix::fs::MetadataExt as _;
+            if meta.is_file() && seen.insert((meta.dev(), meta.ino())) {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
