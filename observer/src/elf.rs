@@ -135,7 +135,7 @@ fn versions(
     // A file without section headers: search it whole.
     let haystacks = if rodata.is_empty() { vec![data] } else { rodata };
     let mut versions = BTreeMap::new();
-    for hay in haystacks {
+    for hay in haystacks.iter().copied() {
         for (ident, library) in Library::IDENTS {
             for at in memmem::find_iter(hay, ident) {
                 let rest = &hay[at + ident.len()..];
@@ -157,5 +157,36 @@ fn versions(
             }
         }
     }
+    // libavfilter embeds no ident string; FFmpeg's linker version script names every shared
+    // library's exported symbols `LIBAVFILTER_<major>`, which gives the major.
+    if let Some(dynstr) = elf.section_by_name(".dynstr").and_then(|s| s.data().ok()) {
+        for (tag, library) in VERSION_TAGS {
+            if versions.contains_key(&library) {
+                continue;
+            }
+            for at in memmem::find_iter(dynstr, tag) {
+                if at > 0 && dynstr[at - 1] != 0 {
+                    continue;
+                }
+                let digits: Vec<u8> = dynstr[at + tag.len()..]
+                    .iter()
+                    .take_while(|c| c.is_ascii_digit())
+                    .copied()
+                    .collect();
+                if digits.is_empty() || digits.len() > 3 || dynstr.get(at + tag.len() + digits.len()) != Some(&0) {
+                    continue;
+                }
+                let major = digits.iter().fold(0u32, |a, d| a * 10 + u32::from(d - b'0'));
+                versions.insert(library, Version { major, minor: 0, micro: 0 });
+            }
+        }
+    }
     Ok(versions)
 }
+
+/// Symbol version names of FFmpeg's shared libraries.
+const VERSION_TAGS: [(&[u8], Library); 3] = [
+    (b"LIBAVCODEC_", Library::Avcodec),
+    (b"LIBAVFORMAT_", Library::Avformat),
+    (b"LIBAVFILTER_", Library::Avfilter),
+];

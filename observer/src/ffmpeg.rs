@@ -226,7 +226,9 @@ pub const LAYOUTS: &[LayoutRow] = &[
             lavc_major: 59,
             ctx_sample_rate: 352,
             ctx_sample_fmt: 360,
-            ctx_channels: 356,
+            // ch_layout (920) + 4: AVChannelLayout.nb_channels. The deprecated `channels`
+            // (356) is not filled by every caller of 59.
+            ctx_channels: 924,
             frame_flags: 316,
             ..STABLE
         },
@@ -238,9 +240,10 @@ pub const LAYOUTS: &[LayoutRow] = &[
         layout: LibLayout {
             lavc_major: 60,
             // options "ar" 352 and "ac" 356; sample_fmt is declared right after channels.
+            // "ch_layout" 912, + 4 for nb_channels.
             ctx_sample_rate: 352,
             ctx_sample_fmt: 360,
-            ctx_channels: 356,
+            ctx_channels: 916,
             frame_flags: 316,
             ..STABLE
         },

@@ -10,7 +10,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, FEntry, UProbe,
+        BtfTracePoint, FExit, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
@@ -137,13 +137,16 @@ impl Kernel {
                     Err(e) => tracing::warn!(program = name, error = %e, "process probe unavailable; falling back to /proc scans"),
                 }
             }
-            let p: &mut FEntry = program(&mut ebpf, "mmap_exec")?;
-            match p.load("security_mmap_file", btf).and_then(|()| p.attach().map(drop)) {
+            let p: &mut FExit = program(&mut ebpf, "mmap_exec")?;
+            match p.load("do_mmap", btf).and_then(|()| p.attach().map(drop)) {
                 Ok(()) => life.mmap = true,
-                Err(e) => tracing::warn!(program = "mmap_exec", error = %e, "library-load probe unavailable; new library copies are found by periodic /proc scans"),
+                Err(e) => tracing::debug!(error = %e, "fexit unavailable; using the mmap syscall tracepoints"),
             }
         } else {
-            tracing::warn!("no kernel BTF: process events unavailable, falling back to /proc scans");
+            tracing::warn!("no kernel BTF: process exec/exit events unavailable, falling back to /proc scans");
+        }
+        if !life.mmap {
+            life.mmap = attach_mmap_tracepoints(&mut ebpf);
         }
         let events: RingBuf<MapData> = map(&mut ebpf, "EVENTS")?;
         let kernel = Kernel {
@@ -264,6 +267,44 @@ impl Kernel {
         (0..counter::COUNT)
             .filter_map(|i| Some((i, self.counters.get(&i, 0).ok()?.iter().sum())))
             .collect()
+    }
+}
+
+/// The mmap syscall tracepoints, the fallback for kernels where fexit cannot load. They need
+/// tracefs, which is mounted if it is not.
+fn attach_mmap_tracepoints(ebpf: &mut Ebpf) -> bool {
+    ensure_tracefs();
+    let mut ok = true;
+    for name in ["sys_enter_mmap", "sys_exit_mmap"] {
+        let attached = program::<TracePoint>(ebpf, name).and_then(|p| {
+            p.load()
+                .and_then(|()| p.attach("syscalls", name).map(drop))
+                .map_err(|source| KernelError::Program { name, source })
+        });
+        if let Err(e) = attached {
+            tracing::warn!(error = %e, "library-load probe unavailable; new library copies are found by periodic /proc scans");
+            ok = false;
+        }
+    }
+    ok
+}
+
+/// Mounts tracefs at /sys/kernel/tracing if nothing is there (minimal hosts and containers
+/// often lack it); tracepoint programs find their ids in it.
+fn ensure_tracefs() {
+    let dir = Path::new("/sys/kernel/tracing");
+    if dir.join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return;
+    }
+    let (src, target, fstype) = (c"nodev", c"/sys/kernel/tracing", c"tracefs");
+    // SAFETY: constant NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot mount tracefs at /sys/kernel/tracing");
+    } else {
+        tracing::info!("mounted tracefs at /sys/kernel/tracing");
     }
 }
 

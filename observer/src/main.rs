@@ -154,9 +154,8 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                     let Some(ev) = kernel::parse_event(&item) else { continue };
                     match ev.kind {
                         k if k == EventKind::Exec as u32 => pending.add(ev.tgid, now),
-                        k if k == EventKind::ExecMmap as u32 => {
-                            pending.add(ev.tgid, now + Duration::from_millis(1));
-                        }
+                        // Sent after the mapping exists: scan now.
+                        k if k == EventKind::ExecMmap as u32 => pending.add(ev.tgid, now),
                         k if k == EventKind::Exit as u32 => exited.push(ev.tgid),
                         _ => {}
                     }

@@ -129,6 +129,8 @@ impl Families {
     fn finish(self) -> Vec<MetricFamily> {
         self.map
             .into_iter()
+            // The text encoder refuses a family without series.
+            .filter(|(_, (_, _, series))| !series.is_empty())
             .map(|(name, (kind, help, series))| {
                 let mut f = MetricFamily::default();
                 f.set_name(name.to_string());

@@ -3,8 +3,9 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{btf_tracepoint, fentry},
-    programs::{BtfTracePointContext, FEntryContext},
+    macros::{btf_tracepoint, fexit, map, tracepoint},
+    maps::LruHashMap,
+    programs::{BtfTracePointContext, FExitContext, TracePointContext},
 };
 use observer_common::{
     event::{EventKind, ProcessEvent},
@@ -42,14 +43,55 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// `int security_mmap_file(struct file *file, unsigned long prot, unsigned long flags)`:
-/// a shared library (or a bundled FFmpeg copy) being mapped executable.
-#[fentry(function = "security_mmap_file")]
-pub fn mmap_exec(ctx: FEntryContext) -> u32 {
+/// `unsigned long do_mmap(struct file *file, unsigned long addr, unsigned long len,
+/// unsigned long prot, unsigned long flags, vm_flags_t vm_flags, unsigned long pgoff, ...)`
+/// on return: a shared library (or a bundled FFmpeg copy) was just mapped executable, so the
+/// mapping is already in /proc/PID/maps when the daemon reads it. (LSM hooks such as
+/// security_mmap_file cannot be traced with fentry/fexit.)
+#[fexit(function = "do_mmap")]
+pub fn mmap_exec(ctx: FExitContext) -> u32 {
     let file: u64 = ctx.arg(0);
-    let prot: u64 = ctx.arg(1);
-    if file != 0 && prot & PROT_EXEC != 0 {
+    let prot: u64 = ctx.arg(3);
+    // The mapped address, or an error code in the last page.
+    let Ok(ret) = ctx.ret::<u64>() else { return 0 };
+    if file != 0 && prot & PROT_EXEC != 0 && ret < (-4095i64) as u64 {
         send(EventKind::ExecMmap, (bpf_get_current_pid_tgid() >> 32) as u32);
+    }
+    0
+}
+
+/// Threads inside an executable file mmap, between the syscall tracepoints below.
+#[map]
+static MMAP_EXEC: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
+
+// Syscall tracepoints lay out their arguments from offset 16, 8 bytes each, on every kernel
+// (after the common header and `__syscall_nr`).
+const SYSCALL_ARG0: usize = 16;
+
+/// `mmap(addr, len, prot, flags, fd, off)` entry: where fentry/fexit cannot load, these two
+/// tracepoints do the same job as `mmap_exec`.
+#[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
+pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets inside the tracepoint record, see SYSCALL_ARG0.
+    let prot: u64 = unsafe { ctx.read_at(SYSCALL_ARG0 + 2 * 8) }.unwrap_or(0);
+    let fd: i64 = unsafe { ctx.read_at(SYSCALL_ARG0 + 4 * 8) }.unwrap_or(-1);
+    if prot & PROT_EXEC != 0 && fd >= 0 {
+        let _ = MMAP_EXEC.insert(&bpf_get_current_pid_tgid(), &1, 0);
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_mmap")]
+pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if MMAP_EXEC.get_ptr(&pid_tgid).is_none() {
+        return 0;
+    }
+    let _ = MMAP_EXEC.remove(&pid_tgid);
+    // SAFETY: `ret` follows `__syscall_nr` in sys_exit records.
+    let ret: i64 = unsafe { ctx.read_at(SYSCALL_ARG0) }.unwrap_or(-1);
+    if ret >= 0 || ret < -4095 {
+        send(EventKind::ExecMmap, (pid_tgid >> 32) as u32);
     }
     0
 }
