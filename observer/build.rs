@@ -5,11 +5,19 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 fn main() -> anyhow::Result<()> {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
-    let root = manifest.parent().context("workspace root")?.join("observer-ebpf");
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
+    let root = manifest
+        .parent()
+        .context("workspace root")?
+        .join("observer-ebpf");
     let root = root.to_str().context("non-UTF-8 path")?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: "observer-ebpf", root_dir: root, ..Default::default() }],
+        [aya_build::Package {
+            name: "observer-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
     .context(

@@ -123,7 +123,11 @@ pub struct Histogram {
 impl Histogram {
     pub const fn bucket(ns: u64) -> usize {
         let i = log2(ns) as usize;
-        if i >= HIST_BUCKETS { HIST_BUCKETS - 1 } else { i }
+        if i >= HIST_BUCKETS {
+            HIST_BUCKETS - 1
+        } else {
+            i
+        }
     }
 
     pub fn count(&self) -> u64 {

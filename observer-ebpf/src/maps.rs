@@ -7,8 +7,8 @@ use aya_ebpf::{
 use observer_common::{
     layout::{LibLayout, MAX_LIBS},
     stream::{
-        EndedKey, InflightKey, MAX_CALLS_IN_PROGRESS, MAX_ENDED_STREAMS, MAX_INFLIGHT,
-        MAX_STREAMS, Stream, StreamKey, counter,
+        EndedKey, InflightKey, MAX_CALLS_IN_PROGRESS, MAX_ENDED_STREAMS, MAX_INFLIGHT, MAX_STREAMS,
+        Stream, StreamKey, counter,
     },
 };
 

@@ -4,7 +4,9 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, ValueEnum, parser::ValueSource};
+use clap::{
+    ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, ValueEnum, parser::ValueSource,
+};
 use serde::Deserialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -15,7 +17,11 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "observer", version, about = "Zero-instrumentation observability for video pipelines")]
+#[command(
+    name = "observer",
+    version,
+    about = "Zero-instrumentation observability for video pipelines"
+)]
 pub struct Options {
     /// Address to serve /metrics, /healthz, /readyz and /streams on.
     #[arg(long, env = "OBSERVER_LISTEN", default_value = "127.0.0.1:9464")]
@@ -65,6 +71,11 @@ pub struct Options {
     /// them yet (comma-separated).
     #[arg(long, env = "OBSERVER_LIBRARY_DIRS", value_delimiter = ',', default_values_t = crate::tracker::LIBRARY_DIRS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
     pub library_dirs: Vec<String>,
+
+    /// Benchmarking aid: attach programs that do nothing at the same points instead of the
+    /// real ones, to measure what the probe mechanism alone costs (no metrics are produced).
+    #[arg(long, env = "OBSERVER_EMPTY_PROBES", default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub empty_probes: bool,
 }
 
 /// The config file: every option, all optional; unknown keys are an error.
@@ -93,16 +104,23 @@ mod opt_duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s = Option::<String>::deserialize(d)?;
-        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -114,8 +132,10 @@ impl Options {
         let matches = Options::command().get_matches();
         let mut opts = Options::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         if let Some(path) = opts.config.clone() {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
             let file: FileOptions =
                 toml::from_str(&text).map_err(|source| ConfigError::Parse { path, source })?;
             opts.merge(&matches, file);
@@ -135,18 +155,35 @@ impl Options {
                 }
             )*};
         }
-        take!(listen, log_format, log_level, ended_stream_grace, max_streams, aggregate, collect_interval, rescan_interval, detach_linger, library_dirs);
+        take!(
+            listen,
+            log_format,
+            log_level,
+            ended_stream_grace,
+            max_streams,
+            aggregate,
+            collect_interval,
+            rescan_interval,
+            detach_linger,
+            library_dirs
+        );
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.max_streams == 0 {
-            return Err(ConfigError::Invalid("max_streams must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "max_streams must be at least 1".into(),
+            ));
         }
         if self.collect_interval < Duration::from_millis(10) {
-            return Err(ConfigError::Invalid("collect_interval must be at least 10ms".into()));
+            return Err(ConfigError::Invalid(
+                "collect_interval must be at least 10ms".into(),
+            ));
         }
         if self.rescan_interval < Duration::from_secs(1) {
-            return Err(ConfigError::Invalid("rescan_interval must be at least 1s".into()));
+            return Err(ConfigError::Invalid(
+                "rescan_interval must be at least 1s".into(),
+            ));
         }
         Ok(())
     }
@@ -157,9 +194,15 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str], file: &str) -> Result<Options, ConfigError> {
-        let m = Options::command().try_get_matches_from(args).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let mut o = Options::from_arg_matches(&m).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let f: FileOptions = toml::from_str(file).map_err(|source| ConfigError::Parse { path: "t".into(), source })?;
+        let m = Options::command()
+            .try_get_matches_from(args)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut o =
+            Options::from_arg_matches(&m).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let f: FileOptions = toml::from_str(file).map_err(|source| ConfigError::Parse {
+            path: "t".into(),
+            source,
+        })?;
         o.merge(&m, f);
         o.validate()?;
         Ok(o)
@@ -167,7 +210,11 @@ mod tests {
 
     #[test]
     fn flag_beats_file_beats_default() {
-        let o = parse(&["observer", "--max-streams", "7"], "max_streams = 9\nended_stream_grace = \"30s\"\n").unwrap();
+        let o = parse(
+            &["observer", "--max-streams", "7"],
+            "max_streams = 9\nended_stream_grace = \"30s\"\n",
+        )
+        .unwrap();
         assert_eq!(o.max_streams, 7);
         assert_eq!(o.ended_stream_grace, Duration::from_secs(30));
         assert_eq!(o.listen.to_string(), "127.0.0.1:9464");
@@ -175,9 +222,18 @@ mod tests {
 
     #[test]
     fn bad_file_keys_and_values_are_refused() {
-        assert!(matches!(parse(&["observer"], "no_such_key = 1\n"), Err(ConfigError::Parse { .. })));
-        assert!(matches!(parse(&["observer"], "ended_stream_grace = \"soon\"\n"), Err(ConfigError::Parse { .. })));
-        assert!(matches!(parse(&["observer"], "max_streams = 0\n"), Err(ConfigError::Invalid(_))));
+        assert!(matches!(
+            parse(&["observer"], "no_such_key = 1\n"),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            parse(&["observer"], "ended_stream_grace = \"soon\"\n"),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            parse(&["observer"], "max_streams = 0\n"),
+            Err(ConfigError::Invalid(_))
+        ));
         assert!(parse(&["observer", "--listen", "nope"], "").is_err());
     }
 }

@@ -22,7 +22,9 @@ pub enum InspectError {
     /// Two different versions of the same library in one file.
     #[error("carries more than one {0:?} version ({1} and {2})")]
     AmbiguousVersion(Library, Version, Version),
-    #[error("{library:?} {version} is not a supported FFmpeg release (supported: libavcodec 58 to 63)")]
+    #[error(
+        "{library:?} {version} is not a supported FFmpeg release (supported: libavcodec 58 to 63)"
+    )]
     UnknownVersion { library: Library, version: Version },
 }
 
@@ -81,9 +83,15 @@ pub fn inspect_bytes(data: &[u8]) -> Result<Option<FfmpegFile>, InspectError> {
         if found.contains_key(probe.symbol) {
             continue;
         }
-        let Some(index) = sym.section_index() else { continue };
-        let Ok(section) = elf.section_by_index(index) else { continue };
-        let Some((file_start, _)) = section.file_range() else { continue };
+        let Some(index) = sym.section_index() else {
+            continue;
+        };
+        let Ok(section) = elf.section_by_index(index) else {
+            continue;
+        };
+        let Some((file_start, _)) = section.file_range() else {
+            continue;
+        };
         let Some(offset) = sym
             .address()
             .checked_sub(section.address())
@@ -100,7 +108,11 @@ pub fn inspect_bytes(data: &[u8]) -> Result<Option<FfmpegFile>, InspectError> {
     let points: Vec<ProbePoint> = PROBES
         .iter()
         .filter(|p| p.unless.is_none_or(|other| !found.contains_key(other)))
-        .filter_map(|p| found.get(p.symbol).map(|&offset| ProbePoint { probe: *p, offset }))
+        .filter_map(|p| {
+            found
+                .get(p.symbol)
+                .map(|&offset| ProbePoint { probe: *p, offset })
+        })
         .collect();
 
     let versions = versions(&elf, data)?;
@@ -119,7 +131,11 @@ pub fn inspect_bytes(data: &[u8]) -> Result<Option<FfmpegFile>, InspectError> {
     } else {
         None
     };
-    Ok(Some(FfmpegFile { points, versions, release }))
+    Ok(Some(FfmpegFile {
+        points,
+        versions,
+        release,
+    }))
 }
 
 /// Finds the `LIB*_IDENT` strings in the file's read-only data.
@@ -133,7 +149,11 @@ fn versions(
         .filter_map(|s| s.data().ok())
         .collect();
     // A file without section headers: search it whole.
-    let haystacks = if rodata.is_empty() { vec![data] } else { rodata };
+    let haystacks = if rodata.is_empty() {
+        vec![data]
+    } else {
+        rodata
+    };
     let mut versions = BTreeMap::new();
     for hay in haystacks.iter().copied() {
         for (ident, library) in Library::IDENTS {
@@ -147,7 +167,9 @@ fn versions(
                 if at > 0 && hay[at - 1] != 0 {
                     continue;
                 }
-                let Some(v) = ffmpeg::parse_version(&rest[..rest.len().min(16)]) else { continue };
+                let Some(v) = ffmpeg::parse_version(&rest[..rest.len().min(16)]) else {
+                    continue;
+                };
                 match versions.insert(library, v) {
                     Some(old) if old != v => {
                         return Err(InspectError::AmbiguousVersion(library, old, v));
@@ -173,11 +195,23 @@ fn versions(
                     .take_while(|c| c.is_ascii_digit())
                     .copied()
                     .collect();
-                if digits.is_empty() || digits.len() > 3 || dynstr.get(at + tag.len() + digits.len()) != Some(&0) {
+                if digits.is_empty()
+                    || digits.len() > 3
+                    || dynstr.get(at + tag.len() + digits.len()) != Some(&0)
+                {
                     continue;
                 }
-                let major = digits.iter().fold(0u32, |a, d| a * 10 + u32::from(d - b'0'));
-                versions.insert(library, Version { major, minor: 0, micro: 0 });
+                let major = digits
+                    .iter()
+                    .fold(0u32, |a, d| a * 10 + u32::from(d - b'0'));
+                versions.insert(
+                    library,
+                    Version {
+                        major,
+                        minor: 0,
+                        micro: 0,
+                    },
+                );
             }
         }
     }

@@ -39,11 +39,21 @@ pub struct Probe {
 }
 
 const fn data(symbol: &'static str, call: Call) -> Probe {
-    Probe { symbol, hook: Hook::Data(call), unless: None, needs_layout: true }
+    Probe {
+        symbol,
+        hook: Hook::Data(call),
+        unless: None,
+        needs_layout: true,
+    }
 }
 
 pub const PROBES: &[Probe] = &[
-    Probe { symbol: "avcodec_open2", hook: Hook::Open, unless: None, needs_layout: true },
+    Probe {
+        symbol: "avcodec_open2",
+        hook: Hook::Open,
+        unless: None,
+        needs_layout: true,
+    },
     data("avcodec_send_packet", Call::SendPacket),
     data("avcodec_receive_frame_flags", Call::ReceiveFrame),
     Probe {
@@ -65,7 +75,12 @@ pub const PROBES: &[Probe] = &[
         needs_layout: false,
     },
     // Gone from libavcodec 62 on.
-    Probe { symbol: "avcodec_close", hook: Hook::End(hook::CLOSE), unless: None, needs_layout: false },
+    Probe {
+        symbol: "avcodec_close",
+        hook: Hook::End(hook::CLOSE),
+        unless: None,
+        needs_layout: false,
+    },
     Probe {
         symbol: "avformat_find_stream_info",
         hook: Hook::FindStreamInfo,
@@ -93,8 +108,11 @@ pub enum Library {
 impl Library {
     /// The `LIB*_IDENT` prefix each library embeds in `.rodata` (e.g. `Lavc59.37.100`).
     /// `Lavfi` must be tried before `Lavf`.
-    pub const IDENTS: [(&'static [u8], Library); 3] =
-        [(b"Lavfi", Library::Avfilter), (b"Lavc", Library::Avcodec), (b"Lavf", Library::Avformat)];
+    pub const IDENTS: [(&'static [u8], Library); 3] = [
+        (b"Lavfi", Library::Avfilter),
+        (b"Lavc", Library::Avcodec),
+        (b"Lavf", Library::Avformat),
+    ];
 }
 
 /// A library version as its ident string gives it.
@@ -134,7 +152,11 @@ pub fn parse_version(s: &[u8]) -> Option<Version> {
     }
     match s.get(i) {
         Some(c) if c.is_ascii_digit() || *c == b'.' => None,
-        _ => Some(Version { major: parts[0], minor: parts[1], micro: parts[2] }),
+        _ => Some(Version {
+            major: parts[0],
+            minor: parts[1],
+            micro: parts[2],
+        }),
     }
 }
 
@@ -365,9 +387,13 @@ pub fn pixel_format_name(lavc_major: u32, value: i32) -> Option<&'static str> {
 
 /// `AVSampleFormat` names; this enum has not changed since libavutil 56.
 pub fn sample_format_name(value: i32) -> Option<&'static str> {
-    const NAMES: [&str; 12] =
-        ["u8", "s16", "s32", "flt", "dbl", "u8p", "s16p", "s32p", "fltp", "dblp", "s64", "s64p"];
-    usize::try_from(value).ok().and_then(|i| NAMES.get(i)).copied()
+    const NAMES: [&str; 12] = [
+        "u8", "s16", "s32", "flt", "dbl", "u8p", "s16p", "s32p", "fltp", "dblp", "s64", "s64p",
+    ];
+    usize::try_from(value)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .copied()
 }
 
 /// The `AVERROR` name of a negative return code, as the `error` label gives it.
@@ -453,8 +479,22 @@ mod tests {
 
     #[test]
     fn version_strings_parse_and_reject_garbage() {
-        assert_eq!(parse_version(b"59.37.100\0"), Some(Version { major: 59, minor: 37, micro: 100 }));
-        assert_eq!(parse_version(b"62.11.100"), Some(Version { major: 62, minor: 11, micro: 100 }));
+        assert_eq!(
+            parse_version(b"59.37.100\0"),
+            Some(Version {
+                major: 59,
+                minor: 37,
+                micro: 100
+            })
+        );
+        assert_eq!(
+            parse_version(b"62.11.100"),
+            Some(Version {
+                major: 62,
+                minor: 11,
+                micro: 100
+            })
+        );
         assert_eq!(parse_version(b"59.37"), None);
         assert_eq!(parse_version(b"5x.1.1"), None);
         assert_eq!(parse_version(b"59.37.100.4"), None);

@@ -1,10 +1,7 @@
 //! The kernel side as the daemon sees it: loads the programs, attaches them to FFmpeg files,
 //! and reads the maps. The only module that talks to aya.
 
-use std::{
-    collections::HashMap as StdHashMap,
-    path::Path,
-};
+use std::{collections::HashMap as StdHashMap, path::Path};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -67,7 +64,7 @@ fn cookie_kind(hook: Hook) -> u32 {
     }
 }
 
-const UPROBE_PROGRAMS: [&str; 7] = [
+const UPROBE_PROGRAMS: [&str; 9] = [
     "call_enter",
     "call_return",
     "open_enter",
@@ -75,6 +72,8 @@ const UPROBE_PROGRAMS: [&str; 7] = [
     "find_stream_info_enter",
     "find_stream_info_return",
     "stream_end",
+    "noop_enter",
+    "noop_return",
 ];
 
 /// Probes attached to one file.
@@ -101,6 +100,8 @@ pub struct Kernel {
     counters: PerCpuArray<MapData, u64>,
     free_slots: Vec<u32>,
     pub life: LifeProbes,
+    /// Attach do-nothing programs instead of the real ones (the benchmarks' floor).
+    empty_probes: bool,
 }
 
 fn map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -117,13 +118,14 @@ fn map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 impl Kernel {
     /// Loads every program. Process-life probes that this kernel lacks are reported in
     /// [`Kernel::life`] and the daemon falls back to periodic /proc scans for them.
-    pub fn load() -> Result<(Self, RingBuf<MapData>), KernelError> {
+    pub fn load(empty_probes: bool) -> Result<(Self, RingBuf<MapData>), KernelError> {
         raise_memlock_limit();
         let btf = Btf::from_sys_fs().ok();
         let mut ebpf = EbpfLoader::new().btf(btf.as_ref()).load(PROGRAMS)?;
         for name in UPROBE_PROGRAMS {
             let p: &mut UProbe = program(&mut ebpf, name)?;
-            p.load().map_err(|source| KernelError::Program { name, source })?;
+            p.load()
+                .map_err(|source| KernelError::Program { name, source })?;
         }
         let mut life = LifeProbes::default();
         if let Some(btf) = btf.as_ref() {
@@ -134,16 +136,22 @@ impl Kernel {
                 let p: &mut BtfTracePoint = program(&mut ebpf, name)?;
                 match p.load(tp, btf).and_then(|()| p.attach().map(drop)) {
                     Ok(()) => *flag = true,
-                    Err(e) => tracing::warn!(program = name, error = %e, "process probe unavailable; falling back to /proc scans"),
+                    Err(e) => {
+                        tracing::warn!(program = name, error = %e, "process probe unavailable; falling back to /proc scans")
+                    }
                 }
             }
             let p: &mut FExit = program(&mut ebpf, "mmap_exec")?;
             match p.load("do_mmap", btf).and_then(|()| p.attach().map(drop)) {
                 Ok(()) => life.mmap = true,
-                Err(e) => tracing::debug!(error = %e, "fexit unavailable; using the mmap syscall tracepoints"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "fexit unavailable; using the mmap syscall tracepoints")
+                }
             }
         } else {
-            tracing::warn!("no kernel BTF: process exec/exit events unavailable, falling back to /proc scans");
+            tracing::warn!(
+                "no kernel BTF: process exec/exit events unavailable, falling back to /proc scans"
+            );
         }
         if !life.mmap {
             life.mmap = attach_mmap_tracepoints(&mut ebpf);
@@ -159,6 +167,7 @@ impl Kernel {
             free_slots: (0..MAX_LIBS).rev().collect(),
             ebpf,
             life,
+            empty_probes,
         };
         Ok((kernel, events))
     }
@@ -175,19 +184,33 @@ impl Kernel {
                     .and_then(|()| self.lib_failures.set(slot, zero, 0));
                 if let Err(source) = set {
                     self.free_slots.push(slot);
-                    return Err(KernelError::Map { name: "LIBS", source });
+                    return Err(KernelError::Map {
+                        name: "LIBS",
+                        source,
+                    });
                 }
                 Some(slot)
             }
             None => None,
         };
-        let mut attachment = Attachment { slot, links: Vec::new() };
+        let mut attachment = Attachment {
+            slot,
+            links: Vec::new(),
+        };
         for point in &file.points {
             if point.probe.needs_layout && slot.is_none() {
                 continue;
             }
-            let (enter, ret) = programs_for(point.probe.hook);
-            let c = cookie(slot.unwrap_or(u16::MAX as u32), cookie_kind(point.probe.hook));
+            let (enter, ret) = if self.empty_probes {
+                let (_, ret) = programs_for(point.probe.hook);
+                ("noop_enter", ret.map(|_| "noop_return"))
+            } else {
+                programs_for(point.probe.hook)
+            };
+            let c = cookie(
+                slot.unwrap_or(u16::MAX as u32),
+                cookie_kind(point.probe.hook),
+            );
             for name in [Some(enter), ret].into_iter().flatten() {
                 let p: &mut UProbe = program(&mut self.ebpf, name)?;
                 let at = UProbeAttachPoint {
@@ -251,8 +274,12 @@ impl Kernel {
 
     /// Drops the latency-pairing state of processes that are gone.
     pub fn forget_inflight(&mut self, dead: &dyn Fn(u32) -> bool) {
-        let keys: Vec<InflightKey> =
-            self.inflight.keys().filter_map(Result::ok).filter(|k| dead(k.tgid)).collect();
+        let keys: Vec<InflightKey> = self
+            .inflight
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| dead(k.tgid))
+            .collect();
         for k in keys {
             let _ = self.inflight.remove(&k);
         }
@@ -299,7 +326,13 @@ fn ensure_tracefs() {
     let (src, target, fstype) = (c"nodev", c"/sys/kernel/tracing", c"tracefs");
     // SAFETY: constant NUL-terminated strings; no data argument.
     let rc = unsafe {
-        libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         tracing::warn!(error = %std::io::Error::last_os_error(), "cannot mount tracefs at /sys/kernel/tracing");
@@ -316,12 +349,16 @@ where
         name,
         source: aya::programs::ProgramError::UnexpectedProgramType,
     })?;
-    p.try_into().map_err(|source| KernelError::Program { name, source })
+    p.try_into()
+        .map_err(|source| KernelError::Program { name, source })
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
 fn raise_memlock_limit() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads the struct we pass.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels from 5.11");

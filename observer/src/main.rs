@@ -1,17 +1,6 @@
 //! observer: a per-node daemon that counts what every FFmpeg in every process decodes,
 //! encodes and filters, from uprobes, and serves it to Prometheus.
 
-mod config;
-mod elf;
-mod ffmpeg;
-mod kernel;
-mod metrics;
-mod procfs;
-mod server;
-mod state;
-mod streams;
-mod tracker;
-
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
@@ -23,12 +12,13 @@ use anyhow::Context as _;
 use observer_common::event::EventKind;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
-use crate::{
+use observer::{
     config::{LogFormat, Options},
-    kernel::Kernel,
+    kernel::{self, Kernel},
+    procfs, server,
     state::{Shared, SharedState},
     streams::Registry,
-    tracker::Tracker,
+    tracker::{self, Tracker},
 };
 
 fn main() {
@@ -55,7 +45,9 @@ fn main() {
 fn init_logging(opts: &Options) {
     let filter = tracing_subscriber::EnvFilter::try_new(&opts.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match opts.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -81,8 +73,12 @@ impl Pending {
         self.due.values().map(|(t, _)| *t).min()
     }
     fn take_due(&mut self, now: Instant) -> Vec<(u32, bool)> {
-        let due: Vec<(u32, bool)> =
-            self.due.iter().filter(|(_, (t, _))| *t <= now).map(|(p, (_, again))| (*p, *again)).collect();
+        let due: Vec<(u32, bool)> = self
+            .due
+            .iter()
+            .filter(|(_, (t, _))| *t <= now)
+            .map(|(p, (_, again))| (*p, *again))
+            .collect();
         for (p, _) in &due {
             self.due.remove(p);
         }
@@ -91,11 +87,16 @@ impl Pending {
 }
 
 async fn run(opts: Options) -> anyhow::Result<()> {
-    let (mut kernel, events) = Kernel::load().context(
+    let (mut kernel, events) = Kernel::load(opts.empty_probes).context(
         "cannot load the kernel programs; observer needs root or CAP_BPF, CAP_PERFMON and \
          CAP_SYS_PTRACE, and a kernel with uprobes and BTF",
     )?;
-    tracing::info!(exec = kernel.life.exec, exit = kernel.life.exit, library_loads = kernel.life.mmap, "kernel programs loaded");
+    tracing::info!(
+        exec = kernel.life.exec,
+        exit = kernel.life.exit,
+        library_loads = kernel.life.mmap,
+        "kernel programs loaded"
+    );
     let mut tracker = Tracker::new(opts.detach_linger);
     let shared: SharedState = Arc::new(Mutex::new(Shared {
         registry: Registry::new(opts.ended_stream_grace, opts.max_streams),
@@ -131,11 +132,16 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         scans += 1;
     }
     publish(&shared, &mut kernel, &tracker, scans, true);
-    tracing::info!(attached = tracker.attached().len(), processes = tracker.pids().len(), "initial scan done; ready");
+    tracing::info!(
+        attached = tracker.attached().len(),
+        processes = tracker.pids().len(),
+        "initial scan done; ready"
+    );
 
     // SAFETY: the ring buffer owns its map fd, which stays open until the AsyncFd drops it.
-    let mut events = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("watching the kernel's event ring buffer: {e}"))?;
+    let mut events =
+        unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("watching the kernel's event ring buffer: {e}"))?;
     let mut collect = tokio::time::interval(opts.collect_interval);
     let mut rescan = tokio::time::interval(opts.rescan_interval);
     rescan.tick().await;

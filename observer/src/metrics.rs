@@ -9,11 +9,7 @@ use prometheus::{
     proto::{self, LabelPair, MetricFamily, MetricType},
 };
 
-use crate::{
-    ffmpeg,
-    state::Shared,
-    streams::Record,
-};
+use crate::{ffmpeg, state::Shared, streams::Record};
 
 /// Exported bucket ranges, as kernel log2 bucket indexes `lo..=hi`: bucket `i` ends at
 /// `2^(i+1)` ns. Frame latency: 16 µs to 8.6 s; call duration: 1 µs to 0.54 s. The kernel keeps
@@ -66,12 +62,24 @@ fn label(name: &str, value: impl Into<String>) -> LabelPair {
 /// aggregation mode drops the per-stream labels and folds streams together).
 #[derive(Default)]
 struct Families {
-    map: BTreeMap<&'static str, (MetricType, &'static str, BTreeMap<Vec<(String, String)>, Value>)>,
+    map: BTreeMap<
+        &'static str,
+        (
+            MetricType,
+            &'static str,
+            BTreeMap<Vec<(String, String)>, Value>,
+        ),
+    >,
 }
 
 enum Value {
     Scalar(f64),
-    Hist { buckets: Vec<u64>, sum: f64, lo: usize, hi: usize },
+    Hist {
+        buckets: Vec<u64>,
+        sum: f64,
+        lo: usize,
+        hi: usize,
+    },
 }
 
 impl Families {
@@ -83,8 +91,15 @@ impl Families {
         labels: &[(&'static str, String)],
         v: f64,
     ) {
-        let key = labels.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect();
-        let series = &mut self.map.entry(name).or_insert_with(|| (kind, help, BTreeMap::new())).2;
+        let key = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), v.clone()))
+            .collect();
+        let series = &mut self
+            .map
+            .entry(name)
+            .or_insert_with(|| (kind, help, BTreeMap::new()))
+            .2;
         match series.entry(key).or_insert(Value::Scalar(0.0)) {
             Value::Scalar(x) => {
                 if matches!(kind, MetricType::GAUGE) {
@@ -98,7 +113,9 @@ impl Families {
     }
 
     fn declare(&mut self, name: &'static str, kind: MetricType, help: &'static str) {
-        self.map.entry(name).or_insert_with(|| (kind, help, BTreeMap::new()));
+        self.map
+            .entry(name)
+            .or_insert_with(|| (kind, help, BTreeMap::new()));
     }
 
     fn hist(
@@ -109,9 +126,15 @@ impl Families {
         h: &Histogram,
         (lo, hi): (usize, usize),
     ) {
-        let key = labels.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect();
-        let series =
-            &mut self.map.entry(name).or_insert_with(|| (MetricType::HISTOGRAM, help, BTreeMap::new())).2;
+        let key = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), v.clone()))
+            .collect();
+        let series = &mut self
+            .map
+            .entry(name)
+            .or_insert_with(|| (MetricType::HISTOGRAM, help, BTreeMap::new()))
+            .2;
         let v = series.entry(key).or_insert_with(|| Value::Hist {
             buckets: vec![0; HIST_BUCKETS],
             sum: 0.0,
@@ -150,7 +173,15 @@ impl Families {
                             g.set_value(x);
                             m.set_gauge(g);
                         }
-                        (_, Value::Hist { buckets, sum, lo, hi }) => {
+                        (
+                            _,
+                            Value::Hist {
+                                buckets,
+                                sum,
+                                lo,
+                                hi,
+                            },
+                        ) => {
                             let mut h = proto::Histogram::default();
                             let total: u64 = buckets.iter().sum();
                             let mut cum = 0;
@@ -182,10 +213,26 @@ const STREAM_HELP: &str = "1 while the stream is open, 0 in the grace period aft
 
 fn stream_families(f: &mut Families, records: &[&Record], aggregate: bool) {
     for kind in [
-        ("media_frames_total", MetricType::COUNTER, "Frames returned by a decoder or accepted by an encoder"),
-        ("media_packets_total", MetricType::COUNTER, "Packets accepted by a decoder or returned by an encoder; flush calls are not packets"),
-        ("media_packet_bytes_total", MetricType::COUNTER, "Payload bytes of the packets in media_packets_total"),
-        ("media_keyframes_total", MetricType::COUNTER, "Key frames returned by a decoder, key packets returned by an encoder"),
+        (
+            "media_frames_total",
+            MetricType::COUNTER,
+            "Frames returned by a decoder or accepted by an encoder",
+        ),
+        (
+            "media_packets_total",
+            MetricType::COUNTER,
+            "Packets accepted by a decoder or returned by an encoder; flush calls are not packets",
+        ),
+        (
+            "media_packet_bytes_total",
+            MetricType::COUNTER,
+            "Payload bytes of the packets in media_packets_total",
+        ),
+        (
+            "media_keyframes_total",
+            MetricType::COUNTER,
+            "Key frames returned by a decoder, key packets returned by an encoder",
+        ),
     ] {
         f.declare(kind.0, kind.1, kind.2);
     }
@@ -209,10 +256,34 @@ fn stream_families(f: &mut Families, records: &[&Record], aggregate: bool) {
             Direction::Decode => (s.out_count, s.in_count, s.in_bytes),
             _ => (s.in_count, s.out_count, s.out_bytes),
         };
-        f.add("media_frames_total", MetricType::COUNTER, "", &labels, frames as f64);
-        f.add("media_packets_total", MetricType::COUNTER, "", &labels, packets as f64);
-        f.add("media_packet_bytes_total", MetricType::COUNTER, "", &labels, bytes as f64);
-        f.add("media_keyframes_total", MetricType::COUNTER, "", &labels, s.keyframes as f64);
+        f.add(
+            "media_frames_total",
+            MetricType::COUNTER,
+            "",
+            &labels,
+            frames as f64,
+        );
+        f.add(
+            "media_packets_total",
+            MetricType::COUNTER,
+            "",
+            &labels,
+            packets as f64,
+        );
+        f.add(
+            "media_packet_bytes_total",
+            MetricType::COUNTER,
+            "",
+            &labels,
+            bytes as f64,
+        );
+        f.add(
+            "media_keyframes_total",
+            MetricType::COUNTER,
+            "",
+            &labels,
+            s.keyframes as f64,
+        );
         f.add(
             "media_frame_latency_unmatched_total",
             MetricType::COUNTER,
@@ -241,14 +312,30 @@ fn stream_families(f: &mut Families, records: &[&Record], aggregate: bool) {
                 CALL_BUCKETS,
             );
         }
-        f.declare("media_codec_errors_total", MetricType::COUNTER, "API calls that failed with anything but EAGAIN or EOF, by call and AVERROR name");
+        f.declare(
+            "media_codec_errors_total",
+            MetricType::COUNTER,
+            "API calls that failed with anything but EAGAIN or EOF, by call and AVERROR name",
+        );
         for e in s.errors.iter().filter(|e| e.code != 0 && e.count > 0) {
             let mut l = labels.clone();
             l.push(("call", call_name(e.call).into()));
             l.push(("error", ffmpeg::error_name(e.code)));
-            f.add("media_codec_errors_total", MetricType::COUNTER, "", &l, e.count as f64);
+            f.add(
+                "media_codec_errors_total",
+                MetricType::COUNTER,
+                "",
+                &l,
+                e.count as f64,
+            );
         }
-        f.add("media_stream_up", MetricType::GAUGE, STREAM_HELP, &labels, if r.ended.is_none() { 1.0 } else { 0.0 });
+        f.add(
+            "media_stream_up",
+            MetricType::GAUGE,
+            STREAM_HELP,
+            &labels,
+            if r.ended.is_none() { 1.0 } else { 0.0 },
+        );
         if !aggregate {
             f.add(
                 "media_stream_last_activity_timestamp_seconds",
@@ -261,7 +348,11 @@ fn stream_families(f: &mut Families, records: &[&Record], aggregate: bool) {
             if s.media == 1 {
                 l.push(("sample_rate", s.sample_rate.to_string()));
                 l.push(("channels", s.channels.to_string()));
-                l.push(("sample_format", ffmpeg::sample_format_name(s.format).map_or_else(|| format!("id:{}", s.format), Into::into)));
+                l.push((
+                    "sample_format",
+                    ffmpeg::sample_format_name(s.format)
+                        .map_or_else(|| format!("id:{}", s.format), Into::into),
+                ));
             } else {
                 l.push(("width", s.width.to_string()));
                 l.push(("height", s.height.to_string()));
@@ -272,7 +363,13 @@ fn stream_families(f: &mut Families, records: &[&Record], aggregate: bool) {
                 ));
             }
             l.push(("libavcodec", r.lavc_major.to_string()));
-            f.add("media_stream_info", MetricType::GAUGE, "A stream's parameters, as labels", &l, 1.0);
+            f.add(
+                "media_stream_info",
+                MetricType::GAUGE,
+                "A stream's parameters, as labels",
+                &l,
+                1.0,
+            );
         }
     }
 }
@@ -280,8 +377,20 @@ fn stream_families(f: &mut Families, records: &[&Record], aggregate: bool) {
 fn filter_families(f: &mut Families, r: &Record, mut labels: Vec<(&'static str, String)>) {
     let s = &r.stream;
     labels.push(("media", media_name(s.media).into()));
-    f.add("media_filter_frames_in_total", MetricType::COUNTER, "Frames pushed into a filter graph's buffer sources", &labels, s.in_count as f64);
-    f.add("media_filter_frames_out_total", MetricType::COUNTER, "Frames pulled out of a filter graph's buffer sinks", &labels, s.out_count as f64);
+    f.add(
+        "media_filter_frames_in_total",
+        MetricType::COUNTER,
+        "Frames pushed into a filter graph's buffer sources",
+        &labels,
+        s.in_count as f64,
+    );
+    f.add(
+        "media_filter_frames_out_total",
+        MetricType::COUNTER,
+        "Frames pulled out of a filter graph's buffer sinks",
+        &labels,
+        s.out_count as f64,
+    );
     f.hist(
         "media_filter_frame_latency_seconds",
         "Time a frame spends in a filter graph: pushed in to pulled out with the same pts",
@@ -302,7 +411,13 @@ fn filter_families(f: &mut Families, r: &Record, mut labels: Vec<(&'static str, 
         }
         let mut l = labels.clone();
         l.push(("call", call_name(s.side_call[side]).into()));
-        f.hist("media_filter_call_duration_seconds", "Time spent inside buffer source and sink calls", &l, &s.calls[side], CALL_BUCKETS);
+        f.hist(
+            "media_filter_call_duration_seconds",
+            "Time spent inside buffer source and sink calls",
+            &l,
+            &s.calls[side],
+            CALL_BUCKETS,
+        );
     }
 }
 
@@ -314,8 +429,20 @@ fn daemon_families(f: &mut Families, shared: &Shared) {
         &[("version", env!("CARGO_PKG_VERSION").into())],
         1.0,
     );
-    f.add("observer_ready", MetricType::GAUGE, "1 once the initial scan has attached", &[], if shared.ready { 1.0 } else { 0.0 });
-    f.add("observer_attached_files", MetricType::GAUGE, "FFmpeg files (libraries or executables) with probes attached", &[], shared.attached.len() as f64);
+    f.add(
+        "observer_ready",
+        MetricType::GAUGE,
+        "1 once the initial scan has attached",
+        &[],
+        if shared.ready { 1.0 } else { 0.0 },
+    );
+    f.add(
+        "observer_attached_files",
+        MetricType::GAUGE,
+        "FFmpeg files (libraries or executables) with probes attached",
+        &[],
+        shared.attached.len() as f64,
+    );
     for a in &shared.attached {
         f.add(
             "observer_attached_file_info",
@@ -325,26 +452,104 @@ fn daemon_families(f: &mut Families, shared: &Shared) {
             1.0,
         );
     }
-    f.declare("observer_unsupported_files", MetricType::GAUGE, "FFmpeg files found but not probed, by reason");
+    f.declare(
+        "observer_unsupported_files",
+        MetricType::GAUGE,
+        "FFmpeg files found but not probed, by reason",
+    );
     for (reason, n) in &shared.unsupported {
-        f.add("observer_unsupported_files", MetricType::GAUGE, "", &[("reason", (*reason).into())], *n as f64);
+        f.add(
+            "observer_unsupported_files",
+            MetricType::GAUGE,
+            "",
+            &[("reason", (*reason).into())],
+            *n as f64,
+        );
     }
     use observer_common::stream::counter as c;
     let k = |i| shared.kernel_counters.get(&i).copied().unwrap_or(0) as f64;
-    f.add("observer_events_lost_total", MetricType::COUNTER, "Process events the kernel could not queue (ring buffer full)", &[], k(c::EVENTS_LOST));
-    f.declare("observer_kernel_map_full_total", MetricType::COUNTER, "Inserts that failed because a kernel map was full, by map");
-    for (map, i) in [("streams", c::STREAMS_FULL), ("ended_streams", c::ENDED_FULL), ("calls", c::CALLS_FULL)] {
-        f.add("observer_kernel_map_full_total", MetricType::COUNTER, "", &[("map", map.into())], k(i));
+    f.add(
+        "observer_events_lost_total",
+        MetricType::COUNTER,
+        "Process events the kernel could not queue (ring buffer full)",
+        &[],
+        k(c::EVENTS_LOST),
+    );
+    f.declare(
+        "observer_kernel_map_full_total",
+        MetricType::COUNTER,
+        "Inserts that failed because a kernel map was full, by map",
+    );
+    for (map, i) in [
+        ("streams", c::STREAMS_FULL),
+        ("ended_streams", c::ENDED_FULL),
+        ("calls", c::CALLS_FULL),
+    ] {
+        f.add(
+            "observer_kernel_map_full_total",
+            MetricType::COUNTER,
+            "",
+            &[("map", map.into())],
+            k(i),
+        );
     }
-    f.add("observer_read_failures_total", MetricType::COUNTER, "Reads of pipeline memory that failed or failed their sanity check", &[], k(c::READ_FAILED));
+    f.add(
+        "observer_read_failures_total",
+        MetricType::COUNTER,
+        "Reads of pipeline memory that failed or failed their sanity check",
+        &[],
+        k(c::READ_FAILED),
+    );
     let st = &shared.registry.stats;
-    f.add("observer_streams", MetricType::GAUGE, "Streams known to the daemon, by state", &[("state", "live".into())], st.live as f64);
-    f.add("observer_streams", MetricType::GAUGE, "", &[("state", "ended".into())], st.ended as f64);
-    f.add("observer_streams_over_limit", MetricType::GAUGE, "Streams not exported because of --max-streams", &[], st.over_limit as f64);
-    f.add("observer_streams_evicted_total", MetricType::COUNTER, "Ended streams dropped before their grace period ran out, to stay under --max-streams", &[], shared.registry.evicted_total as f64);
-    f.add("observer_processes", MetricType::GAUGE, "Processes mapping an attached FFmpeg file", &[], shared.processes as f64);
-    f.add("observer_collect_duration_seconds", MetricType::GAUGE, "Duration of the last read of the kernel maps", &[], st.duration.as_secs_f64());
-    f.add("observer_process_scans_total", MetricType::COUNTER, "Reads of a process's mappings", &[], shared.scans as f64);
+    f.add(
+        "observer_streams",
+        MetricType::GAUGE,
+        "Streams known to the daemon, by state",
+        &[("state", "live".into())],
+        st.live as f64,
+    );
+    f.add(
+        "observer_streams",
+        MetricType::GAUGE,
+        "",
+        &[("state", "ended".into())],
+        st.ended as f64,
+    );
+    f.add(
+        "observer_streams_over_limit",
+        MetricType::GAUGE,
+        "Streams not exported because of --max-streams",
+        &[],
+        st.over_limit as f64,
+    );
+    f.add(
+        "observer_streams_evicted_total",
+        MetricType::COUNTER,
+        "Ended streams dropped before their grace period ran out, to stay under --max-streams",
+        &[],
+        shared.registry.evicted_total as f64,
+    );
+    f.add(
+        "observer_processes",
+        MetricType::GAUGE,
+        "Processes mapping an attached FFmpeg file",
+        &[],
+        shared.processes as f64,
+    );
+    f.add(
+        "observer_collect_duration_seconds",
+        MetricType::GAUGE,
+        "Duration of the last read of the kernel maps",
+        &[],
+        st.duration.as_secs_f64(),
+    );
+    f.add(
+        "observer_process_scans_total",
+        MetricType::COUNTER,
+        "Reads of a process's mappings",
+        &[],
+        shared.scans as f64,
+    );
 }
 
 /// Renders the whole exposition.

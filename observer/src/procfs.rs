@@ -24,7 +24,10 @@ impl ExecMapping {
     /// A path the daemon can open whatever namespace the process is in, and even after the
     /// file was deleted or replaced: the kernel keeps the mapping's file reachable here.
     pub fn open_path(&self, pid: u32) -> PathBuf {
-        PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", self.start, self.end))
+        PathBuf::from(format!(
+            "/proc/{pid}/map_files/{:x}-{:x}",
+            self.start, self.end
+        ))
     }
 }
 
@@ -47,38 +50,57 @@ pub fn parse_maps(text: &str) -> Vec<ExecMapping> {
         if !perms.contains('x') || path.is_empty() || path.starts_with('[') {
             continue;
         }
-        let Ok(inode) = inode.parse::<u64>() else { continue };
+        let Ok(inode) = inode.parse::<u64>() else {
+            continue;
+        };
         if inode == 0 {
             continue;
         }
-        let Some((maj, min)) = dev.split_once(':') else { continue };
+        let Some((maj, min)) = dev.split_once(':') else {
+            continue;
+        };
         let (Ok(maj), Ok(min)) = (u64::from_str_radix(maj, 16), u64::from_str_radix(min, 16))
         else {
             continue;
         };
-        let Some((start, end)) = range.split_once('-') else { continue };
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
         let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
         else {
             continue;
         };
-        let id = FileId { dev: (maj << 32) | min, inode };
+        let id = FileId {
+            dev: (maj << 32) | min,
+            inode,
+        };
         if out.iter().any(|m| m.id == id) {
             continue;
         }
-        out.push(ExecMapping { id, path: path.to_string(), start, end });
+        out.push(ExecMapping {
+            id,
+            path: path.to_string(),
+            start,
+            end,
+        });
     }
     out
 }
 
 /// All process ids, from the names of /proc's numeric entries.
 pub fn pids() -> Vec<u32> {
-    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 /// The process's name (comm), as `ps` shows it.
 pub fn comm(pid: u32) -> Option<String> {
-    fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_string())
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
 }
 
 /// What /proc/PID/stat says about a process's life.
@@ -100,7 +122,10 @@ pub fn stat(pid: u32) -> Option<ProcStat> {
     let ticks: u64 = fields.get(19)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(ProcStat { start_ns: ticks * (1_000_000_000 / hz), zombie: matches!(*state, "Z" | "X") })
+    Some(ProcStat {
+        start_ns: ticks * (1_000_000_000 / hz),
+        zombie: matches!(*state, "Z" | "X"),
+    })
 }
 
 #[cfg(test)]
@@ -121,10 +146,19 @@ mod tests {
         let maps = parse_maps(text);
         assert_eq!(maps.len(), 3);
         assert_eq!(maps[0].path, "/usr/bin/ffmpeg");
-        assert_eq!(maps[0].id, FileId { dev: (0xfe << 32) | 1, inode: 1234 });
+        assert_eq!(
+            maps[0].id,
+            FileId {
+                dev: (0xfe << 32) | 1,
+                inode: 1234
+            }
+        );
         assert_eq!(maps[1].start, 0x7f00000000);
         assert_eq!(maps[2].path, "/usr/lib/lib with space.so (deleted)");
-        assert_eq!(maps[0].open_path(42), PathBuf::from("/proc/42/map_files/55d0c0a02000-55d0c0a04000"));
+        assert_eq!(
+            maps[0].open_path(42),
+            PathBuf::from("/proc/42/map_files/55d0c0a02000-55d0c0a04000")
+        );
     }
 
     #[test]

@@ -22,16 +22,29 @@ pub fn router(state: SharedState) -> Router {
 async fn metrics_handler(State(state): State<SharedState>) -> impl IntoResponse {
     let body = match state.lock() {
         Ok(s) => metrics::render(&s),
-        Err(_) => return (StatusCode::INTERNAL_SERVER_ERROR, [("content-type", "text/plain")], String::from("state poisoned\n")),
+        Err(_) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [("content-type", "text/plain")],
+                String::from("state poisoned\n"),
+            );
+        }
     };
-    (StatusCode::OK, [("content-type", "text/plain; version=0.0.4; charset=utf-8")], body)
+    (
+        StatusCode::OK,
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
 }
 
 async fn ready(State(state): State<SharedState>) -> impl IntoResponse {
     if state.lock().is_ok_and(|s| s.ready) {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "initial scan in progress\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "initial scan in progress\n",
+        )
     }
 }
 
@@ -81,7 +94,9 @@ pub fn quantile(h: &Histogram, q: f64) -> Option<f64> {
 }
 
 async fn streams(State(state): State<SharedState>) -> impl IntoResponse {
-    let Ok(s) = state.lock() else { return Json(Vec::new()) };
+    let Ok(s) = state.lock() else {
+        return Json(Vec::new());
+    };
     let views = s
         .registry
         .exported_records()
@@ -99,7 +114,11 @@ async fn streams(State(state): State<SharedState>) -> impl IntoResponse {
                 process: r.process.clone(),
                 direction: direction_name(dir),
                 media: media_name(st.media),
-                codec: if dir == Direction::Filter { "filtergraph".into() } else { r.codec() },
+                codec: if dir == Direction::Filter {
+                    "filtergraph".into()
+                } else {
+                    r.codec()
+                },
                 width: st.width,
                 height: st.height,
                 sample_rate: st.sample_rate,
@@ -124,7 +143,10 @@ mod tests {
 
     #[test]
     fn quantiles_interpolate_within_log2_buckets() {
-        let mut h = Histogram { buckets: [0; HIST_BUCKETS], sum_ns: 0 };
+        let mut h = Histogram {
+            buckets: [0; HIST_BUCKETS],
+            sum_ns: 0,
+        };
         // 100 samples in [1024, 2048) ns.
         h.buckets[10] = 100;
         let p50 = quantile(&h, 0.5).unwrap();
@@ -132,6 +154,15 @@ mod tests {
         h.buckets[20] = 100;
         let p99 = quantile(&h, 0.99).unwrap();
         assert!(p99 > (1u64 << 20) as f64 / 1e9 && p99 < (1u64 << 21) as f64 / 1e9);
-        assert_eq!(quantile(&Histogram { buckets: [0; HIST_BUCKETS], sum_ns: 0 }, 0.5), None);
+        assert_eq!(
+            quantile(
+                &Histogram {
+                    buckets: [0; HIST_BUCKETS],
+                    sum_ns: 0
+                },
+                0.5
+            ),
+            None
+        );
     }
 }

@@ -65,7 +65,10 @@ pub struct Registry {
 }
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: writes the struct we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -73,7 +76,10 @@ fn monotonic_ns() -> u64 {
 
 impl Registry {
     pub fn new(grace: Duration, max: usize) -> Self {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         Registry {
             records: BTreeMap::new(),
             grace,
@@ -157,13 +163,17 @@ impl Registry {
             }
         }
         let grace = self.grace;
-        self.records.retain(|_, r| r.ended.is_none_or(|t| now.duration_since(t) < grace));
+        self.records
+            .retain(|_, r| r.ended.is_none_or(|t| now.duration_since(t) < grace));
         let over = self.records.len().saturating_sub(self.max);
         if over > 0 {
             // Oldest ended streams go first; live streams are never dropped from the registry,
             // only from the export (see `exported_records`).
-            let mut ended: Vec<(Instant, StreamId)> =
-                self.records.iter().filter_map(|(id, r)| Some((r.ended?, *id))).collect();
+            let mut ended: Vec<(Instant, StreamId)> = self
+                .records
+                .iter()
+                .filter_map(|(id, r)| Some((r.ended?, *id)))
+                .collect();
             ended.sort();
             for (_, id) in ended.into_iter().take(over) {
                 self.records.remove(&id);

@@ -18,7 +18,7 @@ use crate::{
 #[derive(Clone)]
 enum Verdict {
     NotFfmpeg,
-    Unsupported(&'static str),
+    Unsupported,
     Ffmpeg(Arc<FfmpegFile>),
 }
 
@@ -74,11 +74,17 @@ impl Tracker {
 
     /// Attaches a library file found on disk (not through a process), for good.
     pub fn attach_path(&mut self, kernel: &mut Kernel, path: &Path) {
-        let Ok(meta) = std::fs::metadata(path) else { return };
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
         use std::os::unix::fs::MetadataExt as _;
-        let id = FileId { dev: dev_of(meta.dev()), inode: meta.ino() };
+        let id = FileId {
+            dev: dev_of(meta.dev()),
+            inode: meta.ino(),
+        };
         if let Some(f) = self.verdict(id, path, &path.display().to_string()) {
-            if let Some(a) = self.ensure_attached(kernel, id, path, &path.display().to_string(), f) {
+            if let Some(a) = self.ensure_attached(kernel, id, path, &path.display().to_string(), f)
+            {
                 a.pinned = true;
             }
         }
@@ -94,7 +100,9 @@ impl Tracker {
         let mut files = Vec::new();
         for m in &maps {
             let open = m.open_path(pid);
-            let Some(file) = self.verdict(m.id, &open, &m.path) else { continue };
+            let Some(file) = self.verdict(m.id, &open, &m.path) else {
+                continue;
+            };
             let attach_path = attach_path(pid, m);
             if let Some(a) = self.ensure_attached(kernel, m.id, &attach_path, &m.path, file) {
                 a.pids.insert(pid);
@@ -118,7 +126,11 @@ impl Tracker {
             },
         );
         if let Some(old) = old {
-            let gone: Vec<FileId> = old.files.into_iter().filter(|f| !files.contains(f)).collect();
+            let gone: Vec<FileId> = old
+                .files
+                .into_iter()
+                .filter(|f| !files.contains(f))
+                .collect();
             self.release(&gone, pid);
         }
         n
@@ -150,7 +162,9 @@ impl Tracker {
             .attached
             .iter()
             .filter(|(_, a)| {
-                !a.pinned && a.unused_since.is_some_and(|t| now.duration_since(t) >= self.linger)
+                !a.pinned
+                    && a.unused_since
+                        .is_some_and(|t| now.duration_since(t) >= self.linger)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -167,15 +181,22 @@ impl Tracker {
         let failing: Vec<FileId> = self
             .attached
             .iter()
-            .filter(|(_, a)| a.attachment.slot.is_some_and(|s| kernel.read_failures(s) >= 3))
+            .filter(|(_, a)| {
+                a.attachment
+                    .slot
+                    .is_some_and(|s| kernel.read_failures(s) >= 3)
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in failing {
             if let Some(a) = self.attached.remove(&id) {
                 tracing::error!(path = %a.path, "reads through this library fail their sanity checks; detached and reported as unsupported");
                 kernel.detach(a.attachment);
-                self.verdicts.insert(id, Verdict::Unsupported("sanity_check_failed"));
-                self.unsupported.entry("sanity_check_failed").or_default().insert(id);
+                self.verdicts.insert(id, Verdict::Unsupported);
+                self.unsupported
+                    .entry("sanity_check_failed")
+                    .or_default()
+                    .insert(id);
             }
         }
     }
@@ -193,8 +214,11 @@ impl Tracker {
         let v = match elf::inspect(open) {
             Ok(None) => Verdict::NotFfmpeg,
             Ok(Some(f)) => {
-                let versions: Vec<String> =
-                    f.versions.iter().map(|(l, v)| format!("{l:?} {v}")).collect();
+                let versions: Vec<String> = f
+                    .versions
+                    .iter()
+                    .map(|(l, v)| format!("{l:?} {v}"))
+                    .collect();
                 tracing::info!(path = shown, versions = ?versions, probes = f.points.len(), "found FFmpeg");
                 Verdict::Ffmpeg(Arc::new(f))
             }
@@ -206,7 +230,7 @@ impl Tracker {
             Err(e) => {
                 tracing::warn!(path = shown, reason = e.reason(), error = %e, "FFmpeg file not supported; not probed");
                 self.unsupported.entry(e.reason()).or_default().insert(id);
-                Verdict::Unsupported(e.reason())
+                Verdict::Unsupported
             }
         };
         self.verdicts.insert(id, v.clone());
@@ -242,8 +266,11 @@ impl Tracker {
                 }
                 Err(e) => {
                     tracing::warn!(path = shown, error = %e, "attach failed");
-                    self.verdicts.insert(id, Verdict::Unsupported("attach_failed"));
-                    self.unsupported.entry("attach_failed").or_default().insert(id);
+                    self.verdicts.insert(id, Verdict::Unsupported);
+                    self.unsupported
+                        .entry("attach_failed")
+                        .or_default()
+                        .insert(id);
                     return None;
                 }
             }
@@ -277,7 +304,10 @@ impl Tracker {
     }
 
     pub fn unsupported(&self) -> BTreeMap<&'static str, usize> {
-        self.unsupported.iter().map(|(r, s)| (*r, s.len())).collect()
+        self.unsupported
+            .iter()
+            .map(|(r, s)| (*r, s.len()))
+            .collect()
     }
 }
 
@@ -314,7 +344,9 @@ pub fn system_libraries(dirs: &[PathBuf]) -> Vec<PathBuf> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
@@ -325,7 +357,9 @@ pub fn system_libraries(dirs: &[PathBuf]) -> Vec<PathBuf> {
                 continue;
             }
             let path = e.path();
-            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
             use std::os::unix::fs::MetadataExt as _;
             if meta.is_file() && seen.insert((meta.dev(), meta.ino())) {
                 out.push(path);

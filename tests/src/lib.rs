@@ -1,1 +1,208 @@
+//! Support for the end-to-end tests: a daemon under test, scrapes of its `/metrics`, real
+//! ffmpeg pipelines, and ground truth from ffprobe.
+//!
+//! These tests load the real kernel programs, so they need root; they fail (never skip
+//! silently) without it. Run them with `cargo xtask test`, which builds the daemon and fetches
+//! the assets they use.
 
+pub mod media;
+pub mod prom;
+
+use std::{
+    io::Read as _,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub use prom::Scrape;
+
+/// Where `cargo xtask test` put the downloaded assets (headers, PyAV, a static ffmpeg).
+pub fn assets() -> PathBuf {
+    std::env::var_os("OBSERVER_TEST_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-assets"))
+}
+
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests load kernel programs and must run as root (cargo xtask test)"
+    );
+}
+
+fn daemon_bin() -> PathBuf {
+    let bin = std::env::var_os("OBSERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/observer"));
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests through `cargo xtask test`",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A daemon under test, on its own port; stopped with SIGTERM when dropped.
+pub struct Daemon {
+    child: Option<Child>,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(args: &[&str]) -> Daemon {
+        require_root();
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("observer-test-{port}.log"));
+        let logfile = std::fs::File::create(&log).expect("daemon log");
+        let child = Command::new(daemon_bin())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args([
+                "--log-level",
+                "observer=debug,info",
+                "--detach-linger",
+                "2s",
+            ])
+            .args(args)
+            .stdout(logfile.try_clone().expect("log"))
+            .stderr(logfile)
+            .spawn()
+            .expect("start the daemon");
+        let mut d = Daemon {
+            child: Some(child),
+            port,
+            log,
+        };
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!(
+                    "daemon exited during start-up ({status}):\n{}",
+                    d.log_text()
+                );
+            }
+            if d.get("/readyz").is_some_and(|(code, _)| code == 200) {
+                return d;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "daemon not ready in 30 s:\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut r = agent
+            .get(&format!("http://127.0.0.1:{}{path}", self.port))
+            .call()
+            .ok()?;
+        let code = r.status().as_u16();
+        Some((code, r.body_mut().read_to_string().ok()?))
+    }
+
+    pub fn scrape(&self) -> Scrape {
+        let (code, body) = self.get("/metrics").expect("GET /metrics");
+        assert_eq!(code, 200, "GET /metrics: {body}");
+        Scrape::parse(&body)
+    }
+
+    /// Scrapes until `f` returns a value; panics with the last scrape and the daemon's log
+    /// after `timeout`.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&Scrape) -> Option<T>,
+    ) -> T {
+        let t0 = Instant::now();
+        loop {
+            let s = self.scrape();
+            if let Some(v) = f(&s) {
+                return v;
+            }
+            if t0.elapsed() > timeout {
+                panic!(
+                    "timed out waiting for {what}\n--- last scrape ---\n{}\n--- daemon log ---\n{}",
+                    s.text,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every stream of `pid` has ended (its process exited and the daemon
+    /// collected the final counts), and returns the scrape.
+    pub fn wait_ended(&self, pid: u32) -> Scrape {
+        self.wait_for(
+            &format!("the streams of pid {pid} to end"),
+            Duration::from_secs(20),
+            |s| {
+                let up = s
+                    .all("media_stream_up")
+                    .filter(|x| x.label("pid") == Some(&pid.to_string()))
+                    .collect::<Vec<_>>();
+                (!up.is_empty() && up.iter().all(|x| x.value == 0.0)).then(|| s.clone())
+            },
+        )
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Runs a command to completion; panics with its stderr if it fails. Returns (pid, stderr).
+pub fn run(cmd: &mut Command) -> (u32, String) {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{cmd:?} failed: {stderr}");
+    (pid, stderr)
+}
+
+/// `ffmpeg` with quiet, non-interactive defaults.
+pub fn ffmpeg() -> Command {
+    let mut c = Command::new("ffmpeg");
+    c.args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"]);
+    c
+}

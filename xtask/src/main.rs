@@ -1,1 +1,138 @@
-fn main() {}
+//! `cargo xtask`: the project's commands, for a fresh machine as much as a developer's.
+//!
+//! - `cargo xtask run`: install what the build needs, build, start the daemon, and show a
+//!   live per-stream table.
+//! - `cargo xtask test`: install what the tests need too, then run every test.
+//! - `cargo xtask bench`: the overhead benchmarks behind BENCHMARKS.md.
+//! - `cargo xtask setup [--tests]`: only the installing.
+
+mod bench;
+mod setup;
+mod table;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building (and, with --tests, testing) needs.
+    Setup {
+        #[arg(long)]
+        tests: bool,
+    },
+    /// Build and start the daemon on this machine and show its streams live.
+    Run {
+        /// Build without optimisations (faster to build, slower to run).
+        #[arg(long)]
+        debug: bool,
+        /// Flags for the daemon, after `--` (e.g. `-- --listen 0.0.0.0:9464`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit tests and the tests that load the kernel programs against real
+    /// ffmpeg processes (as root).
+    Test {
+        /// Arguments for `cargo test`, after `--` (e.g. `-- decode`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Measure the daemon's overhead on real pipelines (see BENCHMARKS.md).
+    Bench {
+        /// Repetitions of each measurement.
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.command {
+        Cmd::Setup { tests } => {
+            setup::build_deps()?;
+            if tests {
+                setup::test_deps(&root)?;
+            }
+            Ok(())
+        }
+        Cmd::Run { debug, args } => {
+            setup::require_root("the daemon loads kernel programs")?;
+            setup::build_deps()?;
+            let bin = build_daemon(!debug)?;
+            table::run(&bin, &args)
+        }
+        Cmd::Test { args } => {
+            setup::require_root("the tests load kernel programs")?;
+            setup::build_deps()?;
+            let assets = setup::test_deps(&root)?;
+            let bin = build_daemon(false)?;
+            step("running the tests");
+            let status = Command::new(cargo())
+                .args(["test", "--workspace", "--exclude", "observer-ebpf"])
+                .args(&args)
+                .env("OBSERVER_BIN", &bin)
+                .env("OBSERVER_TEST_ASSETS", &assets)
+                .status()
+                .context("running cargo test")?;
+            if !status.success() {
+                bail!("tests failed");
+            }
+            Ok(())
+        }
+        Cmd::Bench { runs } => {
+            setup::require_root("the benchmarks load kernel programs")?;
+            setup::build_deps()?;
+            let assets = setup::test_deps(&root)?;
+            let bin = build_daemon(true)?;
+            bench::run(&root, &bin, &assets, runs)
+        }
+    }
+}
+
+pub fn step(what: &str) {
+    eprintln!("==> {what}");
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+/// Builds the daemon (its build script builds the kernel programs) and returns its path.
+fn build_daemon(release: bool) -> anyhow::Result<PathBuf> {
+    step(&format!(
+        "building the daemon ({})",
+        if release { "release" } else { "debug" }
+    ));
+    let mut cmd = Command::new(cargo());
+    cmd.args(["build", "--package", "observer", "--bin", "observer"]);
+    if release {
+        cmd.arg("--release");
+    }
+    if !cmd.status().context("running cargo build")?.success() {
+        bail!("building the daemon failed (see the errors above)");
+    }
+    Ok(workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("observer"))
+}

@@ -76,8 +76,18 @@ fn observe(h: &mut Histogram, ns: u64) {
 /// opened on this thread until it returns are throwaway probes, not the pipeline's streams.
 #[uprobe]
 pub fn find_stream_info_enter(_ctx: ProbeContext) -> u32 {
-    let key = CallKey { pid_tgid: bpf_get_current_pid_tgid(), call: FIND_STREAM_INFO, _pad: 0 };
-    let state = CallState { start_ns: 0, args: [0; 4], pts: 0, slot: 0, _pad: 0 };
+    let key = CallKey {
+        pid_tgid: bpf_get_current_pid_tgid(),
+        call: FIND_STREAM_INFO,
+        _pad: 0,
+    };
+    let state = CallState {
+        start_ns: 0,
+        args: [0; 4],
+        pts: 0,
+        slot: 0,
+        _pad: 0,
+    };
     if CALLS.insert(&key, &state, 0).is_err() {
         bump(counter::CALLS_FULL);
     }
@@ -86,14 +96,22 @@ pub fn find_stream_info_enter(_ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn find_stream_info_return(_ctx: RetProbeContext) -> u32 {
-    let key = CallKey { pid_tgid: bpf_get_current_pid_tgid(), call: FIND_STREAM_INFO, _pad: 0 };
+    let key = CallKey {
+        pid_tgid: bpf_get_current_pid_tgid(),
+        call: FIND_STREAM_INFO,
+        _pad: 0,
+    };
     let _ = CALLS.remove(&key);
     0
 }
 
 #[inline(always)]
 fn in_probe_scope(pid_tgid: u64) -> bool {
-    let key = CallKey { pid_tgid, call: FIND_STREAM_INFO, _pad: 0 };
+    let key = CallKey {
+        pid_tgid,
+        call: FIND_STREAM_INFO,
+        _pad: 0,
+    };
     CALLS.get_ptr(&key).is_some()
 }
 
@@ -103,11 +121,18 @@ fn in_probe_scope(pid_tgid: u64) -> bool {
 #[inline(always)]
 fn end_stream(tgid: u32, ctx: u64) {
     let key = StreamKey { tgid, _pad: 0, ctx };
-    let Some(s) = STREAMS.get_ptr(&key) else { return };
+    let Some(s) = STREAMS.get_ptr(&key) else {
+        return;
+    };
     // SAFETY: a map value pointer, valid for this program run.
     let s = unsafe { &*s };
     if s.flags & (FLAG_PROBE_DECODER | FLAG_INSANE) == 0 && s.direction != 0 {
-        let ended = EndedKey { tgid, _pad: 0, ctx, opened_ns: s.opened_ns };
+        let ended = EndedKey {
+            tgid,
+            _pad: 0,
+            ctx,
+            opened_ns: s.opened_ns,
+        };
         if ENDED_STREAMS.insert(&ended, s, 0).is_err() {
             bump(counter::ENDED_FULL);
         }
@@ -119,14 +144,20 @@ fn end_stream(tgid: u32, ctx: u64) {
 /// counts a failure against the library) if the context does not look like one.
 #[inline(always)]
 fn describe_codec(s: &mut Stream, l: &LibLayout, ctx: u64) -> bool {
-    let Some(media) = field::<i32>(ctx, l.ctx_codec_type) else { return false };
+    let Some(media) = field::<i32>(ctx, l.ctx_codec_type) else {
+        return false;
+    };
     if !(-1..=4).contains(&media) {
         return false;
     }
     s.media = media;
-    let Some(codec) = field::<u64>(ctx, l.ctx_codec) else { return false };
+    let Some(codec) = field::<u64>(ctx, l.ctx_codec) else {
+        return false;
+    };
     if codec != 0 {
-        let Some(name) = field::<u64>(codec, l.codec_name) else { return false };
+        let Some(name) = field::<u64>(codec, l.codec_name) else {
+            return false;
+        };
         // SAFETY: reads at most the buffer's length through the fault-tolerant path.
         match unsafe { bpf_probe_read_user_str_bytes(name as *const u8, &mut s.codec_name) } {
             Ok(bytes) if !bytes.is_empty() => {
@@ -204,10 +235,21 @@ fn new_stream(
 /// `int avcodec_open2(AVCodecContext *avctx, const AVCodec *codec, AVDictionary **options)`
 #[uprobe]
 pub fn open_enter(ctx: ProbeContext) -> u32 {
-    let Some(avctx) = ctx.arg::<u64>(0) else { return 0 };
-    let key = CallKey { pid_tgid: bpf_get_current_pid_tgid(), call: OPEN, _pad: 0 };
-    let state =
-        CallState { start_ns: 0, args: [avctx, 0, 0, 0], pts: 0, slot: cookie_slot(cookie(&ctx)), _pad: 0 };
+    let Some(avctx) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    let key = CallKey {
+        pid_tgid: bpf_get_current_pid_tgid(),
+        call: OPEN,
+        _pad: 0,
+    };
+    let state = CallState {
+        start_ns: 0,
+        args: [avctx, 0, 0, 0],
+        pts: 0,
+        slot: cookie_slot(cookie(&ctx)),
+        _pad: 0,
+    };
     if CALLS.insert(&key, &state, 0).is_err() {
         bump(counter::CALLS_FULL);
     }
@@ -217,8 +259,14 @@ pub fn open_enter(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn open_return(ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let key = CallKey { pid_tgid, call: OPEN, _pad: 0 };
-    let Some(state) = CALLS.get_ptr(&key) else { return 0 };
+    let key = CallKey {
+        pid_tgid,
+        call: OPEN,
+        _pad: 0,
+    };
+    let Some(state) = CALLS.get_ptr(&key) else {
+        return 0;
+    };
     // SAFETY: map value pointer; copied out before the entry is removed.
     let state = unsafe { *state };
     let _ = CALLS.remove(&key);
@@ -226,7 +274,9 @@ pub fn open_return(ctx: RetProbeContext) -> u32 {
     if ret < 0 {
         return 0;
     }
-    let Some(l) = layout(state.slot) else { return 0 };
+    let Some(l) = layout(state.slot) else {
+        return 0;
+    };
     let tgid = (pid_tgid >> 32) as u32;
     let avctx = state.args[0];
     // Reopening a context (allowed after avcodec_close up to libavcodec 61) starts a new
@@ -242,7 +292,9 @@ pub fn open_return(ctx: RetProbeContext) -> u32 {
 /// `void avfilter_graph_free(AVFilterGraph **graph)`: the stream ends.
 #[uprobe]
 pub fn stream_end(ctx: ProbeContext) -> u32 {
-    let Some(arg) = ctx.arg::<u64>(0) else { return 0 };
+    let Some(arg) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
     let target = match cookie_call(cookie(&ctx)) {
         CLOSE => arg,
         _ => match field::<u64>(arg, 0) {
@@ -267,7 +319,11 @@ pub fn call_enter(ctx: ProbeContext) -> u32 {
     if call == Call::EncodeLegacy as u32 {
         // libavcodec 58's avcodec_send_frame encodes through avcodec_encode_video2/audio2:
         // count the outer call only.
-        let outer = CallKey { pid_tgid, call: Call::SendFrame as u32, _pad: 0 };
+        let outer = CallKey {
+            pid_tgid,
+            call: Call::SendFrame as u32,
+            _pad: 0,
+        };
         if CALLS.get_ptr(&outer).is_some() {
             return 0;
         }
@@ -289,7 +345,11 @@ pub fn call_enter(ctx: ProbeContext) -> u32 {
             state.pts = field::<i64>(state.args[1], l.frame_pts).unwrap_or(NOPTS);
         }
     }
-    let key = CallKey { pid_tgid, call, _pad: 0 };
+    let key = CallKey {
+        pid_tgid,
+        call,
+        _pad: 0,
+    };
     if CALLS.insert(&key, &state, 0).is_err() {
         bump(counter::CALLS_FULL);
     }
@@ -301,14 +361,24 @@ pub fn call_return(ctx: RetProbeContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let c = cookie(&ctx);
     let call_id = cookie_call(c);
-    let Some(call) = Call::from_u32(call_id) else { return 0 };
+    let Some(call) = Call::from_u32(call_id) else {
+        return 0;
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
-    let key = CallKey { pid_tgid, call: call_id, _pad: 0 };
-    let Some(state) = CALLS.get_ptr(&key) else { return 0 };
+    let key = CallKey {
+        pid_tgid,
+        call: call_id,
+        _pad: 0,
+    };
+    let Some(state) = CALLS.get_ptr(&key) else {
+        return 0;
+    };
     // SAFETY: map value pointer; copied out before the entry is removed.
     let state = unsafe { *state };
     let _ = CALLS.remove(&key);
-    let Some(l) = layout(state.slot) else { return 0 };
+    let Some(l) = layout(state.slot) else {
+        return 0;
+    };
     let ret: i64 = ctx.ret();
     let ret = ret as i32;
     let tgid = (pid_tgid >> 32) as u32;
@@ -325,13 +395,24 @@ pub fn call_return(ctx: RetProbeContext) -> u32 {
     if stream_ctx == 0 {
         return 0;
     }
-    let skey = StreamKey { tgid, _pad: 0, ctx: stream_ctx };
+    let skey = StreamKey {
+        tgid,
+        _pad: 0,
+        ctx: stream_ctx,
+    };
     let s = match STREAMS.get_ptr_mut(&skey) {
         // SAFETY: map value pointer.
         Some(p) => unsafe { &mut *p },
         None => {
             // A context opened before we attached, or a filter graph's first frame.
-            match new_stream(tgid, stream_ctx, state.slot, l, !filter, in_probe_scope(pid_tgid)) {
+            match new_stream(
+                tgid,
+                stream_ctx,
+                state.slot,
+                l,
+                !filter,
+                in_probe_scope(pid_tgid),
+            ) {
                 Some(s) => s,
                 None => return 0,
             }
@@ -450,13 +531,23 @@ fn inflight(tgid: u32, ctx: u64, pts: i64, at: u64) {
     if pts == NOPTS {
         return;
     }
-    let key = InflightKey { tgid, _pad: 0, ctx, pts };
+    let key = InflightKey {
+        tgid,
+        _pad: 0,
+        ctx,
+        pts,
+    };
     let _ = INFLIGHT.insert(&key, &at, 0);
 }
 
 #[inline(always)]
 fn pair(s: &mut Stream, tgid: u32, ctx: u64, pts: i64, now: u64) {
-    let key = InflightKey { tgid, _pad: 0, ctx, pts };
+    let key = InflightKey {
+        tgid,
+        _pad: 0,
+        ctx,
+        pts,
+    };
     if pts != NOPTS {
         if let Some(t) = INFLIGHT.get_ptr(&key) {
             // SAFETY: map value pointer.
@@ -555,4 +646,18 @@ fn received_packet(s: &mut Stream, l: &LibLayout, tgid: u32, ctx: u64, pkt: u64,
     }
     let pts = field::<i64>(pkt, l.pkt_pts).unwrap_or(NOPTS);
     pair(s, tgid, ctx, pts, now);
+}
+
+// --- the floor -------------------------------------------------------------------------
+
+/// Does nothing: attached instead of the real probes by `observer --empty-probes`, so the
+/// benchmarks can measure what the uprobe mechanism itself costs at the same points.
+#[uprobe]
+pub fn noop_enter(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+#[uretprobe]
+pub fn noop_return(_ctx: RetProbeContext) -> u32 {
+    0
 }

@@ -18,7 +18,11 @@ const PROT_EXEC: u64 = 4;
 
 #[inline(always)]
 fn send(kind: EventKind, tgid: u32) {
-    let ev = ProcessEvent { kind: kind as u32, tgid, ktime_ns: unsafe { bpf_ktime_get_ns() } };
+    let ev = ProcessEvent {
+        kind: kind as u32,
+        tgid,
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+    };
     if EVENTS.output::<ProcessEvent>(&ev, 0).is_err() {
         bump(counter::EVENTS_LOST);
     }
@@ -55,7 +59,10 @@ pub fn mmap_exec(ctx: FExitContext) -> u32 {
     // The mapped address, or an error code in the last page.
     let Ok(ret) = ctx.ret::<u64>() else { return 0 };
     if file != 0 && prot & PROT_EXEC != 0 && ret < (-4095i64) as u64 {
-        send(EventKind::ExecMmap, (bpf_get_current_pid_tgid() >> 32) as u32);
+        send(
+            EventKind::ExecMmap,
+            (bpf_get_current_pid_tgid() >> 32) as u32,
+        );
     }
     0
 }

@@ -1,0 +1,13 @@
+//! observer's daemon, as a library so the integration tests exercise the same code the
+//! binary runs (the layout table, the ELF inspector, the kernel loader).
+
+pub mod config;
+pub mod elf;
+pub mod ffmpeg;
+pub mod kernel;
+pub mod metrics;
+pub mod procfs;
+pub mod server;
+pub mod state;
+pub mod streams;
+pub mod tracker;

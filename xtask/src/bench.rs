@@ -1,0 +1,313 @@
+//! `cargo xtask bench`: the slowdown real pipelines see, side by side in one run:
+//! no probes / empty probes at the same points (the floor) / the observer daemon.
+//! Modes are interleaved run by run, so drift on a noisy machine hits all of them alike.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::step;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// No daemon: the pipeline alone.
+    Alone,
+    /// The daemon with `--empty-probes`: uprobes that do nothing, at the same points.
+    Floor,
+    /// The daemon as users run it.
+    Observer,
+}
+
+const MODES: [Mode; 3] = [Mode::Alone, Mode::Floor, Mode::Observer];
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Alone => "no probes",
+            Mode::Floor => "empty probes (floor)",
+            Mode::Observer => "observer",
+        }
+    }
+}
+
+struct Workload {
+    name: &'static str,
+    target: f64,
+    input: PathBuf,
+    args: Vec<String>,
+}
+
+#[derive(Clone, Copy)]
+struct Sample {
+    wall: f64,
+    cpu: f64,
+}
+
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(bin: &Path, port: u16, empty: bool) -> anyhow::Result<Daemon> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--log-level")
+            .arg("warn");
+        if empty {
+            cmd.arg("--empty-probes");
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the daemon")?;
+        let d = Daemon(child);
+        let agent = ureq::Agent::new_with_defaults();
+        let t0 = Instant::now();
+        while agent
+            .get(&format!("http://127.0.0.1:{port}/readyz"))
+            .call()
+            .is_err()
+        {
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("daemon not ready after 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(d)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs one pipeline and returns its wall time and CPU time (user + system).
+fn measure(args: &[String]) -> anyhow::Result<Sample> {
+    let t0 = Instant::now();
+    let child = Command::new("ffmpeg")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting ffmpeg")?;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let wall = t0.elapsed().as_secs_f64();
+    if rc < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("ffmpeg {} failed", args.join(" "));
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Sample {
+        wall,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+    })
+}
+
+fn ffmpeg(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .status()?;
+    if !status.success() {
+        bail!("ffmpeg {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn inputs(dir: &Path) -> anyhow::Result<Vec<Workload>> {
+    std::fs::create_dir_all(dir)?;
+    let small = dir.join("h264-64x64-20000.mp4");
+    if !small.exists() {
+        step("making the worst-case input: 20,000 frames of 64x64 H.264");
+        ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=64x64:rate=25",
+            "-frames:v",
+            "20000",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            small.to_str().unwrap(),
+        ])?;
+    }
+    let hd = dir.join("h264-1280x720-300.mp4");
+    if !hd.exists() {
+        step("making the 720p input: 300 frames of 1280x720 H.264");
+        ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30",
+            "-frames:v",
+            "300",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            hd.to_str().unwrap(),
+        ])?;
+    }
+    let common = |input: &Path, extra: &[&str], before: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["-nostdin", "-hide_banner", "-loglevel", "error"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(before.iter().map(|s| s.to_string()));
+        v.push("-i".into());
+        v.push(input.display().to_string());
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    Ok(vec![
+        Workload {
+            name: "worst-case decode: 64x64 H.264, 20,000 frames, one thread",
+            target: 1.30,
+            args: common(&small, &["-f", "null", "-"], &["-threads", "1"]),
+            input: small.clone(),
+        },
+        Workload {
+            name: "720p x264 transcode (300 frames, veryfast)",
+            target: 1.01,
+            args: common(
+                &hd,
+                &["-c:v", "libx264", "-preset", "veryfast", "-f", "null", "-"],
+                &[],
+            ),
+            input: hd.clone(),
+        },
+    ])
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+pub fn run(root: &Path, bin: &Path, _assets: &Path, runs: usize) -> anyhow::Result<()> {
+    let dir = root.join("target").join("bench");
+    let workloads = inputs(&dir)?;
+    let port = 19464;
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "machine: {} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        uname()
+    );
+    let _ = writeln!(
+        report,
+        "ffmpeg: {}",
+        first_line(Command::new("ffmpeg").arg("-version"))
+    );
+    let _ = writeln!(report, "runs per mode: {runs} (interleaved), medians\n");
+    let mut missed = Vec::new();
+    for w in &workloads {
+        step(&format!("{} ({} runs per mode)", w.name, runs));
+        // One unmeasured run warms the page cache.
+        measure(&w.args)?;
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); MODES.len()];
+        for r in 0..runs {
+            for (i, mode) in MODES.iter().enumerate() {
+                let _daemon = match mode {
+                    Mode::Alone => None,
+                    Mode::Floor => Some(Daemon::start(bin, port, true)?),
+                    Mode::Observer => Some(Daemon::start(bin, port, false)?),
+                };
+                let s = measure(&w.args)?;
+                eprintln!(
+                    "    run {}/{runs} {:<22} wall {:.3}s cpu {:.3}s",
+                    r + 1,
+                    mode.name(),
+                    s.wall,
+                    s.cpu
+                );
+                samples[i].push(s);
+            }
+        }
+        let wall: Vec<f64> = samples
+            .iter()
+            .map(|s| median(&mut s.iter().map(|x| x.wall).collect::<Vec<_>>()))
+            .collect();
+        let cpu: Vec<f64> = samples
+            .iter()
+            .map(|s| median(&mut s.iter().map(|x| x.cpu).collect::<Vec<_>>()))
+            .collect();
+        let _ = writeln!(
+            report,
+            "{} [{}]",
+            w.name,
+            w.input.file_name().unwrap_or_default().to_string_lossy()
+        );
+        let _ = writeln!(
+            report,
+            "| mode | wall (s) | slowdown | CPU (s) | CPU ratio |"
+        );
+        let _ = writeln!(report, "|---|---|---|---|---|");
+        for (i, mode) in MODES.iter().enumerate() {
+            let _ = writeln!(
+                report,
+                "| {} | {:.3} | {:.3}x | {:.3} | {:.3}x |",
+                mode.name(),
+                wall[i],
+                wall[i] / wall[0],
+                cpu[i],
+                cpu[i] / cpu[0]
+            );
+        }
+        let slowdown = wall[2] / wall[0];
+        let _ = writeln!(
+            report,
+            "target: observer at most {:.2}x -> {}\n",
+            w.target,
+            if slowdown <= w.target {
+                "met"
+            } else {
+                "MISSED"
+            }
+        );
+        if slowdown > w.target {
+            missed.push(w.name);
+        }
+    }
+    println!("\n{report}");
+    std::fs::write(dir.join("results.md"), &report)?;
+    eprintln!("results written to {}", dir.join("results.md").display());
+    if !missed.is_empty() {
+        eprintln!("targets missed: {}", missed.join("; "));
+    }
+    Ok(())
+}
+
+fn uname() -> String {
+    first_line(Command::new("uname").arg("-sr"))
+}
+
+fn first_line(cmd: &mut Command) -> String {
+    cmd.output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,287 @@
+//! Installs what building and testing need, saying what it does. Everything comes from the
+//! package registries a fresh machine reaches: rustup components, crates.io, Debian, PyPI.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::step;
+
+/// The only bpf-linker that links with the nightly's own LLVM (later ones need a system LLVM).
+const BPF_LINKER_VERSION: &str = "0.10.0";
+
+pub fn require_root(why: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("run this as root: {why} (CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE at least)");
+    }
+    Ok(())
+}
+
+fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    eprintln!("    $ {}", format!("{cmd:?}").replace('"', ""));
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: cannot start the command"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The nightly toolchain with rust-src, and bpf-linker: what observer/build.rs needs to
+/// build the kernel programs.
+pub fn build_deps() -> anyhow::Result<()> {
+    step("checking the toolchain for the kernel programs (nightly + rust-src + bpf-linker)");
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is not installed; install Rust with rustup first")?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        step("installing the nightly toolchain (the kernel programs build with it)");
+        run(
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+            ]),
+            "installing the nightly toolchain",
+        )?;
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .unwrap_or_default();
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        step("installing rust-src for nightly (the BPF target builds core from source)");
+        run(
+            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+            "installing rust-src",
+        )?;
+    }
+    let linker = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if !linker.contains(BPF_LINKER_VERSION) {
+        step(&format!(
+            "installing bpf-linker {BPF_LINKER_VERSION} (about a minute)"
+        ));
+        run(
+            Command::new("cargo").args([
+                "+nightly",
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--force",
+            ]),
+            "installing bpf-linker",
+        )?;
+    }
+    Ok(())
+}
+
+/// Debian packages the tests use.
+const TEST_PACKAGES: &[&str] = &[
+    // real pipelines and ground truth (ffprobe)
+    "ffmpeg",
+    // headers of the system FFmpeg, for the layout test
+    "libavcodec-dev",
+    "libavformat-dev",
+    "libavutil-dev",
+    "libavfilter-dev",
+    "gcc",
+    // renaming a library copy the way wheel bundlers do
+    "patchelf",
+    // mount namespaces (unshare)
+    "util-linux",
+];
+
+fn missing_packages(pkgs: &[&str]) -> Vec<String> {
+    pkgs.iter()
+        .filter(|p| {
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .map(|p| (*p).to_string())
+        .collect()
+}
+
+fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
+    let missing = missing_packages(pkgs);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
+    run(
+        Command::new("apt-get").arg("update").arg("-q"),
+        "apt-get update",
+    )?;
+    run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get install",
+    )
+}
+
+/// FFmpeg headers of other majors: Debian's other releases carry them. (suite, what it holds)
+const HEADER_SUITES: &[&str] = &["bullseye", "trixie", "sid"];
+
+/// PyAV wheels bundle FFmpeg under hashed file names: 12.3.0 bundles FFmpeg 6.1
+/// (libavcodec 60), 16.0.1 FFmpeg 8.0 (libavcodec 62), the two majors Debian has no
+/// headers for.
+pub const PYAV_VERSIONS: &[&str] = &["12.3.0", "16.0.1"];
+
+/// imageio-ffmpeg ships a static, stripped ffmpeg 9 build that exports the libav* API.
+const IMAGEIO_FFMPEG: &str = "imageio-ffmpeg==0.8.1";
+
+/// Installs the test dependencies and returns the directory holding the downloaded assets.
+pub fn test_deps(root: &Path) -> anyhow::Result<PathBuf> {
+    step("checking the test dependencies");
+    apt_install(TEST_PACKAGES)?;
+    let assets = root.join("target").join("test-assets");
+    std::fs::create_dir_all(&assets)?;
+    for suite in HEADER_SUITES {
+        debian_headers(&assets, suite)?;
+    }
+    for v in PYAV_VERSIONS {
+        let dir = assets.join("pyav").join(v);
+        if !dir.join("av").exists() {
+            step(&format!(
+                "installing PyAV {v} (a bundled FFmpeg) into {}",
+                dir.display()
+            ));
+            pip_target(&dir, &format!("av=={v}"))?;
+        }
+    }
+    let static_dir = assets.join("static-ffmpeg");
+    if !static_dir.join("ffmpeg").exists() {
+        step("fetching a static ffmpeg build (imageio-ffmpeg's)");
+        let tmp = assets.join("imageio-ffmpeg");
+        pip_target(&tmp, IMAGEIO_FFMPEG)?;
+        let bin = std::fs::read_dir(tmp.join("imageio_ffmpeg").join("binaries"))?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("ffmpeg-linux"))
+            })
+            .context("imageio-ffmpeg carries no ffmpeg-linux binary")?;
+        std::fs::create_dir_all(&static_dir)?;
+        std::fs::rename(&bin, static_dir.join("ffmpeg"))?;
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    Ok(assets)
+}
+
+fn pip_target(dir: &Path, requirement: &str) -> anyhow::Result<()> {
+    let python = ["python3", "python"]
+        .into_iter()
+        .find(|p| output(Command::new(p).arg("--version")).is_some())
+        .context("no python3: install it (apt-get install python3 python3-pip)")?;
+    run(
+        Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--target",
+            ])
+            .arg(dir)
+            .arg(requirement),
+        &format!("pip install {requirement}"),
+    )
+}
+
+/// Downloads and unpacks FFmpeg's -dev packages from another Debian release, with a private
+/// apt state so the system's own sources are untouched.
+fn debian_headers(assets: &Path, suite: &str) -> anyhow::Result<()> {
+    let dir = assets.join("headers").join(suite);
+    if dir.join("usr/include").exists() {
+        return Ok(());
+    }
+    step(&format!("fetching FFmpeg headers from Debian {suite}"));
+    let apt = assets.join("apt").join(suite);
+    for d in [
+        "sources.list.d",
+        "lists/partial",
+        "cache/archives/partial",
+        "debs",
+    ] {
+        std::fs::create_dir_all(apt.join(d))?;
+    }
+    std::fs::write(
+        apt.join("sources.list.d/ffmpeg.sources"),
+        format!(
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {suite}\nComponents: main\n\
+             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        ),
+    )?;
+    let opts = |cmd: &mut Command| {
+        cmd.arg("-o").arg("Dir::Etc::SourceList=/dev/null");
+        cmd.arg("-o").arg(format!(
+            "Dir::Etc::SourceParts={}",
+            apt.join("sources.list.d").display()
+        ));
+        cmd.arg("-o")
+            .arg(format!("Dir::State::Lists={}", apt.join("lists").display()));
+        cmd.arg("-o")
+            .arg(format!("Dir::Cache={}", apt.join("cache").display()));
+        cmd.arg("-o").arg("Dir::State::status=/dev/null");
+    };
+    let mut update = Command::new("apt-get");
+    opts(&mut update);
+    run(
+        update.args(["update", "-q"]),
+        &format!("apt-get update for {suite}"),
+    )?;
+    let mut download = Command::new("apt-get");
+    opts(&mut download);
+    download.current_dir(apt.join("debs")).args([
+        "download",
+        "libavcodec-dev",
+        "libavformat-dev",
+        "libavutil-dev",
+        "libavfilter-dev",
+    ]);
+    run(
+        &mut download,
+        &format!("downloading {suite}'s FFmpeg headers"),
+    )?;
+    let staging = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging)?;
+    for deb in std::fs::read_dir(apt.join("debs"))?.flatten() {
+        run(
+            Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(deb.path())
+                .arg(&staging),
+            "unpacking a header package",
+        )?;
+    }
+    std::fs::rename(&staging, &dir)?;
+    Ok(())
+}
