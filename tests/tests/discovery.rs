@@ -1,0 +1,386 @@
+//! Finding FFmpeg where it hides: a renamed copy inside another mount namespace, copies
+//! bundled in Python wheels (FFmpeg 6.1 and 8.0 under hashed names), a static ffmpeg 9 build,
+//! and libraries that only look like FFmpeg.
+//!
+//! A file the daemon has not seen before is attached when the process maps it, which races
+//! the process's first frame; these pipelines therefore wait on their standard input until
+//! the daemon reports the file attached, then get their input. (Files on the linker path are
+//! attached at start, which the codec tests cover.)
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use observer_tests::{
+    Daemon, Scrape, assets, ffmpeg,
+    media::{self, StreamTruth, fixture, truth},
+    run,
+};
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("observer-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The H.264 + AAC fixture remuxed to NUT, which a pipeline can read from a pipe.
+fn streamable_input() -> PathBuf {
+    let mp4 = media::h264_aac_mp4();
+    fixture(
+        "h264-aac.nut",
+        &[
+            "-i",
+            mp4.to_str().unwrap(),
+            "-c",
+            "copy",
+            "-f",
+            "nut",
+            "{out}",
+        ],
+    )
+}
+
+fn attached(s: &Scrape, path_part: &str) -> bool {
+    s.all("observer_attached_file_info")
+        .any(|x| x.label("path").is_some_and(|p| p.contains(path_part)))
+}
+
+/// Waits until every file whose path contains one of `parts` is attached.
+fn wait_attached(d: &Daemon, parts: &[&str]) {
+    d.wait_for(
+        &format!("{parts:?} to be attached"),
+        Duration::from_secs(20),
+        |s| parts.iter().all(|p| attached(s, p)).then_some(()),
+    );
+}
+
+fn assert_video_decode(s: &Scrape, pid: u32, t: &StreamTruth, codec: &str) {
+    let p = pid.to_string();
+    let l = [
+        ("pid", p.as_str()),
+        ("direction", "decode"),
+        ("media", "video"),
+        ("codec", codec),
+    ];
+    let get = |name| {
+        s.value(name, &l)
+            .unwrap_or_else(|| panic!("no {name} for {l:?}\n{}", s.text))
+    };
+    assert_eq!(get("media_packets_total"), t.packets as f64, "packets");
+    assert_eq!(get("media_packet_bytes_total"), t.bytes as f64, "bytes");
+    assert_eq!(get("media_frames_total"), t.frames as f64, "frames");
+    assert_eq!(
+        get("media_keyframes_total"),
+        t.key_frames as f64,
+        "key frames"
+    );
+    assert_eq!(
+        s.value("media_frame_latency_seconds", &l),
+        Some(t.frames as f64),
+        "latency samples"
+    );
+    let info = s.one("media_stream_info", &l).expect("stream info");
+    assert_eq!(info.label("width").map(String::as_str), Some("320"));
+    assert_eq!(
+        info.label("pixel_format").map(String::as_str),
+        Some("yuv420p")
+    );
+}
+
+/// Feeds `input` to a child waiting on its stdin, then waits for it.
+fn feed_and_wait(mut child: Child, input: &[u8]) {
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).expect("write input");
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "pipeline failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn renamed_copy_in_another_mount_namespace() {
+    let input = streamable_input();
+    let t = truth(&input, true);
+    // A private copy of ffmpeg whose libavcodec carries a wheel-style hashed name. Every
+    // library that links libavcodec is copied and relinked to the renamed file, so the
+    // process maps no other libavcodec.
+    let dir = tempdir("mntns");
+    let lib = Path::new("/usr/lib/x86_64-linux-gnu");
+    let renamed = "libavcodec-0badc0de.so.59.37.100";
+    std::fs::copy(lib.join("libavcodec.so.59"), dir.join(renamed)).unwrap();
+    let dependents = [
+        "libavformat.so.59",
+        "libavfilter.so.8",
+        "libavdevice.so.59",
+        "libchromaprint.so.1",
+    ];
+    for f in dependents {
+        std::fs::copy(lib.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::copy("/usr/bin/ffmpeg", dir.join("ffmpeg")).unwrap();
+    for f in std::iter::once("ffmpeg").chain(dependents) {
+        run(Command::new("patchelf")
+            .args(["--replace-needed", "libavcodec.so.59", renamed])
+            .arg(dir.join(f)));
+    }
+    run(Command::new("patchelf")
+        .args(["--set-soname", renamed])
+        .arg(dir.join(renamed)));
+
+    let d = Daemon::start(&[]);
+    // The copy lives on a tmpfs mounted only inside the pipeline's own mount namespace: the
+    // daemon can reach it only through /proc/PID/root.
+    let script = format!(
+        "mount -t tmpfs observer-test /mnt && cp {dir}/* /mnt/ && \
+         LD_LIBRARY_PATH=/mnt exec /mnt/ffmpeg -nostdin -hide_banner -loglevel error -f nut -i pipe:0 -f null -",
+        dir = dir.display()
+    );
+    let child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    let shell_pid = child.id();
+    wait_attached(&d, &["/mnt/libavcodec-0badc0de", "/mnt/libavformat"]);
+    let maps = std::fs::read_to_string(format!("/proc/{shell_pid}/maps")).unwrap();
+    assert!(
+        !maps.contains("/usr/lib/x86_64-linux-gnu/libavcodec"),
+        "the system libavcodec is mapped too:\n{maps}"
+    );
+    assert!(
+        !Path::new("/mnt/ffmpeg").exists(),
+        "the copy must not be visible outside the namespace"
+    );
+    feed_and_wait(child, &std::fs::read(&input).unwrap());
+    // `exec` kept the shell's pid.
+    let s = d.wait_ended(shell_pid);
+    assert_video_decode(&s, shell_pid, &t[&0], "h264");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// PyAV bundles its own FFmpeg under hashed names (`av.libs/libavcodec-49be5967.so.62...`).
+fn pyav_decode(version: &str, lavc: &str) {
+    let site = assets().join("pyav").join(version);
+    assert!(
+        site.join("av").exists(),
+        "PyAV {version} missing from {}: run `cargo xtask test`",
+        site.display()
+    );
+    let input = media::h264_aac_mp4();
+    let t = truth(&input, true);
+    let d = Daemon::start(&[]);
+    let script = "import sys, av\nsys.stdin.readline()\nn = 0\nwith av.open(sys.argv[1]) as c:\n    for f in c.decode(video=0):\n        n += 1\nprint(n)\n";
+    let child = Command::new("python3")
+        .args(["-c", script])
+        .arg(&input)
+        .env("PYTHONPATH", &site)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let pid = child.id();
+    wait_attached(&d, &["av.libs/libavcodec-", "av.libs/libavformat-"]);
+    let s = d.scrape();
+    let versions: Vec<&String> = s
+        .all("observer_attached_file_info")
+        .filter(|x| {
+            x.label("path")
+                .is_some_and(|p| p.contains("av.libs/libavcodec-"))
+        })
+        .filter_map(|x| x.label("versions"))
+        .collect();
+    assert!(
+        versions
+            .iter()
+            .any(|v| v.contains(&format!("Avcodec:{lavc}."))),
+        "{versions:?}"
+    );
+    feed_and_wait(child, b"go\n");
+    let s = d.wait_ended(pid);
+    assert_video_decode(&s, pid, &t[&0], "h264");
+    assert_eq!(
+        s.one(
+            "media_stream_info",
+            &[("pid", &pid.to_string()), ("media", "video")]
+        )
+        .and_then(|x| x.label("libavcodec").cloned())
+        .as_deref(),
+        Some(lavc)
+    );
+}
+
+#[test]
+fn bundled_ffmpeg_6_in_a_python_wheel() {
+    pyav_decode("12.3.0", "60");
+}
+
+#[test]
+fn bundled_ffmpeg_8_in_a_python_wheel() {
+    pyav_decode("16.0.1", "62");
+}
+
+#[test]
+fn static_ffmpeg_9_build() {
+    let bin = assets().join("static-ffmpeg").join("ffmpeg");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo xtask test`",
+        bin.display()
+    );
+    let input = streamable_input();
+    let t = truth(&input, true);
+    let d = Daemon::start(&[]);
+    let child = Command::new(&bin)
+        .args([
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "nut",
+            "-i",
+            "pipe:0",
+            "-f",
+            "null",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("static ffmpeg");
+    let pid = child.id();
+    wait_attached(&d, &["static-ffmpeg/ffmpeg"]);
+    feed_and_wait(child, &std::fs::read(&input).unwrap());
+    let s = d.wait_ended(pid);
+    assert_video_decode(&s, pid, &t[&0], "h264");
+    // The audio decoder too, and the encoders the null output uses.
+    let p = pid.to_string();
+    let audio = [
+        ("pid", p.as_str()),
+        ("direction", "decode"),
+        ("media", "audio"),
+        ("codec", "aac"),
+    ];
+    assert_eq!(
+        s.value("media_frames_total", &audio),
+        Some(t[&1].frames as f64)
+    );
+    assert_eq!(
+        s.value("media_packets_total", &audio),
+        Some(t[&1].packets as f64)
+    );
+}
+
+/// A shared library that exports FFmpeg's names, built from C here.
+fn fake_library(dir: &Path, name: &str, ident: &str) -> PathBuf {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(
+        &src,
+        format!(
+            "const char ident[] = \"{ident}\";\n\
+             int avcodec_open2(void *c, const void *k, void *o) {{ return 0; }}\n\
+             int avcodec_send_packet(void *c, const void *p) {{ return 0; }}\n\
+             int avcodec_receive_frame(void *c, void *f) {{ return -11; }}\n\
+             const char *version_ident(void) {{ return ident; }}\n"
+        ),
+    )
+    .unwrap();
+    let lib = dir.join(format!("{name}.so"));
+    run(Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&lib)
+        .arg(&src));
+    lib
+}
+
+/// A python process that loads `lib` and calls `avcodec_send_packet` on `calls` contexts
+/// made of garbage bytes, after a line on stdin.
+fn load_and_call(lib: &Path, calls: usize) -> Child {
+    let script = format!(
+        "import ctypes, sys\nl = ctypes.CDLL(sys.argv[1])\nsys.stdin.readline()\n\
+         bufs = [ctypes.create_string_buffer(b'\\x41' * 4096) for _ in range({calls})]\n\
+         for b in bufs:\n    l.avcodec_send_packet(b, None)\nsys.stdin.readline()\n"
+    );
+    Command::new("python3")
+        .args(["-c", &script])
+        .arg(lib)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("python3")
+}
+
+#[test]
+fn unknown_major_is_reported_not_read() {
+    let dir = tempdir("fake-major");
+    let lib = fake_library(&dir, "libavcodec-fake", "Lavc99.1.100");
+    let d = Daemon::start(&[]);
+    let mut child = load_and_call(&lib, 0);
+    let s = d.wait_for(
+        "the unknown major to be reported",
+        Duration::from_secs(20),
+        |s| {
+            (s.value(
+                "observer_unsupported_files",
+                &[("reason", "unknown_version")],
+            )
+            .unwrap_or(0.0)
+                >= 1.0)
+                .then(|| s.clone())
+        },
+    );
+    assert!(!attached(&s, "libavcodec-fake"));
+    assert!(
+        d.log_text().contains("libavcodec-fake.so") && d.log_text().contains("99.1.100"),
+        "one log line names the file and version"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    // The daemon keeps serving.
+    assert_eq!(d.get("/healthz").map(|x| x.0), Some(200));
+}
+
+#[test]
+fn garbage_behind_ffmpeg_names_is_distrusted() {
+    let dir = tempdir("fake-garbage");
+    // Claims a known release, but its "contexts" are garbage: reads fail their sanity checks.
+    let lib = fake_library(&dir, "libavcodec-garbage", "Lavc59.37.100");
+    let d = Daemon::start(&[]);
+    let mut child = load_and_call(&lib, 5);
+    let pid = child.id();
+    wait_attached(&d, &["libavcodec-garbage"]);
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let s = d.wait_for("the library to be reported", Duration::from_secs(20), |s| {
+        (s.value(
+            "observer_unsupported_files",
+            &[("reason", "sanity_check_failed")],
+        )
+        .unwrap_or(0.0)
+            >= 1.0)
+            .then(|| s.clone())
+    });
+    assert!(
+        !attached(&s, "libavcodec-garbage"),
+        "detached once distrusted"
+    );
+    assert!(
+        s.all("media_frames_total")
+            .all(|x| x.label("pid") != Some(&pid.to_string())),
+        "no stream from garbage"
+    );
+    assert!(s.value("observer_read_failures_total", &[]).unwrap() >= 3.0);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(d.get("/healthz").map(|x| x.0), Some(200));
+}
