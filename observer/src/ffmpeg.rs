@@ -320,6 +320,52 @@ pub const LAYOUTS: &[LayoutRow] = &[
     },
 ];
 
+/// Where each [`LibLayout`] field lives in C: the struct, and the member as `offsetof()`
+/// names it, newest spelling first (the layout test uses the first that compiles).
+pub struct FieldSpec {
+    pub name: &'static str,
+    pub c_struct: &'static str,
+    pub c_members: &'static [&'static str],
+    pub get: fn(&LibLayout) -> u16,
+}
+
+macro_rules! fields {
+    ($($name:ident: $s:literal [$($m:literal),+]),* $(,)?) => {
+        pub const FIELDS: &[FieldSpec] = &[$(FieldSpec {
+            name: stringify!($name),
+            c_struct: $s,
+            c_members: &[$($m),+],
+            get: |l| l.$name,
+        }),*];
+    };
+}
+
+fields! {
+    ctx_codec_type: "AVCodecContext" ["codec_type"],
+    ctx_codec: "AVCodecContext" ["codec"],
+    ctx_codec_id: "AVCodecContext" ["codec_id"],
+    ctx_bit_rate: "AVCodecContext" ["bit_rate"],
+    ctx_width: "AVCodecContext" ["width"],
+    ctx_height: "AVCodecContext" ["height"],
+    ctx_pix_fmt: "AVCodecContext" ["pix_fmt"],
+    ctx_sample_rate: "AVCodecContext" ["sample_rate"],
+    ctx_sample_fmt: "AVCodecContext" ["sample_fmt"],
+    ctx_channels: "AVCodecContext" ["ch_layout.nb_channels", "channels"],
+    codec_name: "AVCodec" ["name"],
+    pkt_pts: "AVPacket" ["pts"],
+    pkt_data: "AVPacket" ["data"],
+    pkt_size: "AVPacket" ["size"],
+    pkt_flags: "AVPacket" ["flags"],
+    frame_width: "AVFrame" ["width"],
+    frame_height: "AVFrame" ["height"],
+    frame_nb_samples: "AVFrame" ["nb_samples"],
+    frame_format: "AVFrame" ["format"],
+    frame_key_frame: "AVFrame" ["key_frame"],
+    frame_flags: "AVFrame" ["flags"],
+    frame_pts: "AVFrame" ["pts"],
+    filter_graph: "AVFilterContext" ["graph"],
+}
+
 pub fn layout_for(lavc_major: u32) -> Option<&'static LayoutRow> {
     LAYOUTS.iter().find(|r| r.lavc_major == lavc_major)
 }

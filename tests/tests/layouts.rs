@@ -1,0 +1,209 @@
+//! The offset table in observer/src/ffmpeg.rs against FFmpeg itself:
+//! - every major whose headers a registry ships (Debian bullseye: 58, bookworm: 59,
+//!   trixie: 61, sid: 63), by compiling `offsetof()` against those headers;
+//! - the majors nobody ships headers for (60, 62), against the AVOption offset tables inside
+//!   the libraries PyAV bundles. Their AVFrame fields are checked at run time by the PyAV
+//!   decode tests (key frames, sizes and pts all match ffprobe there).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use observer::ffmpeg::{FIELDS, LAYOUTS, Source, layout_for};
+use observer_common::layout::ABSENT;
+use observer_tests::assets;
+
+fn include_dirs() -> Vec<(String, PathBuf)> {
+    let mut dirs = vec![(
+        "bookworm (system)".to_string(),
+        PathBuf::from("/usr/include/x86_64-linux-gnu"),
+    )];
+    for suite in ["bullseye", "trixie", "sid"] {
+        let d = assets()
+            .join("headers")
+            .join(suite)
+            .join("usr/include/x86_64-linux-gnu");
+        assert!(
+            d.join("libavcodec/avcodec.h").exists(),
+            "{} missing: run `cargo xtask test`",
+            d.display()
+        );
+        dirs.push((suite.to_string(), d));
+    }
+    dirs
+}
+
+const HEADERS: &str = "#include <stdio.h>\n#include <stddef.h>\n#include <libavcodec/avcodec.h>\n\
+                       #include <libavutil/frame.h>\n#include <libavfilter/avfilter.h>\n";
+
+/// Compiles and runs `body` against the headers in `inc`; `None` if it does not compile.
+fn c_program(inc: &Path, body: &str) -> Option<String> {
+    let dir = std::env::temp_dir().join(format!("observer-layout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let n = body.len() ^ inc.as_os_str().len();
+    let src = dir.join(format!("p{n}.c"));
+    let exe = dir.join(format!("p{n}"));
+    std::fs::write(
+        &src,
+        format!("{HEADERS}int main(void) {{ {body} return 0; }}\n"),
+    )
+    .unwrap();
+    let ok = Command::new("gcc")
+        .arg("-w")
+        .arg("-I")
+        .arg(inc)
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    if !ok.status.success() {
+        return None;
+    }
+    let out = Command::new(&exe).output().unwrap();
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[test]
+fn offsets_match_the_headers_of_every_major_a_registry_ships() {
+    let mut checked = Vec::new();
+    for (suite, inc) in include_dirs() {
+        let major: u32 = c_program(&inc, "printf(\"%d\", LIBAVCODEC_VERSION_MAJOR);")
+            .expect("version")
+            .parse()
+            .unwrap();
+        let row = layout_for(major).unwrap_or_else(|| {
+            panic!("Debian {suite} ships libavcodec {major}, which has no layout row")
+        });
+        assert_eq!(row.layout.lavc_major, major);
+        for f in FIELDS {
+            let ours = (f.get)(&row.layout);
+            let real = f.c_members.iter().find_map(|m| {
+                c_program(
+                    &inc,
+                    &format!("printf(\"%zu\", offsetof({}, {m}));", f.c_struct),
+                )
+                .map(|s| s.parse::<u16>().unwrap())
+            });
+            match real {
+                Some(off) => assert_eq!(
+                    ours, off,
+                    "{suite} (libavcodec {major}): {} is {}.{:?} at {off}, the table says {ours}",
+                    f.name, f.c_struct, f.c_members
+                ),
+                None => assert_eq!(
+                    ours, ABSENT,
+                    "{suite} (libavcodec {major}): {}.{:?} does not exist, the table says {ours}",
+                    f.c_struct, f.c_members
+                ),
+            }
+        }
+        checked.push(major);
+    }
+    checked.sort();
+    assert_eq!(checked, [58, 59, 61, 63]);
+    // Every header-sourced row was checked.
+    for row in LAYOUTS.iter().filter(|r| r.source == Source::Headers) {
+        assert!(
+            checked.contains(&row.lavc_major),
+            "row {} says headers but none were checked",
+            row.lavc_major
+        );
+    }
+}
+
+/// Prints the offsets of named AVOptions of a bundled library's AVClass.
+fn option_offsets(lib: &Path, class_getter: &str) -> Vec<(String, u16)> {
+    let body = format!(
+        "void *h = dlopen(\"{}\", RTLD_NOW | RTLD_GLOBAL); if (!h) {{ puts(dlerror()); return 1; }}\n\
+         const AVClass *(*get)(void) = (const AVClass *(*)(void))dlsym(h, \"{class_getter}\");\n\
+         for (const AVOption *o = get()->option; o && o->name; o++)\n\
+             if (o->type != AV_OPT_TYPE_CONST) printf(\"%s %d\\n\", o->name, o->offset);",
+        lib.display()
+    );
+    let dir = std::env::temp_dir().join(format!("observer-opts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("opts.c");
+    std::fs::write(&src, format!("#include <stdio.h>\n#include <dlfcn.h>\n#include <libavutil/opt.h>\nint main(void) {{ {body} return 0; }}\n")).unwrap();
+    let exe = dir.join(format!("opts-{class_getter}"));
+    let c = Command::new("gcc")
+        .args(["-w", "-I/usr/include/x86_64-linux-gnu"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .arg("-ldl")
+        .output()
+        .unwrap();
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let out = Command::new(&exe)
+        .env("LD_LIBRARY_PATH", lib.parent().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (n, o) = l.split_once(' ')?;
+            Some((n.to_string(), o.parse().ok()?))
+        })
+        .collect()
+}
+
+fn bundled(version: &str, prefix: &str) -> PathBuf {
+    let dir = assets().join("pyav").join(version).join("av.libs");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask test`)", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in {}", dir.display()))
+}
+
+#[test]
+fn offsets_match_the_option_tables_of_majors_without_headers() {
+    for (pyav, major) in [("12.3.0", 60), ("16.0.1", 62)] {
+        let row = layout_for(major).unwrap();
+        assert_eq!(row.source, Source::Library);
+        let l = row.layout;
+        let opts = option_offsets(&bundled(pyav, "libavcodec-"), "avcodec_get_class");
+        let opt = |name: &str| {
+            opts.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, o)| *o)
+                .unwrap_or_else(|| panic!("no option {name} in {major}"))
+        };
+        assert_eq!(l.ctx_bit_rate, opt("b"), "{major} bit_rate");
+        assert_eq!(l.ctx_width, opt("video_size"), "{major} width");
+        assert_eq!(l.ctx_height, opt("video_size") + 4, "{major} height");
+        assert_eq!(l.ctx_pix_fmt, opt("pixel_format"), "{major} pix_fmt");
+        assert_eq!(l.ctx_sample_rate, opt("ar"), "{major} sample_rate");
+        // sample_fmt is declared after channels in 58-60 and right after sample_rate from 61.
+        let channels_opt = opts.iter().find(|(n, _)| n == "ac").map(|(_, o)| *o);
+        assert_eq!(
+            l.ctx_sample_fmt,
+            channels_opt.map_or(opt("ar") + 4, |c| c + 4),
+            "{major} sample_fmt"
+        );
+        assert_eq!(
+            l.ctx_channels,
+            opt("ch_layout") + 4,
+            "{major} ch_layout.nb_channels"
+        );
+        let fopts = option_offsets(&bundled(pyav, "libavfilter-"), "avfilter_get_class");
+        let thread_type = fopts
+            .iter()
+            .find(|(n, _)| n == "thread_type")
+            .map(|(_, o)| *o)
+            .expect("thread_type");
+        assert_eq!(
+            l.filter_graph + 8,
+            thread_type,
+            "{major}: AVFilterContext.graph sits right before thread_type"
+        );
+    }
+}
