@@ -285,10 +285,6 @@ impl Kernel {
         }
     }
 
-    pub fn inflight_len(&self) -> usize {
-        self.inflight.keys().count()
-    }
-
     /// The kernel side's own health counters, summed over CPUs.
     pub fn counters(&self) -> StdHashMap<u32, u64> {
         (0..counter::COUNT)

@@ -530,6 +530,13 @@ fn daemon_families(f: &mut Families, shared: &Shared) {
         shared.registry.evicted_total as f64,
     );
     f.add(
+        "observer_kernel_map_entries",
+        MetricType::GAUGE,
+        "Entries in the kernel's stream maps after the last collection",
+        &[("map", "streams".into())],
+        st.kernel_streams as f64,
+    );
+    f.add(
         "observer_processes",
         MetricType::GAUGE,
         "Processes mapping an attached FFmpeg file",

@@ -51,6 +51,9 @@ pub struct CollectStats {
     pub ended: usize,
     pub over_limit: usize,
     pub duration: Duration,
+    /// Entries in the kernel's live-stream map after the collection (probe decoders and
+    /// streams of running processes).
+    pub kernel_streams: usize,
 }
 
 pub struct Registry {
@@ -134,8 +137,11 @@ impl Registry {
         let now = Instant::now();
         let mut seen_live = std::collections::HashSet::new();
         let mut dead_tgids = std::collections::HashSet::new();
-        for (key, s) in kernel.live_streams() {
+        let live = kernel.live_streams();
+        let mut kernel_streams = live.len();
+        for (key, s) in live {
             if !alive(key.tgid, s.opened_ns) {
+                kernel_streams -= 1;
                 dead_tgids.insert(key.tgid);
                 if let Some(last) = kernel.remove_stream(&StreamKey { ..key }) {
                     if exported(&last) {
@@ -186,6 +192,7 @@ impl Registry {
             ended: self.records.len() - live,
             over_limit: self.records.len().saturating_sub(self.max),
             duration: t0.elapsed(),
+            kernel_streams,
         };
     }
 

@@ -62,6 +62,11 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(args: &[&str]) -> Daemon {
+        Daemon::start_env(args, &[])
+    }
+
+    /// Starts a daemon with extra flags and environment variables.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         require_root();
         let port = free_port();
         let log = std::env::temp_dir().join(format!("observer-test-{port}.log"));
@@ -76,6 +81,7 @@ impl Daemon {
                 "2s",
             ])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(logfile.try_clone().expect("log"))
             .stderr(logfile)
             .spawn()

@@ -1,0 +1,263 @@
+//! The daemon as operators meet it: flags, environment and config file, endpoints, the grace
+//! period for ended streams, the aggregation mode, the stream cap, JSON logs, and its kernel
+//! state returning to where it started when pipelines exit.
+
+use std::{
+    process::{Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use observer_tests::{Daemon, ffmpeg, media, run};
+
+/// Tests here that run pipelines take turns: every daemon's probes see every test's
+/// pipelines, and these compare totals and baselines.
+static QUIET: Mutex<()> = Mutex::new(());
+
+fn daemon_cmd() -> Command {
+    let bin = std::env::var_os("OBSERVER_BIN").expect("run through `cargo xtask test`");
+    Command::new(bin)
+}
+
+#[test]
+fn bad_flags_and_config_exit_2_with_a_message() {
+    let out = daemon_cmd().arg("--no-such-flag").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+
+    let out = daemon_cmd()
+        .args(["--listen", "not-an-address"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
+
+    let out = daemon_cmd()
+        .args(["--ended-stream-grace", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    let cfg = std::env::temp_dir().join(format!("observer-bad-{}.toml", std::process::id()));
+    std::fs::write(&cfg, "listen = \"127.0.0.1:1\"\nmax_stream = 3\n").unwrap();
+    let out = daemon_cmd().arg("--config").arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(cfg.to_str().unwrap()) && err.contains("max_stream"),
+        "names the file and the key: {err}"
+    );
+
+    let out = daemon_cmd()
+        .arg("--config")
+        .arg("/nonexistent/observer.toml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let _ = std::fs::remove_file(cfg);
+}
+
+#[test]
+fn endpoints_and_self_metrics() {
+    let d = Daemon::start(&[]);
+    assert_eq!(d.get("/healthz").map(|x| x.0), Some(200));
+    assert_eq!(d.get("/readyz").map(|x| x.0), Some(200));
+    assert_eq!(d.get("/nope").map(|x| x.0), Some(404));
+    let s = d.scrape();
+    assert_eq!(s.value("observer_ready", &[]), Some(1.0));
+    assert!(
+        s.one("observer_build_info", &[])
+            .is_some_and(|x| x.label("version").is_some())
+    );
+    // The system libavcodec, libavformat and libavfilter are attached at start.
+    assert!(
+        s.value("observer_attached_files", &[]).unwrap() >= 3.0,
+        "{}",
+        s.text
+    );
+    assert!(s.all("observer_attached_file_info").any(|x| {
+        x.label("path")
+            .is_some_and(|p| p.contains("libavcodec.so.59"))
+    }));
+    assert_eq!(s.value("observer_events_lost_total", &[]), Some(0.0));
+    let (code, body) = d.get("/streams").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&body)
+            .unwrap()
+            .is_array()
+    );
+}
+
+#[test]
+fn ended_streams_stay_for_the_grace_period_then_go() {
+    let _quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+    let input = media::h264_aac_mp4();
+    let d = Daemon::start(&["--ended-stream-grace", "3s"]);
+    let (pid, _) = run(ffmpeg().arg("-i").arg(&input).args(["-f", "null", "-"]));
+    let ended_at = Instant::now();
+    d.wait_ended(pid);
+    let p = pid.to_string();
+    let gone = d.wait_for(
+        "the ended streams to expire",
+        Duration::from_secs(15),
+        |s| {
+            s.all("media_frames_total")
+                .all(|x| x.label("pid") != Some(&p))
+                .then(Instant::now)
+        },
+    );
+    let kept = gone.duration_since(ended_at);
+    assert!(kept >= Duration::from_secs(3), "kept only {kept:?}");
+    assert!(kept < Duration::from_secs(10), "kept {kept:?}");
+}
+
+#[test]
+fn aggregate_mode_folds_streams_and_drops_per_stream_labels() {
+    let _quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+    let input = media::h264_aac_mp4();
+    let t = media::truth(&input, true);
+    // From the environment and a config file, to cover both equivalents of the flags.
+    let cfg = std::env::temp_dir().join(format!("observer-agg-{}.toml", std::process::id()));
+    std::fs::write(&cfg, "ended_stream_grace = \"1m\"\n").unwrap();
+    let d = Daemon::start_env(
+        &["--config", cfg.to_str().unwrap()],
+        &[("OBSERVER_AGGREGATE", "true")],
+    );
+    let before = d.scrape().sum(
+        "media_frames_total",
+        &[
+            ("process", "ffmpeg"),
+            ("direction", "decode"),
+            ("media", "video"),
+        ],
+    );
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            ffmpeg()
+                .arg("-i")
+                .arg(&input)
+                .args(["-f", "null", "-"])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let want = before + 2.0 * t[&0].frames as f64;
+    let s = d.wait_for(
+        "both runs folded into one series",
+        Duration::from_secs(20),
+        |s| {
+            let v = s.value(
+                "media_frames_total",
+                &[
+                    ("process", "ffmpeg"),
+                    ("direction", "decode"),
+                    ("media", "video"),
+                    ("codec", "h264"),
+                ],
+            )?;
+            (v == want).then(|| s.clone())
+        },
+    );
+    for x in s.samples.iter().filter(|x| x.name.starts_with("media_")) {
+        assert!(
+            x.label("stream").is_none() && x.label("pid").is_none(),
+            "per-stream label on {x:?}"
+        );
+    }
+    let _ = std::fs::remove_file(cfg);
+}
+
+#[test]
+fn stream_cap_limits_the_export() {
+    let _quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+    let input = media::h264_aac_mp4();
+    let d = Daemon::start(&["--max-streams", "2"]);
+    let (pid, _) = run(ffmpeg().arg("-i").arg(&input).args(["-f", "null", "-"]));
+    let p = pid.to_string();
+    // Decoders and encoders for video and audio plus a filter graph each: six streams. Once
+    // they end, the four oldest ended ones are evicted to stay under the cap.
+    let s = d.wait_for("the cap to apply", Duration::from_secs(20), |s| {
+        (s.value("observer_streams_evicted_total", &[])? >= 4.0).then(|| s.clone())
+    });
+    let exported = ["media_frames_total", "media_filter_frames_in_total"]
+        .iter()
+        .map(|name| s.all(name).filter(|x| x.label("pid") == Some(&p)).count())
+        .sum::<usize>();
+    assert_eq!(exported, 2, "with --max-streams 2\n{}", s.text);
+    assert_eq!(s.value("observer_streams_evicted_total", &[]), Some(4.0));
+    assert_eq!(
+        s.value("observer_streams", &[("state", "ended")]),
+        Some(2.0)
+    );
+}
+
+#[test]
+fn json_logs() {
+    let d = Daemon::start(&["--log-format", "json"]);
+    let log = d.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for l in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(
+            v.get("level").is_some() && v.get("timestamp").is_some(),
+            "{l}"
+        );
+    }
+}
+
+#[test]
+fn kernel_state_returns_to_baseline_when_pipelines_exit() {
+    let _quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+    let input = media::h264_aac_mp4();
+    let d = Daemon::start(&[]);
+    let baseline = d
+        .scrape()
+        .value("observer_kernel_map_entries", &[("map", "streams")])
+        .unwrap();
+    // One pipeline killed mid-stream, which frees nothing itself.
+    let mut child = ffmpeg()
+        .args(["-re", "-i"])
+        .arg(&input)
+        .args(["-f", "null", "-"])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let p = pid.to_string();
+    d.wait_for(
+        "frames from the running pipeline",
+        Duration::from_secs(20),
+        |s| {
+            (s.value(
+                "media_frames_total",
+                &[("pid", &p), ("direction", "decode"), ("media", "video")],
+            )? > 10.0)
+                .then_some(())
+        },
+    );
+    // SAFETY: killing our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    let s = d.wait_ended(pid);
+    let frames = s
+        .value(
+            "media_frames_total",
+            &[("pid", &p), ("direction", "decode"), ("media", "video")],
+        )
+        .unwrap();
+    assert!(frames > 10.0, "final counts kept after SIGKILL: {frames}");
+    d.wait_for(
+        "the kernel's stream map back to its baseline",
+        Duration::from_secs(10),
+        |s| {
+            (s.value("observer_kernel_map_entries", &[("map", "streams")])? <= baseline)
+                .then_some(())
+        },
+    );
+}
