@@ -10,6 +10,10 @@ pub enum EventKind {
     ExecMmap = 2,
     /// A thread group ended: its streams end.
     Exit = 3,
+    /// A codec was opened whose name the kernel could not read (its page not resident yet):
+    /// the daemon reads it from the process now, while it surely runs. `addr` is the name's
+    /// address.
+    CodecName = 4,
 }
 
 #[repr(C)]
@@ -18,6 +22,7 @@ pub struct ProcessEvent {
     pub kind: u32,
     pub tgid: u32,
     pub ktime_ns: u64,
+    pub addr: u64,
 }
 
 crate::user_pod!(ProcessEvent);

@@ -216,6 +216,10 @@ pub struct Stream {
     pub channels: u32,
     pub _pad: u32,
     pub bit_rate: i64,
+    /// Address of the codec's name in the process. BPF cannot fault pages in, so when the
+    /// name's page is not resident yet the kernel leaves `codec_name` empty and the daemon
+    /// reads it from the process.
+    pub codec_name_ptr: u64,
     pub codec_name: [u8; CODEC_NAME_LEN],
     pub comm: [u8; COMM_LEN],
     /// Packets into a decoder, frames into an encoder or graph.

@@ -163,6 +163,11 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                         // Sent after the mapping exists: scan now.
                         k if k == EventKind::ExecMmap as u32 => pending.add(ev.tgid, now),
                         k if k == EventKind::Exit as u32 => exited.push(ev.tgid),
+                        k if k == EventKind::CodecName as u32 => {
+                            if let Ok(mut s) = shared.lock() {
+                                s.registry.resolve_name(ev.tgid, ev.addr);
+                            }
+                        }
                         _ => {}
                     }
                 }

@@ -128,6 +128,32 @@ pub fn stat(pid: u32) -> Option<ProcStat> {
     })
 }
 
+/// Reads a NUL-terminated identifier (a codec name) of at most `N - 1` bytes from a
+/// process's memory, faulting its page in if need be. `None` unless it is a plausible
+/// identifier: letters, digits, `_`, `-` and `.`.
+pub fn read_c_string<const N: usize>(pid: u32, addr: u64) -> Option<[u8; N]> {
+    let mut buf = [0u8; N];
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: N - 1,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: N - 1,
+    };
+    // SAFETY: the local iovec covers our own buffer; the remote one is only read by the kernel.
+    let n = unsafe { libc::process_vm_readv(pid as i32, &local, 1, &remote, 1, 0) };
+    if n <= 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&c| c == 0)?;
+    let ok = end > 0
+        && buf[..end]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'));
+    ok.then_some(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +185,16 @@ mod tests {
             maps[0].open_path(42),
             PathBuf::from("/proc/42/map_files/55d0c0a02000-55d0c0a04000")
         );
+    }
+
+    #[test]
+    fn reads_identifiers_from_a_process() {
+        static NAME: &[u8] = b"h264_cuvid\0";
+        let got: [u8; 32] = read_c_string(std::process::id(), NAME.as_ptr() as u64).unwrap();
+        assert_eq!(&got[..11], NAME);
+        static BAD: &[u8] = b"no spaces\0";
+        assert!(read_c_string::<32>(std::process::id(), BAD.as_ptr() as u64).is_none());
+        assert!(read_c_string::<32>(std::process::id(), 8).is_none());
     }
 
     #[test]

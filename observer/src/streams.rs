@@ -65,6 +65,8 @@ pub struct Registry {
     pub stats: CollectStats,
     /// Ended streams pushed out by the cap before their grace period ran out.
     pub evicted_total: u64,
+    /// Codec names the daemon read from processes, by (pid, address of the name).
+    names: std::collections::HashMap<(u32, u64), [u8; observer_common::stream::CODEC_NAME_LEN]>,
 }
 
 fn monotonic_ns() -> u64 {
@@ -90,7 +92,29 @@ impl Registry {
             clock_offset_ns: monotonic_ns() as i128 - wall as i128,
             stats: CollectStats::default(),
             evicted_total: 0,
+            names: std::collections::HashMap::new(),
         }
+    }
+
+    /// Reads a codec name the kernel could not, while its process surely runs (it has just
+    /// opened the codec).
+    pub fn resolve_name(&mut self, tgid: u32, addr: u64) {
+        if self.names.len() >= 65536 {
+            self.names.clear();
+        }
+        if let Some(name) = procfs::read_c_string(tgid, addr) {
+            self.names.insert((tgid, addr), name);
+        }
+    }
+
+    fn name_of(&self, s: &Stream) -> Option<[u8; observer_common::stream::CODEC_NAME_LEN]> {
+        if s.codec_name[0] != 0 || s.codec_name_ptr == 0 {
+            return None;
+        }
+        self.names
+            .get(&(s.tgid, s.codec_name_ptr))
+            .copied()
+            .or_else(|| procfs::read_c_string(s.tgid, s.codec_name_ptr))
     }
 
     fn wall_secs(&self, ktime_ns: u64) -> f64 {
@@ -103,8 +127,14 @@ impl Registry {
     fn upsert(&mut self, s: Stream, ended: Option<Instant>, tracker: &Tracker, kernel: &Kernel) {
         let id = (s.tgid, s.ctx, s.opened_ns);
         let last_activity = self.wall_secs(s.last_ns);
+        let name = self.name_of(&s);
         if let Some(r) = self.records.get_mut(&id) {
+            // Keep a name the daemon read itself (the kernel's copy stays empty).
+            let known = r.stream.codec_name;
             r.stream = s;
+            if r.stream.codec_name[0] == 0 {
+                r.stream.codec_name = name.unwrap_or(known);
+            }
             r.last_activity = last_activity;
             if r.ended.is_none() {
                 r.ended = ended;
@@ -117,6 +147,10 @@ impl Registry {
             .or_else(|| procfs::comm(s.tgid))
             .unwrap_or_else(|| cstr(&s.comm));
         let lavc_major = kernel.lavc_major(s.slot);
+        let mut s = s;
+        if let Some(name) = name {
+            s.codec_name = name;
+        }
         self.records.insert(
             id,
             Record {
@@ -160,6 +194,7 @@ impl Registry {
         }
         if !dead_tgids.is_empty() {
             kernel.forget_inflight(&|tgid| dead_tgids.contains(&tgid));
+            self.names.retain(|(tgid, _), _| !dead_tgids.contains(tgid));
         }
         // Live streams the kernel no longer holds and did not hand over as ended (its ended
         // map was full): end them with their last known counts.

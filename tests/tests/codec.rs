@@ -474,3 +474,68 @@ pub fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+#[test]
+fn a_reused_context_starts_a_new_stream() {
+    let dir = tempdir("reuse");
+    let exe = dir.join("reuse");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("c/reuse.c");
+    run(std::process::Command::new("gcc")
+        .args(["-O1", "-I/usr/include/x86_64-linux-gnu", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .args(["-lavcodec", "-lavutil"]));
+    let d = Daemon::start(&[]);
+    let out = std::process::Command::new(&exe).output().expect("reuse");
+    assert!(out.status.success());
+    let pid_rounds: Vec<(String, u64, u64)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (
+                f[0].to_string(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(pid_rounds.len(), 5);
+    let addresses: std::collections::BTreeSet<&String> = pid_rounds.iter().map(|r| &r.0).collect();
+    assert!(
+        addresses.len() < pid_rounds.len(),
+        "no context address was reused: {pid_rounds:?}"
+    );
+    // The process has exited; find its streams by the frame counts it printed.
+    let s = d.wait_for(
+        "five encoder streams from the reuse program",
+        std::time::Duration::from_secs(20),
+        |s| {
+            let ours: Vec<_> = s
+                .all("media_frames_total")
+                .filter(|x| {
+                    x.has(&[
+                        ("process", "reuse"),
+                        ("direction", "encode"),
+                        ("codec", "mpeg4"),
+                    ])
+                })
+                .collect();
+            (ours.len() == 5).then(|| s.clone())
+        },
+    );
+    let mut got: Vec<(u64, u64)> = s
+        .all("media_frames_total")
+        .filter(|x| x.has(&[("process", "reuse"), ("direction", "encode")]))
+        .map(|x| {
+            let stream = x.label("stream").unwrap();
+            let packets = s
+                .value("media_packets_total", &[("stream", stream)])
+                .unwrap();
+            (x.value as u64, packets as u64)
+        })
+        .collect();
+    let mut want: Vec<(u64, u64)> = pid_rounds.iter().map(|r| (r.1, r.2)).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "each round its own stream with its own counts");
+}

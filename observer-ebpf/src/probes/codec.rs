@@ -19,6 +19,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use observer_common::{
+    event::EventKind,
     layout::{LibLayout, cookie_call, cookie_slot},
     stream::{
         AVERROR_EAGAIN, AVERROR_EOF, Call, Direction, ERROR_OTHER, ERROR_SLOTS, EndedKey,
@@ -155,18 +156,22 @@ fn describe_codec(s: &mut Stream, l: &LibLayout, ctx: u64) -> bool {
         return false;
     };
     if codec != 0 {
-        let Some(name) = field::<u64>(codec, l.codec_name) else {
-            return false;
-        };
-        // SAFETY: reads at most the buffer's length through the fault-tolerant path.
-        match unsafe { bpf_probe_read_user_str_bytes(name as *const u8, &mut s.codec_name) } {
-            Ok(bytes) if !bytes.is_empty() => {
-                let c = bytes[0];
-                if !(c.is_ascii_alphanumeric() || c == b'_') {
-                    return false;
+        // A pointer we cannot read through is no proof of garbage: the page may just not be
+        // resident yet (BPF cannot fault it in). Only impossible values mark the stream; the
+        // daemon reads a name the kernel could not.
+        if let Some(name) = field::<u64>(codec, l.codec_name) {
+            s.codec_name_ptr = name;
+            // SAFETY: reads at most the buffer's length through the fault-tolerant path.
+            let read =
+                unsafe { bpf_probe_read_user_str_bytes(name as *const u8, &mut s.codec_name) };
+            match read {
+                Ok(&[c, ..]) => {
+                    if !(c.is_ascii_alphanumeric() || c == b'_') {
+                        return false;
+                    }
                 }
+                _ => super::process::send_addr(EventKind::CodecName, s.tgid, name),
             }
-            _ => return false,
         }
     }
     s.codec_id = field::<u32>(ctx, l.ctx_codec_id).unwrap_or(0);

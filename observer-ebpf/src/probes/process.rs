@@ -18,10 +18,16 @@ const PROT_EXEC: u64 = 4;
 
 #[inline(always)]
 fn send(kind: EventKind, tgid: u32) {
+    send_addr(kind, tgid, 0);
+}
+
+#[inline(always)]
+pub fn send_addr(kind: EventKind, tgid: u32, addr: u64) {
     let ev = ProcessEvent {
         kind: kind as u32,
         tgid,
         ktime_ns: unsafe { bpf_ktime_get_ns() },
+        addr,
     };
     if EVENTS.output::<ProcessEvent>(&ev, 0).is_err() {
         bump(counter::EVENTS_LOST);
