@@ -189,20 +189,22 @@ fn pyav_decode(version: &str, lavc: &str) {
         .spawn()
         .expect("python3");
     let pid = child.id();
-    wait_attached(&d, &["av.libs/libavcodec-", "av.libs/libavformat-"]);
+    // Both PyAV tests may run at once, and every daemon sees every process: wait for this
+    // version's own copies.
+    let codec = format!("pyav/{version}/av.libs/libavcodec-");
+    let format = format!("pyav/{version}/av.libs/libavformat-");
+    wait_attached(&d, &[&codec, &format]);
     let s = d.scrape();
     let versions: Vec<&String> = s
         .all("observer_attached_file_info")
-        .filter(|x| {
-            x.label("path")
-                .is_some_and(|p| p.contains("av.libs/libavcodec-"))
-        })
+        .filter(|x| x.label("path").is_some_and(|p| p.contains(&codec)))
         .filter_map(|x| x.label("versions"))
         .collect();
     assert!(
         versions
             .iter()
-            .any(|v| v.contains(&format!("Avcodec:{lavc}."))),
+            .all(|v| v.contains(&format!("Avcodec:{lavc}.")))
+            && !versions.is_empty(),
         "{versions:?}"
     );
     feed_and_wait(child, b"go\n");
