@@ -242,9 +242,27 @@ pub struct Stream {
     /// `avcodec_receive_frame` for a decoder, for example).
     pub calls: [Histogram; 2],
     pub side_call: [u32; 2],
+    /// Inputs waiting for their output, for the latency histogram: a ring, searched newest
+    /// first (a decoder's output matches one of the last few inputs; an encoder with
+    /// lookahead one a few dozen back).
+    pub inflight: [Inflight; INFLIGHT_SLOTS],
+    pub inflight_next: u32,
+    pub _pad2: u32,
 }
 
-crate::user_pod!(Stream, StreamKey, EndedKey, InflightKey);
+/// Inputs a stream can have in flight before the oldest is forgotten (its output then counts
+/// as unmatched). x264's deepest presets hold about 70 frames.
+pub const INFLIGHT_SLOTS: usize = 128;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Inflight {
+    pub pts: i64,
+    /// When the input was submitted; 0 marks a free slot.
+    pub at_ns: u64,
+}
+
+crate::user_pod!(Stream, StreamKey, EndedKey);
 const _: () = assert!(core::mem::size_of::<Stream>() % 8 == 0);
 
 /// Key of a live stream.
@@ -266,17 +284,6 @@ pub struct EndedKey {
     pub opened_ns: u64,
 }
 
-/// An input waiting for its output, for the latency histogram: keyed by the stream and the
-/// input's pts.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct InflightKey {
-    pub tgid: u32,
-    pub _pad: u32,
-    pub ctx: u64,
-    pub pts: i64,
-}
-
 /// AVERROR(EAGAIN): "call the other side first"; not an error.
 pub const AVERROR_EAGAIN: i32 = -11;
 /// AVERROR_EOF: end of stream; not an error.
@@ -287,7 +294,6 @@ pub const NOPTS: i64 = i64::MIN;
 /// Sizes of the kernel maps. User space reads them to report fill levels.
 pub const MAX_STREAMS: u32 = 8192;
 pub const MAX_ENDED_STREAMS: u32 = 8192;
-pub const MAX_INFLIGHT: u32 = 65536;
 pub const MAX_CALLS_IN_PROGRESS: u32 = 16384;
 
 /// Indexes of the `COUNTERS` per-CPU array: the kernel side's own health.

@@ -3,9 +3,6 @@
 //! through the ring buffer.
 #![no_std]
 #![no_main]
-// Atomic adds on map values: see probes::codec::add.
-#![feature(core_intrinsics)]
-#![allow(internal_features)]
 
 mod maps;
 mod probes;

@@ -2,13 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use observer_common::{
     layout::{LibLayout, MAX_LIBS},
     stream::{
-        EndedKey, InflightKey, MAX_CALLS_IN_PROGRESS, MAX_ENDED_STREAMS, MAX_INFLIGHT, MAX_STREAMS,
-        Stream, StreamKey, counter,
+        EndedKey, MAX_CALLS_IN_PROGRESS, MAX_ENDED_STREAMS, MAX_STREAMS, Stream, StreamKey, counter,
     },
 };
 
@@ -29,16 +28,15 @@ pub static ENDED_STREAMS: HashMap<EndedKey, Stream> =
 #[map]
 pub static ZERO_STREAM: Array<Stream> = Array::with_max_entries(1, 0);
 
-/// Arguments of calls in progress, from entry probe to return probe, per thread and call.
-/// LRU, so a call that never returns (a thread killed inside it) cannot leak an entry.
+/// Arguments of calls in progress, from entry probe to return probe, per thread and call
+/// kind. A plain preallocated hash (cheaper per lookup than an LRU): entries are reused
+/// (see `probes::codec::begin`) and removed when their thread exits.
 #[map]
-pub static CALLS: LruHashMap<CallKey, CallState> =
-    LruHashMap::with_max_entries(MAX_CALLS_IN_PROGRESS, 0);
+pub static CALLS: HashMap<CallKey, CallState> = HashMap::with_max_entries(MAX_CALLS_IN_PROGRESS, 0);
 
-/// Inputs waiting for their output (latency pairing). LRU: an input whose output never comes
-/// (dropped by the codec) ages out instead of filling the map.
-#[map]
-pub static INFLIGHT: LruHashMap<InflightKey, u64> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+/// Every call kind a `CALLS` key can carry: the data calls and `avcodec_open2` /
+/// `avformat_find_stream_info`.
+pub const CALL_KINDS: [u32; 11] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 16, 17];
 
 #[map]
 pub static LIBS: Array<LibLayout> = Array::with_max_entries(MAX_LIBS, 0);

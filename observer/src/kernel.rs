@@ -14,7 +14,7 @@ use aya::{
 use observer_common::{
     event::ProcessEvent,
     layout::{LibLayout, MAX_LIBS, cookie},
-    stream::{EndedKey, InflightKey, Stream, StreamKey, counter},
+    stream::{EndedKey, Stream, StreamKey, counter},
 };
 
 use crate::{elf::FfmpegFile, ffmpeg::Hook};
@@ -94,7 +94,6 @@ pub struct Kernel {
     ebpf: Ebpf,
     streams: HashMap<MapData, StreamKey, Stream>,
     ended: HashMap<MapData, EndedKey, Stream>,
-    inflight: HashMap<MapData, InflightKey, u64>,
     libs: Array<MapData, LibLayout>,
     lib_failures: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
@@ -160,7 +159,6 @@ impl Kernel {
         let kernel = Kernel {
             streams: map(&mut ebpf, "STREAMS")?,
             ended: map(&mut ebpf, "ENDED_STREAMS")?,
-            inflight: map(&mut ebpf, "INFLIGHT")?,
             libs: map(&mut ebpf, "LIBS")?,
             lib_failures: map(&mut ebpf, "LIB_READ_FAILURES")?,
             counters: map(&mut ebpf, "COUNTERS")?,
@@ -270,19 +268,6 @@ impl Kernel {
         let s = self.streams.get(key, 0).ok();
         let _ = self.streams.remove(key);
         s
-    }
-
-    /// Drops the latency-pairing state of processes that are gone.
-    pub fn forget_inflight(&mut self, dead: &dyn Fn(u32) -> bool) {
-        let keys: Vec<InflightKey> = self
-            .inflight
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| dead(k.tgid))
-            .collect();
-        for k in keys {
-            let _ = self.inflight.remove(&k);
-        }
     }
 
     /// The kernel side's own health counters, summed over CPUs.

@@ -193,7 +193,6 @@ impl Registry {
             self.upsert(s, Some(now), tracker, kernel);
         }
         if !dead_tgids.is_empty() {
-            kernel.forget_inflight(&|tgid| dead_tgids.contains(&tgid));
             self.names.retain(|(tgid, _), _| !dead_tgids.contains(tgid));
         }
         // Live streams the kernel no longer holds and did not hand over as ended (its ended

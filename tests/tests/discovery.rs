@@ -386,3 +386,27 @@ fn garbage_behind_ffmpeg_names_is_distrusted() {
     let _ = child.wait();
     assert_eq!(d.get("/healthz").map(|x| x.0), Some(200));
 }
+
+#[test]
+fn files_are_detached_when_no_process_maps_them() {
+    let dir = tempdir("detach");
+    let lib = fake_library(&dir, "libavcodec-detach", "Lavc59.37.100");
+    // The tests' daemons linger 2 s before detaching.
+    let d = Daemon::start(&[]);
+    let mut first = load_and_call(&lib, 0);
+    let mut second = load_and_call(&lib, 0);
+    wait_attached(&d, &["libavcodec-detach"]);
+    let _ = first.kill();
+    let _ = first.wait();
+    // Still mapped by the second process: stays attached past the linger.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        attached(&d.scrape(), "libavcodec-detach"),
+        "detached while a process still maps it"
+    );
+    let _ = second.kill();
+    let _ = second.wait();
+    d.wait_for("the file to be detached", Duration::from_secs(20), |s| {
+        (!attached(s, "libavcodec-detach")).then_some(())
+    });
+}

@@ -201,9 +201,18 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-pub fn run(root: &Path, bin: &Path, _assets: &Path, runs: usize) -> anyhow::Result<()> {
+pub fn run(
+    root: &Path,
+    bin: &Path,
+    _assets: &Path,
+    runs: usize,
+    only: Option<&str>,
+) -> anyhow::Result<()> {
     let dir = root.join("target").join("bench");
-    let workloads = inputs(&dir)?;
+    let workloads: Vec<Workload> = inputs(&dir)?
+        .into_iter()
+        .filter(|w| only.is_none_or(|o| w.name.contains(o)))
+        .collect();
     let port = 19464;
     let mut report = String::new();
     let _ = writeln!(

@@ -53,6 +53,9 @@ enum Cmd {
         /// Repetitions of each measurement.
         #[arg(long, default_value_t = 7)]
         runs: usize,
+        /// Only the workloads whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -92,12 +95,12 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { runs } => {
+        Cmd::Bench { runs, only } => {
             setup::require_root("the benchmarks load kernel programs")?;
             setup::build_deps()?;
             let assets = setup::test_deps(&root)?;
             let bin = build_daemon(true)?;
-            bench::run(&root, &bin, &assets, runs)
+            bench::run(&root, &bin, &assets, runs, only.as_deref())
         }
     }
 }

@@ -7,8 +7,6 @@
 //! which call and which library layout. The entry keeps the arguments and the time; the return
 //! counts, times and pairs, all into the stream's map entry.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::{
     EbpfContext,
     helpers::{
@@ -23,18 +21,18 @@ use observer_common::{
     layout::{LibLayout, cookie_call, cookie_slot},
     stream::{
         AVERROR_EAGAIN, AVERROR_EOF, Call, Direction, ERROR_OTHER, ERROR_SLOTS, EndedKey,
-        FLAG_INSANE, FLAG_PROBE_DECODER, FLAG_SEEN_OPEN, Histogram, InflightKey, NOPTS, Stream,
-        StreamKey, counter,
+        FLAG_INSANE, FLAG_PROBE_DECODER, FLAG_SEEN_OPEN, Histogram, INFLIGHT_SLOTS, Inflight,
+        NOPTS, Stream, StreamKey, counter,
         hook::{CLOSE, FIND_STREAM_INFO, OPEN},
     },
 };
 
 use crate::{
     maps::{
-        CALLS, CallKey, CallState, ENDED_STREAMS, INFLIGHT, LIB_READ_FAILURES, LIBS, STREAMS,
-        ZERO_STREAM, bump,
+        CALLS, CallKey, CallState, ENDED_STREAMS, LIB_READ_FAILURES, LIBS, STREAMS, ZERO_STREAM,
+        bump,
     },
-    read::field,
+    read::{Window, field},
 };
 
 const AV_PKT_FLAG_KEY: i32 = 1;
@@ -55,11 +53,10 @@ fn layout(slot: u32) -> Option<&'static LibLayout> {
 
 #[inline(always)]
 fn add(counter: &mut u64, v: u64) {
-    // Streams are counted from whichever thread calls (the ffmpeg 7+ CLI runs one thread per
-    // stage), so counters are bumped atomically.
-    // BPF targets have no `AtomicU64::fetch_add`; the intrinsic lowers to BPF's atomic add.
-    // SAFETY: the reference points into a map value that lives as long as this program run.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter as *mut u64, v) };
+    // Plain adds, not atomics: FFmpeg requires callers to serialize the calls on one codec
+    // context (and on one filter graph), and a stream's probes run inside those calls, so
+    // two writers never meet on one stream. The daemon's reads of aligned u64s are whole.
+    *counter += v;
 }
 
 #[inline(always)]
@@ -83,15 +80,13 @@ pub fn find_stream_info_enter(_ctx: ProbeContext) -> u32 {
         _pad: 0,
     };
     let state = CallState {
-        start_ns: 0,
+        start_ns: unsafe { bpf_ktime_get_ns() },
         args: [0; 4],
         pts: 0,
         slot: 0,
         _pad: 0,
     };
-    if CALLS.insert(&key, &state, 0).is_err() {
-        bump(counter::CALLS_FULL);
-    }
+    begin(&key, &state);
     0
 }
 
@@ -102,7 +97,7 @@ pub fn find_stream_info_return(_ctx: RetProbeContext) -> u32 {
         call: FIND_STREAM_INFO,
         _pad: 0,
     };
-    let _ = CALLS.remove(&key);
+    let _ = finish(&key);
     0
 }
 
@@ -113,7 +108,48 @@ fn in_probe_scope(pid_tgid: u64) -> bool {
         call: FIND_STREAM_INFO,
         _pad: 0,
     };
-    CALLS.get_ptr(&key).is_some()
+    in_progress(&key)
+}
+
+// --- calls in progress -------------------------------------------------------------------
+
+/// Keeps a call's state from its entry to its return. A (thread, call) entry is created once
+/// and reused: `start_ns == 0` marks it consumed. The hot path so costs one hash lookup at
+/// entry and one at return, and no insert or delete; the exit tracepoint removes the entries
+/// of threads that end.
+#[inline(always)]
+fn begin(key: &CallKey, state: &CallState) {
+    match CALLS.get_ptr_mut(key) {
+        // SAFETY: map value pointer, valid for this program run.
+        Some(p) => unsafe { *p = *state },
+        None => {
+            if CALLS.insert(key, state, 0).is_err() {
+                bump(counter::CALLS_FULL);
+            }
+        }
+    }
+}
+
+/// Takes the state `begin` left, if the call is in progress.
+#[inline(always)]
+fn finish(key: &CallKey) -> Option<CallState> {
+    let p = CALLS.get_ptr_mut(key)?;
+    // SAFETY: map value pointer, valid for this program run.
+    let state = unsafe { *p };
+    if state.start_ns == 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { (*p).start_ns = 0 };
+    Some(state)
+}
+
+#[inline(always)]
+fn in_progress(key: &CallKey) -> bool {
+    // SAFETY: map value pointer, valid for this program run.
+    CALLS
+        .get_ptr(key)
+        .is_some_and(|p| unsafe { (*p).start_ns } != 0)
 }
 
 // --- stream life -----------------------------------------------------------------------
@@ -249,15 +285,13 @@ pub fn open_enter(ctx: ProbeContext) -> u32 {
         _pad: 0,
     };
     let state = CallState {
-        start_ns: 0,
+        start_ns: unsafe { bpf_ktime_get_ns() },
         args: [avctx, 0, 0, 0],
         pts: 0,
         slot: cookie_slot(cookie(&ctx)),
         _pad: 0,
     };
-    if CALLS.insert(&key, &state, 0).is_err() {
-        bump(counter::CALLS_FULL);
-    }
+    begin(&key, &state);
     0
 }
 
@@ -269,12 +303,9 @@ pub fn open_return(ctx: RetProbeContext) -> u32 {
         call: OPEN,
         _pad: 0,
     };
-    let Some(state) = CALLS.get_ptr(&key) else {
+    let Some(state) = finish(&key) else {
         return 0;
     };
-    // SAFETY: map value pointer; copied out before the entry is removed.
-    let state = unsafe { *state };
-    let _ = CALLS.remove(&key);
     let ret: i32 = ctx.ret();
     if ret < 0 {
         return 0;
@@ -329,7 +360,7 @@ pub fn call_enter(ctx: ProbeContext) -> u32 {
             call: Call::SendFrame as u32,
             _pad: 0,
         };
-        if CALLS.get_ptr(&outer).is_some() {
+        if in_progress(&outer) {
             return 0;
         }
     }
@@ -355,9 +386,7 @@ pub fn call_enter(ctx: ProbeContext) -> u32 {
         call,
         _pad: 0,
     };
-    if CALLS.insert(&key, &state, 0).is_err() {
-        bump(counter::CALLS_FULL);
-    }
+    begin(&key, &state);
     0
 }
 
@@ -375,12 +404,9 @@ pub fn call_return(ctx: RetProbeContext) -> u32 {
         call: call_id,
         _pad: 0,
     };
-    let Some(state) = CALLS.get_ptr(&key) else {
+    let Some(state) = finish(&key) else {
         return 0;
     };
-    // SAFETY: map value pointer; copied out before the entry is removed.
-    let state = unsafe { *state };
-    let _ = CALLS.remove(&key);
     let Some(l) = layout(state.slot) else {
         return 0;
     };
@@ -447,23 +473,23 @@ pub fn call_return(ctx: RetProbeContext) -> u32 {
     match call {
         Call::SendPacket => {
             if ret == 0 {
-                submitted_packet(s, l, tgid, stream_ctx, state.args[1], state.start_ns);
+                submitted_packet(s, l, state.args[1], state.start_ns);
             }
         }
         Call::ReceiveFrame => {
             if ret == 0 {
-                received_frame(s, l, tgid, stream_ctx, state.args[1], now);
+                received_frame(s, l, state.args[1], now);
             }
         }
         Call::SendFrame => {
             let frame = state.args[1];
             if ret == 0 && frame != 0 {
-                submitted_frame(s, l, tgid, stream_ctx, frame, state.start_ns, None);
+                submitted_frame(s, l, frame, state.start_ns, None);
             }
         }
         Call::ReceivePacket => {
             if ret == 0 {
-                received_packet(s, l, tgid, stream_ctx, state.args[1], now);
+                received_packet(s, l, state.args[1], now);
             }
         }
         Call::DecodeSubtitle => {
@@ -493,20 +519,20 @@ pub fn call_return(ctx: RetProbeContext) -> u32 {
             // (ctx, AVPacket *avpkt, const AVFrame *frame, int *got_packet_ptr)
             let frame = state.args[2];
             if frame != 0 {
-                submitted_frame(s, l, tgid, stream_ctx, frame, state.start_ns, None);
+                submitted_frame(s, l, frame, state.start_ns, None);
             }
             if field::<i32>(state.args[3], 0).unwrap_or(0) != 0 {
-                received_packet(s, l, tgid, stream_ctx, state.args[1], now);
+                received_packet(s, l, state.args[1], now);
             }
         }
         Call::BuffersrcAddFrame => {
             if state.args[1] != 0 {
                 // The source took the frame's contents: use the pts read at entry.
-                submitted_frame(s, l, tgid, stream_ctx, 0, state.start_ns, Some(state.pts));
+                submitted_frame(s, l, 0, state.start_ns, Some(state.pts));
             }
         }
         Call::BuffersinkGetFrame => {
-            received_frame(s, l, tgid, stream_ctx, state.args[1], now);
+            received_frame(s, l, state.args[1], now);
         }
     }
     0
@@ -531,126 +557,136 @@ fn count_error(s: &mut Stream, call: u32, code: i32) {
     }
 }
 
+/// Frame fields: width (104) to pts (136 + 8) in every major.
+type FrameWindow = Window<48>;
+/// Packet fields: pts (8) to flags (40 + 4) in every major.
+type PacketWindow = Window<40>;
+
 #[inline(always)]
-fn inflight(tgid: u32, ctx: u64, pts: i64, at: u64) {
+fn inflight(s: &mut Stream, pts: i64, at: u64) {
     if pts == NOPTS {
         return;
     }
-    let key = InflightKey {
-        tgid,
-        _pad: 0,
-        ctx,
-        pts,
-    };
-    let _ = INFLIGHT.insert(&key, &at, 0);
+    let i = (s.inflight_next as usize) & (INFLIGHT_SLOTS - 1);
+    if let Some(slot) = s.inflight.get_mut(i) {
+        *slot = Inflight { pts, at_ns: at };
+    }
+    s.inflight_next = s.inflight_next.wrapping_add(1);
 }
 
+/// Pairs an output with the newest input of the same pts still in flight.
 #[inline(always)]
-fn pair(s: &mut Stream, tgid: u32, ctx: u64, pts: i64, now: u64) {
-    let key = InflightKey {
-        tgid,
-        _pad: 0,
-        ctx,
-        pts,
-    };
-    if pts != NOPTS {
-        if let Some(t) = INFLIGHT.get_ptr(&key) {
-            // SAFETY: map value pointer.
-            let t = unsafe { *t };
-            let _ = INFLIGHT.remove(&key);
-            observe(&mut s.latency, now.saturating_sub(t));
-            return;
+fn pair(s: &mut Stream, pts: Option<i64>, now: u64) {
+    if let Some(pts) = pts.filter(|p| *p != NOPTS) {
+        let newest = s.inflight_next.wrapping_sub(1) as usize;
+        let mut k = 0;
+        while k < INFLIGHT_SLOTS {
+            let i = newest.wrapping_sub(k) & (INFLIGHT_SLOTS - 1);
+            if let Some(slot) = s.inflight.get_mut(i) {
+                if slot.at_ns != 0 && slot.pts == pts {
+                    let at = slot.at_ns;
+                    slot.at_ns = 0;
+                    observe(&mut s.latency, now.saturating_sub(at));
+                    return;
+                }
+            }
+            k += 1;
         }
     }
     add(&mut s.latency_unmatched, 1);
 }
 
 #[inline(always)]
-fn submitted_packet(s: &mut Stream, l: &LibLayout, tgid: u32, ctx: u64, pkt: u64, at: u64) {
+fn submitted_packet(s: &mut Stream, l: &LibLayout, pkt: u64, at: u64) {
     // A NULL or empty packet is the flush that starts draining, not a packet.
-    let size = field::<i32>(pkt, l.pkt_size).unwrap_or(0);
+    let Some(w) = PacketWindow::read(pkt, l.pkt_pts) else {
+        return;
+    };
+    let size = w.get::<i32>(l.pkt_size).unwrap_or(0);
     if size <= 0 {
         return;
     }
     add(&mut s.in_count, 1);
     add(&mut s.in_bytes, size as u64);
     s.last_ns = at;
-    inflight(tgid, ctx, field::<i64>(pkt, l.pkt_pts).unwrap_or(NOPTS), at);
+    inflight(s, w.get::<i64>(l.pkt_pts).unwrap_or(NOPTS), at);
 }
 
 #[inline(always)]
-fn frame_shape(s: &mut Stream, l: &LibLayout, frame: u64) {
-    let w = field::<i32>(frame, l.frame_width).unwrap_or(0);
-    if w > 0 && w <= 65536 {
-        let h = field::<i32>(frame, l.frame_height).unwrap_or(0);
-        if h > 0 && h <= 65536 {
-            s.width = w as u32;
-            s.height = h as u32;
-            if let Some(f) = field::<i32>(frame, l.frame_format) {
-                s.format = f;
-            }
-            if s.direction == Direction::Filter as u32 {
-                s.media = 0;
-            }
+fn frame_shape(s: &mut Stream, l: &LibLayout, w: &FrameWindow) {
+    let width = w.get::<i32>(l.frame_width).unwrap_or(0);
+    let height = w.get::<i32>(l.frame_height).unwrap_or(0);
+    if width > 0 && width <= 65536 && height > 0 && height <= 65536 {
+        s.width = width as u32;
+        s.height = height as u32;
+        if let Some(f) = w.get::<i32>(l.frame_format) {
+            s.format = f;
+        }
+        if s.direction == Direction::Filter as u32 {
+            s.media = 0;
         }
     } else if s.direction == Direction::Filter as u32
-        && field::<i32>(frame, l.frame_nb_samples).unwrap_or(0) > 0
+        && w.get::<i32>(l.frame_nb_samples).unwrap_or(0) > 0
     {
         s.media = 1;
     }
 }
 
 #[inline(always)]
-fn submitted_frame(
-    s: &mut Stream,
-    l: &LibLayout,
-    tgid: u32,
-    ctx: u64,
-    frame: u64,
-    at: u64,
-    pts: Option<i64>,
-) {
+fn submitted_frame(s: &mut Stream, l: &LibLayout, frame: u64, at: u64, pts: Option<i64>) {
     add(&mut s.in_count, 1);
     s.last_ns = at;
     let pts = match pts {
         Some(p) => p,
-        None => {
-            frame_shape(s, l, frame);
-            field::<i64>(frame, l.frame_pts).unwrap_or(NOPTS)
-        }
+        None => match FrameWindow::read(frame, l.frame_width) {
+            Some(w) => {
+                frame_shape(s, l, &w);
+                w.get::<i64>(l.frame_pts).unwrap_or(NOPTS)
+            }
+            None => NOPTS,
+        },
     };
-    inflight(tgid, ctx, pts, at);
+    inflight(s, pts, at);
 }
 
 #[inline(always)]
-fn received_frame(s: &mut Stream, l: &LibLayout, tgid: u32, ctx: u64, frame: u64, now: u64) {
+fn received_frame(s: &mut Stream, l: &LibLayout, frame: u64, now: u64) {
     add(&mut s.out_count, 1);
     s.last_ns = now;
-    frame_shape(s, l, frame);
-    let key = match field::<i32>(frame, l.frame_key_frame) {
-        Some(k) => k != 0,
-        None => field::<i32>(frame, l.frame_flags).unwrap_or(0) & AV_FRAME_FLAG_KEY != 0,
+    let Some(w) = FrameWindow::read(frame, l.frame_width) else {
+        pair(s, None, now);
+        return;
     };
-    if key && s.direction == Direction::Decode as u32 {
-        add(&mut s.keyframes, 1);
+    frame_shape(s, l, &w);
+    if s.direction == Direction::Decode as u32 {
+        let key = match w.get::<i32>(l.frame_key_frame) {
+            Some(k) => k != 0,
+            // From libavutil 59 the key flag lives only in AVFrame.flags, outside the window.
+            None => field::<i32>(frame, l.frame_flags).unwrap_or(0) & AV_FRAME_FLAG_KEY != 0,
+        };
+        if key {
+            add(&mut s.keyframes, 1);
+        }
     }
-    let pts = field::<i64>(frame, l.frame_pts).unwrap_or(NOPTS);
-    pair(s, tgid, ctx, pts, now);
+    pair(s, w.get::<i64>(l.frame_pts), now);
 }
 
 #[inline(always)]
-fn received_packet(s: &mut Stream, l: &LibLayout, tgid: u32, ctx: u64, pkt: u64, now: u64) {
-    let size = field::<i32>(pkt, l.pkt_size).unwrap_or(0);
+fn received_packet(s: &mut Stream, l: &LibLayout, pkt: u64, now: u64) {
     add(&mut s.out_count, 1);
+    s.last_ns = now;
+    let Some(w) = PacketWindow::read(pkt, l.pkt_pts) else {
+        pair(s, None, now);
+        return;
+    };
+    let size = w.get::<i32>(l.pkt_size).unwrap_or(0);
     if size > 0 {
         add(&mut s.out_bytes, size as u64);
     }
-    s.last_ns = now;
-    if field::<i32>(pkt, l.pkt_flags).unwrap_or(0) & AV_PKT_FLAG_KEY != 0 {
+    if w.get::<i32>(l.pkt_flags).unwrap_or(0) & AV_PKT_FLAG_KEY != 0 {
         add(&mut s.keyframes, 1);
     }
-    let pts = field::<i64>(pkt, l.pkt_pts).unwrap_or(NOPTS);
-    pair(s, tgid, ctx, pts, now);
+    pair(s, w.get::<i64>(l.pkt_pts), now);
 }
 
 // --- the floor -------------------------------------------------------------------------

@@ -12,7 +12,7 @@ use observer_common::{
     stream::counter,
 };
 
-use crate::maps::{EVENTS, bump};
+use crate::maps::{CALL_KINDS, CALLS, CallKey, EVENTS, bump};
 
 const PROT_EXEC: u64 = 4;
 
@@ -41,11 +41,18 @@ pub fn sched_process_exec(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// `sched_process_exit(struct task_struct *p, bool group_dead)` — fires per thread; only the
-/// thread group leader's exit is sent.
+/// `sched_process_exit(struct task_struct *p, bool group_dead)` — fires per thread: the
+/// thread's calls in progress are forgotten, and the thread group leader's exit is sent.
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: BtfTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    for call in CALL_KINDS {
+        let _ = CALLS.remove(&CallKey {
+            pid_tgid,
+            call,
+            _pad: 0,
+        });
+    }
     let (tgid, pid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if tgid == pid {
         send(EventKind::Exit, tgid);
