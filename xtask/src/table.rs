@@ -54,7 +54,14 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Ctrl-C in the terminal reaches the daemon too (same process group); xtask only notes it,
+/// waits for the daemon to detach its probes and exit, and then returns. (A handler, not
+/// SIG_IGN: an ignored signal would be inherited by the daemon.)
+extern "C" fn on_sigint(_: libc::c_int) {}
+
 pub fn run(bin: &Path, args: &[String]) -> anyhow::Result<()> {
+    // SAFETY: installs a handler that does nothing, which is async-signal-safe.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     let addr = listen_addr(args);
     let base = format!("http://{}", addr.replace("0.0.0.0", "127.0.0.1"));
     crate::step(&format!("starting {} {}", bin.display(), args.join(" ")));
@@ -83,7 +90,7 @@ pub fn run(bin: &Path, args: &[String]) -> anyhow::Result<()> {
     let mut last: HashMap<String, (Instant, u64, u64)> = HashMap::new();
     loop {
         if let Some(status) = child.0.try_wait()? {
-            eprintln!("the daemon exited ({status})");
+            eprintln!("\nthe daemon exited ({status}); its probes are detached");
             return Ok(());
         }
         let streams: Vec<StreamView> = match agent.get(&format!("{base}/streams")).call() {
@@ -121,7 +128,7 @@ pub fn run(bin: &Path, args: &[String]) -> anyhow::Result<()> {
             };
             let format = match s.media.as_str() {
                 "video" => format!("{}x{}", s.width, s.height),
-                "audio" => format!("{} Hz", s.sample_rate),
+                "audio" if s.sample_rate > 0 => format!("{} Hz", s.sample_rate),
                 _ => String::new(),
             };
             out += &format!(
@@ -145,7 +152,13 @@ pub fn run(bin: &Path, args: &[String]) -> anyhow::Result<()> {
             .map(|s| (s.stream.clone(), (now, s.frames, s.packet_bytes)))
             .collect();
         print!("{out}");
-        std::thread::sleep(Duration::from_secs(1));
+        // Sleeps in small steps so the exit after Ctrl-C shows at once.
+        for _ in 0..10 {
+            if child.0.try_wait()?.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
