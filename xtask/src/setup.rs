@@ -108,6 +108,8 @@ const TEST_PACKAGES: &[&str] = &[
     "patchelf",
     // mount namespaces (unshare)
     "util-linux",
+    // the benchmarks' probe accounting (BPF run statistics)
+    "bpftool",
 ];
 
 fn missing_packages(pkgs: &[&str]) -> Vec<String> {
