@@ -193,7 +193,7 @@ pub const COMM_LEN: usize = 16;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Stream {
-    /// `bpf_ktime_get_ns` when the stream began: its generation.
+    /// `bpf_ktime_get_boot_ns` when the stream began: its generation.
     pub opened_ns: u64,
     /// Last successful call that moved data, same clock.
     pub last_ns: u64,
@@ -263,7 +263,7 @@ pub struct Inflight {
 }
 
 crate::user_pod!(Stream, StreamKey, EndedKey);
-const _: () = assert!(core::mem::size_of::<Stream>() % 8 == 0);
+const _: () = assert!(core::mem::size_of::<Stream>().is_multiple_of(8));
 
 /// Key of a live stream.
 #[repr(C)]

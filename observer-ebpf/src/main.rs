@@ -3,6 +3,9 @@
 //! through the ring buffer.
 #![no_std]
 #![no_main]
+// Map keys are passed by reference on purpose: by value they would be copied onto the
+// 512-byte BPF stack first.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod maps;
 mod probes;

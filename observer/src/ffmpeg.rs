@@ -483,10 +483,10 @@ pub fn error_name(code: i32) -> String {
         return (*name).into();
     }
     // Small negative codes are AVERROR(errno).
-    if (-4095..0).contains(&code) {
-        if let Some(name) = errno_name(-code) {
-            return name.into();
-        }
+    if (-4095..0).contains(&code)
+        && let Some(name) = errno_name(-code)
+    {
+        return name.into();
     }
     format!("code_{code}")
 }

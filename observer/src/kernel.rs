@@ -229,10 +229,10 @@ impl Kernel {
 
     pub fn detach(&mut self, attachment: Attachment) {
         for (name, id) in attachment.links {
-            if let Ok(p) = program::<UProbe>(&mut self.ebpf, name) {
-                if let Err(e) = p.detach(id) {
-                    tracing::warn!(program = name, error = %e, "detach failed");
-                }
+            if let Ok(p) = program::<UProbe>(&mut self.ebpf, name)
+                && let Err(e) = p.detach(id)
+            {
+                tracing::warn!(program = name, error = %e, "detach failed");
             }
         }
         if let Some(slot) = attachment.slot {

@@ -60,16 +60,13 @@ fn label(name: &str, value: impl Into<String>) -> LabelPair {
 
 /// Families under construction, keyed by name; series with equal labels are summed (the
 /// aggregation mode drops the per-stream labels and folds streams together).
+/// Series of one family, by their label pairs.
+type Series = BTreeMap<Vec<(String, String)>, Value>;
+
 #[derive(Default)]
 struct Families {
-    map: BTreeMap<
-        &'static str,
-        (
-            MetricType,
-            &'static str,
-            BTreeMap<Vec<(String, String)>, Value>,
-        ),
-    >,
+    /// name -> (type, help, series)
+    map: BTreeMap<&'static str, (MetricType, &'static str, Series)>,
 }
 
 enum Value {
@@ -298,20 +295,13 @@ fn stream_families(f: &mut Families, records: &[&Record], aggregate: bool) {
             &s.latency,
             LATENCY_BUCKETS,
         );
-        for side in 0..2 {
-            if s.calls[side].buckets.iter().all(|&b| b == 0) {
-                continue;
-            }
-            let mut l = labels.clone();
-            l.push(("call", call_name(s.side_call[side]).into()));
-            f.hist(
-                "media_codec_call_duration_seconds",
-                "Time spent inside each libavcodec API call",
-                &l,
-                &s.calls[side],
-                CALL_BUCKETS,
-            );
-        }
+        call_histograms(
+            f,
+            "media_codec_call_duration_seconds",
+            "Time spent inside each libavcodec API call",
+            &labels,
+            s,
+        );
         f.declare(
             "media_codec_errors_total",
             MetricType::COUNTER,
@@ -374,6 +364,24 @@ fn stream_families(f: &mut Families, records: &[&Record], aggregate: bool) {
     }
 }
 
+/// The time-in-call histograms of a stream, one series per call it used.
+fn call_histograms(
+    f: &mut Families,
+    name: &'static str,
+    help: &'static str,
+    labels: &[(&'static str, String)],
+    s: &observer_common::stream::Stream,
+) {
+    for (h, call) in s.calls.iter().zip(s.side_call) {
+        if h.buckets.iter().all(|&b| b == 0) {
+            continue;
+        }
+        let mut l = labels.to_vec();
+        l.push(("call", call_name(call).into()));
+        f.hist(name, help, &l, h, CALL_BUCKETS);
+    }
+}
+
 fn filter_families(f: &mut Families, r: &Record, mut labels: Vec<(&'static str, String)>) {
     let s = &r.stream;
     labels.push(("media", media_name(s.media).into()));
@@ -405,20 +413,13 @@ fn filter_families(f: &mut Families, r: &Record, mut labels: Vec<(&'static str, 
         &labels,
         s.latency_unmatched as f64,
     );
-    for side in 0..2 {
-        if s.calls[side].buckets.iter().all(|&b| b == 0) {
-            continue;
-        }
-        let mut l = labels.clone();
-        l.push(("call", call_name(s.side_call[side]).into()));
-        f.hist(
-            "media_filter_call_duration_seconds",
-            "Time spent inside buffer source and sink calls",
-            &l,
-            &s.calls[side],
-            CALL_BUCKETS,
-        );
-    }
+    call_histograms(
+        f,
+        "media_filter_call_duration_seconds",
+        "Time spent inside buffer source and sink calls",
+        &labels,
+        s,
+    );
 }
 
 fn daemon_families(f: &mut Families, shared: &Shared) {

@@ -106,8 +106,8 @@ pub fn comm(pid: u32) -> Option<String> {
 /// What /proc/PID/stat says about a process's life.
 #[derive(Clone, Copy, Debug)]
 pub struct ProcStat {
-    /// Start time, nanoseconds since boot (the clock `bpf_ktime_get_ns` counts on, give or
-    /// take suspend, which servers do not do).
+    /// Start time, nanoseconds since boot, suspend included: the kernel programs' clock
+    /// (`bpf_ktime_get_boot_ns`).
     pub start_ns: u64,
     pub zombie: bool,
 }

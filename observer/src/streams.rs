@@ -16,7 +16,7 @@ pub type StreamId = (u32, u64, u64);
 #[derive(Clone, Debug)]
 pub struct Record {
     /// The `stream` label: `PID-GENERATION`, unique on the node for the daemon's life and
-    /// across its restarts (the generation is the kernel's monotonic clock at open).
+    /// across its restarts (the generation is the kernel's boot-time clock at open).
     pub label: String,
     pub process: String,
     pub stream: Stream,
@@ -60,7 +60,7 @@ pub struct Registry {
     records: BTreeMap<StreamId, Record>,
     grace: Duration,
     max: usize,
-    /// `bpf_ktime_get_ns` minus wall-clock ns: turns kernel timestamps into wall time.
+    /// Kernel (boot-time) ns minus wall-clock ns: turns kernel timestamps into wall time.
     clock_offset_ns: i128,
     pub stats: CollectStats,
     /// Ended streams pushed out by the cap before their grace period ran out.
@@ -69,13 +69,14 @@ pub struct Registry {
     names: std::collections::HashMap<(u32, u64), [u8; observer_common::stream::CODEC_NAME_LEN]>,
 }
 
-fn monotonic_ns() -> u64 {
+/// The kernel programs' clock (`bpf_ktime_get_boot_ns`).
+fn boottime_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: writes the struct we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -89,7 +90,7 @@ impl Registry {
             records: BTreeMap::new(),
             grace,
             max,
-            clock_offset_ns: monotonic_ns() as i128 - wall as i128,
+            clock_offset_ns: boottime_ns() as i128 - wall as i128,
             stats: CollectStats::default(),
             evicted_total: 0,
             names: std::collections::HashMap::new(),
@@ -177,10 +178,10 @@ impl Registry {
             if !alive(key.tgid, s.opened_ns) {
                 kernel_streams -= 1;
                 dead_tgids.insert(key.tgid);
-                if let Some(last) = kernel.remove_stream(&StreamKey { ..key }) {
-                    if exported(&last) {
-                        self.upsert(last, Some(now), tracker, kernel);
-                    }
+                if let Some(last) = kernel.remove_stream(&StreamKey { ..key })
+                    && exported(&last)
+                {
+                    self.upsert(last, Some(now), tracker, kernel);
                 }
                 continue;
             }

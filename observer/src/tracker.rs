@@ -82,11 +82,10 @@ impl Tracker {
             dev: dev_of(meta.dev()),
             inode: meta.ino(),
         };
-        if let Some(f) = self.verdict(id, path, &path.display().to_string()) {
-            if let Some(a) = self.ensure_attached(kernel, id, path, &path.display().to_string(), f)
-            {
-                a.pinned = true;
-            }
+        if let Some(f) = self.verdict(id, path, &path.display().to_string())
+            && let Some(a) = self.ensure_attached(kernel, id, path, &path.display().to_string(), f)
+        {
+            a.pinned = true;
         }
     }
 
@@ -248,21 +247,18 @@ impl Tracker {
         shown: &str,
         file: Arc<FfmpegFile>,
     ) -> Option<&mut AttachedFile> {
-        if !self.attached.contains_key(&id) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.attached.entry(id) {
             match kernel.attach(path, &file) {
                 Ok(attachment) => {
                     tracing::info!(path = shown, slot = ?attachment.slot, "attached");
-                    self.attached.insert(
-                        id,
-                        AttachedFile {
-                            attachment,
-                            path: shown.to_string(),
-                            file,
-                            pids: HashSet::new(),
-                            pinned: false,
-                            unused_since: Some(Instant::now()),
-                        },
-                    );
+                    e.insert(AttachedFile {
+                        attachment,
+                        path: shown.to_string(),
+                        file,
+                        pids: HashSet::new(),
+                        pinned: false,
+                        unused_since: Some(Instant::now()),
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(path = shown, error = %e, "attach failed");

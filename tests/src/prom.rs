@@ -86,6 +86,20 @@ impl Scrape {
         self.one(name, labels).map(|s| s.value)
     }
 
+    /// The value of the one series of `name` with these labels; panics, showing the scrape, if
+    /// there is none.
+    pub fn expect(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.value(name, labels)
+            .unwrap_or_else(|| panic!("no {name} for {labels:?}\n{}", self.text))
+    }
+
+    /// Asserts each `(metric, expected value)` for the series with these labels.
+    pub fn assert_values(&self, labels: &[(&str, &str)], want: &[(&str, u64)]) {
+        for (name, v) in want {
+            assert_eq!(self.expect(name, labels), *v as f64, "{name} of {labels:?}");
+        }
+    }
+
     /// Sum over every series of `name` with these labels.
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.all(name)

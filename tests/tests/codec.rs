@@ -21,29 +21,14 @@ fn labels<'a>(pid: &'a str, direction: &'a str, t: &'a StreamTruth) -> [(&'a str
 fn assert_decoded(s: &Scrape, pid: u32, t: &StreamTruth) {
     let pid = pid.to_string();
     let l = labels(&pid, "decode", t);
-    let get = |name| {
-        s.value(name, &l)
-            .unwrap_or_else(|| panic!("no {name} for {l:?}\n{}", s.text))
-    };
-    assert_eq!(
-        get("media_packets_total"),
-        t.packets as f64,
-        "packets of {l:?}"
-    );
-    assert_eq!(
-        get("media_packet_bytes_total"),
-        t.bytes as f64,
-        "bytes of {l:?}"
-    );
-    assert_eq!(
-        get("media_frames_total"),
-        t.frames as f64,
-        "frames of {l:?}"
-    );
-    assert_eq!(
-        get("media_keyframes_total"),
-        t.key_frames as f64,
-        "key frames of {l:?}"
+    s.assert_values(
+        &l,
+        &[
+            ("media_packets_total", t.packets),
+            ("media_packet_bytes_total", t.bytes),
+            ("media_frames_total", t.frames),
+            ("media_keyframes_total", t.key_frames),
+        ],
     );
     assert_latency_plausible(s, &l, t.frames);
     for call in ["avcodec_send_packet", "avcodec_receive_frame"] {
@@ -195,31 +180,20 @@ fn transcode_counts_equal_ffprobe() {
             ("media", t.media.as_str()),
             ("codec", codec),
         ];
-        let get = |name| {
-            s.value(name, &l)
-                .unwrap_or_else(|| panic!("no {name} for {l:?}\n{}", s.text))
-        };
-        assert_eq!(
-            get("media_packets_total"),
-            t.packets as f64,
-            "packets of {l:?}"
-        );
-        assert_eq!(
-            get("media_packet_bytes_total"),
-            t.bytes as f64,
-            "bytes of {l:?}"
-        );
-        assert_eq!(
-            get("media_keyframes_total"),
-            t.key_packets as f64,
-            "key packets of {l:?}"
+        s.assert_values(
+            &l,
+            &[
+                ("media_packets_total", t.packets),
+                ("media_packet_bytes_total", t.bytes),
+                ("media_keyframes_total", t.key_packets),
+            ],
         );
         let input = truth_in.values().find(|x| x.media == t.media).unwrap();
         if t.media == "video" {
             // One frame in per decoded frame (the scale filter keeps the frame rate) and one
             // latency sample per frame: x264 keeps each frame's pts on its packet.
             assert_eq!(
-                get("media_frames_total"),
+                s.expect("media_frames_total", &l),
                 input.frames as f64,
                 "frames into {l:?}"
             );
@@ -228,13 +202,13 @@ fn transcode_counts_equal_ffprobe() {
             // The AAC encoder takes 1024-sample frames: the filter graph reframes the decoded
             // samples to that size.
             assert_eq!(
-                get("media_frames_total"),
+                s.expect("media_frames_total", &l),
                 input.samples.div_ceil(1024) as f64,
                 "frames into {l:?}"
             );
             let h = s.one("media_frame_latency_seconds", &l).unwrap();
             assert_eq!(
-                h.value + get("media_frame_latency_unmatched_total"),
+                h.value + s.expect("media_frame_latency_unmatched_total", &l),
                 t.packets as f64
             );
         }

@@ -15,7 +15,7 @@ use std::{
 };
 
 use observer_tests::{
-    Daemon, Scrape, assets, ffmpeg,
+    Daemon, Scrape, assets,
     media::{self, StreamTruth, fixture, truth},
     run,
 };
@@ -66,17 +66,14 @@ fn assert_video_decode(s: &Scrape, pid: u32, t: &StreamTruth, codec: &str) {
         ("media", "video"),
         ("codec", codec),
     ];
-    let get = |name| {
-        s.value(name, &l)
-            .unwrap_or_else(|| panic!("no {name} for {l:?}\n{}", s.text))
-    };
-    assert_eq!(get("media_packets_total"), t.packets as f64, "packets");
-    assert_eq!(get("media_packet_bytes_total"), t.bytes as f64, "bytes");
-    assert_eq!(get("media_frames_total"), t.frames as f64, "frames");
-    assert_eq!(
-        get("media_keyframes_total"),
-        t.key_frames as f64,
-        "key frames"
+    s.assert_values(
+        &l,
+        &[
+            ("media_packets_total", t.packets),
+            ("media_packet_bytes_total", t.bytes),
+            ("media_frames_total", t.frames),
+            ("media_keyframes_total", t.key_frames),
+        ],
     );
     assert_eq!(
         s.value("media_frame_latency_seconds", &l),

@@ -10,7 +10,7 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_probe_read_user_str_bytes,
     },
     macros::{uprobe, uretprobe},
@@ -38,6 +38,14 @@ use crate::{
 const AV_PKT_FLAG_KEY: i32 = 1;
 const AV_FRAME_FLAG_KEY: i32 = 1 << 1;
 const BPF_NOEXIST: u64 = 1;
+
+/// The clock of every timestamp here: since boot, suspend included, as /proc's process
+/// start times are, so the daemon can tell a stream from an older process with a reused pid.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: the helper has no arguments and no side effects.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() }
+}
 
 #[inline(always)]
 fn cookie(ctx: &impl EbpfContext) -> u64 {
@@ -80,7 +88,7 @@ pub fn find_stream_info_enter(_ctx: ProbeContext) -> u32 {
         _pad: 0,
     };
     let state = CallState {
-        start_ns: unsafe { bpf_ktime_get_ns() },
+        start_ns: now_ns(),
         args: [0; 4],
         pts: 0,
         slot: 0,
@@ -252,7 +260,7 @@ fn new_stream(
     }
     // SAFETY: map value pointer.
     let s = unsafe { &mut *STREAMS.get_ptr_mut(&key)? };
-    s.opened_ns = unsafe { bpf_ktime_get_ns() };
+    s.opened_ns = now_ns();
     s.tgid = tgid;
     s.ctx = ctx;
     s.slot = slot;
@@ -285,7 +293,7 @@ pub fn open_enter(ctx: ProbeContext) -> u32 {
         _pad: 0,
     };
     let state = CallState {
-        start_ns: unsafe { bpf_ktime_get_ns() },
+        start_ns: now_ns(),
         args: [avctx, 0, 0, 0],
         pts: 0,
         slot: cookie_slot(cookie(&ctx)),
@@ -365,7 +373,7 @@ pub fn call_enter(ctx: ProbeContext) -> u32 {
         }
     }
     let mut state = CallState {
-        start_ns: unsafe { bpf_ktime_get_ns() },
+        start_ns: now_ns(),
         args: [
             ctx.arg::<u64>(0).unwrap_or(0),
             ctx.arg::<u64>(1).unwrap_or(0),
@@ -376,10 +384,10 @@ pub fn call_enter(ctx: ProbeContext) -> u32 {
         slot,
         _pad: 0,
     };
-    if call == Call::BuffersrcAddFrame as u32 {
-        if let Some(l) = layout(slot) {
-            state.pts = field::<i64>(state.args[1], l.frame_pts).unwrap_or(NOPTS);
-        }
+    if call == Call::BuffersrcAddFrame as u32
+        && let Some(l) = layout(slot)
+    {
+        state.pts = field::<i64>(state.args[1], l.frame_pts).unwrap_or(NOPTS);
     }
     let key = CallKey {
         pid_tgid,
@@ -392,7 +400,7 @@ pub fn call_enter(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn call_return(ctx: RetProbeContext) -> u32 {
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     let c = cookie(&ctx);
     let call_id = cookie_call(c);
     let Some(call) = Call::from_u32(call_id) else {
@@ -582,13 +590,14 @@ fn pair(s: &mut Stream, pts: Option<i64>, now: u64) {
         let mut k = 0;
         while k < INFLIGHT_SLOTS {
             let i = newest.wrapping_sub(k) & (INFLIGHT_SLOTS - 1);
-            if let Some(slot) = s.inflight.get_mut(i) {
-                if slot.at_ns != 0 && slot.pts == pts {
-                    let at = slot.at_ns;
-                    slot.at_ns = 0;
-                    observe(&mut s.latency, now.saturating_sub(at));
-                    return;
-                }
+            if let Some(slot) = s.inflight.get_mut(i)
+                && slot.at_ns != 0
+                && slot.pts == pts
+            {
+                let at = slot.at_ns;
+                slot.at_ns = 0;
+                observe(&mut s.latency, now.saturating_sub(at));
+                return;
             }
             k += 1;
         }

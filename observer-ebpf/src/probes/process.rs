@@ -2,7 +2,7 @@
 //! copies quickly; exit tells it a process's streams have ended.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::bpf_get_current_pid_tgid,
     macros::{btf_tracepoint, fexit, map, tracepoint},
     maps::LruHashMap,
     programs::{BtfTracePointContext, FExitContext, TracePointContext},
@@ -26,7 +26,7 @@ pub fn send_addr(kind: EventKind, tgid: u32, addr: u64) {
     let ev = ProcessEvent {
         kind: kind as u32,
         tgid,
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        ktime_ns: super::codec::now_ns(),
         addr,
     };
     if EVENTS.output::<ProcessEvent>(&ev, 0).is_err() {
@@ -110,7 +110,7 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
     let _ = MMAP_EXEC.remove(&pid_tgid);
     // SAFETY: `ret` follows `__syscall_nr` in sys_exit records.
     let ret: i64 = unsafe { ctx.read_at(SYSCALL_ARG0) }.unwrap_or(-1);
-    if ret >= 0 || ret < -4095 {
+    if !(-4095..0).contains(&ret) {
         send(EventKind::ExecMmap, (pid_tgid >> 32) as u32);
     }
     0
