@@ -14,6 +14,8 @@ pub enum EventKind {
     /// the daemon reads it from the process now, while it surely runs. `addr` is the name's
     /// address.
     CodecName = 4,
+    /// A log message template the kernel could not read; `addr` is its address.
+    LogTemplate = 5,
 }
 
 #[repr(C)]

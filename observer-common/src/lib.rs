@@ -7,6 +7,7 @@
 
 pub mod event;
 pub mod layout;
+pub mod log;
 pub mod stream;
 
 /// Implements `aya::Pod` for types the daemon reads out of maps.

@@ -308,6 +308,8 @@ pub mod counter {
     pub const READ_FAILED: u32 = 3;
     /// Ring buffer full: a process event was dropped.
     pub const EVENTS_LOST: u32 = 4;
+    /// A log message's key could not be inserted: `LOGS` full; the message is not counted.
+    pub const LOGS_FULL: u32 = 5;
     pub const COUNT: u32 = 8;
 }
 
@@ -324,4 +326,6 @@ pub mod hook {
     pub const CLOSE: u32 = 19;
     /// `avfilter_graph_free(AVFilterGraph **)`
     pub const GRAPH_FREE: u32 = 20;
+    /// `av_vlog`
+    pub const LOG: u32 = 21;
 }

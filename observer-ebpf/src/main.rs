@@ -3,6 +3,9 @@
 //! through the ring buffer.
 #![no_std]
 #![no_main]
+// Atomic adds where a counter can have several writers: see probes::log.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 // Map keys are passed by reference on purpose: by value they would be copied onto the
 // 512-byte BPF stack first.
 #![allow(clippy::needless_borrows_for_generic_args)]

@@ -72,6 +72,12 @@ pub struct Options {
     #[arg(long, env = "OBSERVER_LIBRARY_DIRS", value_delimiter = ',', default_values_t = crate::tracker::LIBRARY_DIRS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
     pub library_dirs: Vec<String>,
 
+    /// Count FFmpeg's own log messages at `av_vlog`, debug level included. Each message is a
+    /// probe hit (libavcodec logs several per H.264 frame at debug level): turn this off on
+    /// nodes decoding thousands of tiny frames a second where that cost shows.
+    #[arg(long, env = "OBSERVER_FFMPEG_LOGS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub ffmpeg_logs: bool,
+
     /// Benchmarking aid: attach programs that do nothing at the same points instead of the
     /// real ones, to measure what the probe mechanism alone costs (no metrics are produced).
     #[arg(long, env = "OBSERVER_EMPTY_PROBES", default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
@@ -96,6 +102,8 @@ struct FileOptions {
     #[serde(default, with = "opt_duration")]
     detach_linger: Option<Duration>,
     library_dirs: Option<Vec<String>>,
+    ffmpeg_logs: Option<bool>,
+    empty_probes: Option<bool>,
 }
 
 mod opt_duration {
@@ -165,7 +173,9 @@ impl Options {
             collect_interval,
             rescan_interval,
             detach_linger,
-            library_dirs
+            library_dirs,
+            ffmpeg_logs,
+            empty_probes
         );
     }
 

@@ -219,8 +219,9 @@ fn versions(
 }
 
 /// Symbol version names of FFmpeg's shared libraries.
-const VERSION_TAGS: [(&[u8], Library); 3] = [
+const VERSION_TAGS: [(&[u8], Library); 4] = [
     (b"LIBAVCODEC_", Library::Avcodec),
     (b"LIBAVFORMAT_", Library::Avformat),
     (b"LIBAVFILTER_", Library::Avfilter),
+    (b"LIBAVUTIL_", Library::Avutil),
 ];

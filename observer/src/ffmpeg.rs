@@ -23,6 +23,8 @@ pub enum Hook {
     FindStreamInfo,
     /// The stream ends (entry probe only): the value is the cookie kind from `hook`.
     End(u32),
+    /// `av_vlog`: a log message (entry probe only).
+    Log,
 }
 
 /// One probed symbol.
@@ -89,6 +91,13 @@ pub const PROBES: &[Probe] = &[
     },
     data("av_buffersrc_add_frame_flags", Call::BuffersrcAddFrame),
     data("av_buffersink_get_frame_flags", Call::BuffersinkGetFrame),
+    // libavutil: every av_log passes through here.
+    Probe {
+        symbol: "av_vlog",
+        hook: Hook::Log,
+        unless: None,
+        needs_layout: false,
+    },
     Probe {
         symbol: "avfilter_graph_free",
         hook: Hook::End(hook::GRAPH_FREE),
@@ -103,15 +112,17 @@ pub enum Library {
     Avcodec,
     Avformat,
     Avfilter,
+    Avutil,
 }
 
 impl Library {
     /// The `LIB*_IDENT` prefix each library embeds in `.rodata` (e.g. `Lavc59.37.100`).
     /// `Lavfi` must be tried before `Lavf`.
-    pub const IDENTS: [(&'static [u8], Library); 3] = [
+    pub const IDENTS: [(&'static [u8], Library); 4] = [
         (b"Lavfi", Library::Avfilter),
         (b"Lavc", Library::Avcodec),
         (b"Lavf", Library::Avformat),
+        (b"Lavu", Library::Avutil),
     ];
 }
 
@@ -168,6 +179,8 @@ pub fn release_of(lib: Library, major: u32) -> Option<u32> {
         Library::Avcodec => major,
         // libavformat's majors follow libavcodec's.
         Library::Avformat => major,
+        // libavutil 56 shipped with libavcodec 58.
+        Library::Avutil => major.checked_add(2)?,
         // libavfilter 7 shipped with libavcodec 58 (FFmpeg 4.x), 12 with 63 (FFmpeg 9.x).
         Library::Avfilter => major.checked_add(51)?,
     };
@@ -440,6 +453,21 @@ pub fn sample_format_name(value: i32) -> Option<&'static str> {
         .ok()
         .and_then(|i| NAMES.get(i))
         .copied()
+}
+
+/// The name of an AV_LOG_* level, as the `level` label gives it.
+pub fn log_level_name(level: i32) -> &'static str {
+    match level {
+        i32::MIN..=-1 => "quiet",
+        0..=7 => "panic",
+        8..=15 => "fatal",
+        16..=23 => "error",
+        24..=31 => "warning",
+        32..=39 => "info",
+        40..=47 => "verbose",
+        48..=55 => "debug",
+        _ => "trace",
+    }
 }
 
 /// The `AVERROR` name of a negative return code, as the `error` label gives it.

@@ -14,6 +14,7 @@ use aya::{
 use observer_common::{
     event::ProcessEvent,
     layout::{LibLayout, MAX_LIBS, cookie},
+    log::{LogEntry, LogKey},
     stream::{EndedKey, Stream, StreamKey, counter},
 };
 
@@ -51,6 +52,7 @@ fn programs_for(hook: Hook) -> (&'static str, Option<&'static str>) {
         Hook::Open => ("open_enter", Some("open_return")),
         Hook::FindStreamInfo => ("find_stream_info_enter", Some("find_stream_info_return")),
         Hook::End(_) => ("stream_end", None),
+        Hook::Log => ("log_message", None),
     }
 }
 
@@ -61,10 +63,11 @@ fn cookie_kind(hook: Hook) -> u32 {
         Hook::Open => OPEN,
         Hook::FindStreamInfo => FIND_STREAM_INFO,
         Hook::End(kind) => kind,
+        Hook::Log => LOG,
     }
 }
 
-const UPROBE_PROGRAMS: [&str; 9] = [
+const UPROBE_PROGRAMS: [&str; 10] = [
     "call_enter",
     "call_return",
     "open_enter",
@@ -72,6 +75,7 @@ const UPROBE_PROGRAMS: [&str; 9] = [
     "find_stream_info_enter",
     "find_stream_info_return",
     "stream_end",
+    "log_message",
     "noop_enter",
     "noop_return",
 ];
@@ -94,6 +98,7 @@ pub struct Kernel {
     ebpf: Ebpf,
     streams: HashMap<MapData, StreamKey, Stream>,
     ended: HashMap<MapData, EndedKey, Stream>,
+    logs: HashMap<MapData, LogKey, LogEntry>,
     libs: Array<MapData, LibLayout>,
     lib_failures: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
@@ -101,6 +106,8 @@ pub struct Kernel {
     pub life: LifeProbes,
     /// Attach do-nothing programs instead of the real ones (the benchmarks' floor).
     empty_probes: bool,
+    /// Probe `av_vlog`.
+    ffmpeg_logs: bool,
 }
 
 fn map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -117,7 +124,10 @@ fn map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 impl Kernel {
     /// Loads every program. Process-life probes that this kernel lacks are reported in
     /// [`Kernel::life`] and the daemon falls back to periodic /proc scans for them.
-    pub fn load(empty_probes: bool) -> Result<(Self, RingBuf<MapData>), KernelError> {
+    pub fn load(
+        empty_probes: bool,
+        ffmpeg_logs: bool,
+    ) -> Result<(Self, RingBuf<MapData>), KernelError> {
         raise_memlock_limit();
         let btf = Btf::from_sys_fs().ok();
         let mut ebpf = EbpfLoader::new().btf(btf.as_ref()).load(PROGRAMS)?;
@@ -159,6 +169,7 @@ impl Kernel {
         let kernel = Kernel {
             streams: map(&mut ebpf, "STREAMS")?,
             ended: map(&mut ebpf, "ENDED_STREAMS")?,
+            logs: map(&mut ebpf, "LOGS")?,
             libs: map(&mut ebpf, "LIBS")?,
             lib_failures: map(&mut ebpf, "LIB_READ_FAILURES")?,
             counters: map(&mut ebpf, "COUNTERS")?,
@@ -166,6 +177,7 @@ impl Kernel {
             ebpf,
             life,
             empty_probes,
+            ffmpeg_logs,
         };
         Ok((kernel, events))
     }
@@ -197,6 +209,9 @@ impl Kernel {
         };
         for point in &file.points {
             if point.probe.needs_layout && slot.is_none() {
+                continue;
+            }
+            if point.probe.hook == Hook::Log && !self.ffmpeg_logs {
                 continue;
             }
             let (enter, ret) = if self.empty_probes {
@@ -268,6 +283,16 @@ impl Kernel {
         let s = self.streams.get(key, 0).ok();
         let _ = self.streams.remove(key);
         s
+    }
+
+    /// Log message counts, per process, context, level and template.
+    pub fn log_entries(&self) -> Vec<(LogKey, LogEntry)> {
+        self.logs.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Forgets the counts of a process that is gone (after they were read).
+    pub fn remove_log(&mut self, key: &LogKey) {
+        let _ = self.logs.remove(key);
     }
 
     /// The kernel side's own health counters, summed over CPUs.

@@ -5,6 +5,7 @@ pub mod config;
 pub mod elf;
 pub mod ffmpeg;
 pub mod kernel;
+pub mod logs;
 pub mod metrics;
 pub mod procfs;
 pub mod server;

@@ -15,6 +15,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use observer::{
     config::{LogFormat, Options},
     kernel::{self, Kernel},
+    logs::LogRegistry,
     procfs, server,
     state::{Shared, SharedState},
     streams::Registry,
@@ -87,7 +88,7 @@ impl Pending {
 }
 
 async fn run(opts: Options) -> anyhow::Result<()> {
-    let (mut kernel, events) = Kernel::load(opts.empty_probes).context(
+    let (mut kernel, events) = Kernel::load(opts.empty_probes, opts.ffmpeg_logs).context(
         "cannot load the kernel programs; observer needs root or CAP_BPF, CAP_PERFMON and \
          CAP_SYS_PTRACE, and a kernel with uprobes and BTF",
     )?;
@@ -100,6 +101,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     let mut tracker = Tracker::new(opts.detach_linger);
     let shared: SharedState = Arc::new(Mutex::new(Shared {
         registry: Registry::new(opts.ended_stream_grace, opts.max_streams),
+        logs: LogRegistry::new(opts.ended_stream_grace),
         attached: Vec::new(),
         unsupported: BTreeMap::new(),
         kernel_counters: HashMap::new(),
@@ -168,6 +170,11 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                                 s.registry.resolve_name(ev.tgid, ev.addr);
                             }
                         }
+                        k if k == EventKind::LogTemplate as u32 => {
+                            if let Ok(mut s) = shared.lock() {
+                                s.logs.resolve_template(ev.tgid, ev.addr);
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -222,6 +229,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
 fn publish(shared: &SharedState, kernel: &mut Kernel, tracker: &Tracker, scans: u64, ready: bool) {
     let Ok(mut s) = shared.lock() else { return };
     s.registry.collect(kernel, tracker);
+    s.logs.collect(kernel, tracker);
     s.attached = tracker.attached();
     s.unsupported = tracker.unsupported();
     s.kernel_counters = kernel.counters();

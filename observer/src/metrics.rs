@@ -422,6 +422,37 @@ fn filter_families(f: &mut Families, r: &Record, mut labels: Vec<(&'static str, 
     );
 }
 
+/// `media_log_messages_total`: FFmpeg's own messages by level and template, on the stream
+/// whose codec context logged them where there is one.
+fn log_families(f: &mut Families, shared: &Shared) {
+    f.declare(
+        "media_log_messages_total",
+        MetricType::COUNTER,
+        "Messages FFmpeg logged (at any level, printed or not), by level and message template",
+    );
+    for r in shared.logs.records() {
+        let mut labels: Vec<(&'static str, String)> = Vec::with_capacity(5);
+        if !shared.aggregate {
+            let stream = shared
+                .registry
+                .label_of(r.key.tgid, r.key.avcl)
+                .unwrap_or("");
+            labels.push(("stream", stream.to_string()));
+            labels.push(("pid", r.key.tgid.to_string()));
+        }
+        labels.push(("process", r.process.clone()));
+        labels.push(("level", ffmpeg::log_level_name(r.key.level).into()));
+        labels.push(("template", r.template.clone()));
+        f.add(
+            "media_log_messages_total",
+            MetricType::COUNTER,
+            "",
+            &labels,
+            r.count as f64,
+        );
+    }
+}
+
 fn daemon_families(f: &mut Families, shared: &Shared) {
     f.add(
         "observer_build_info",
@@ -495,6 +526,13 @@ fn daemon_families(f: &mut Families, shared: &Shared) {
         );
     }
     f.add(
+        "observer_log_keys_dropped_total",
+        MetricType::COUNTER,
+        "Log messages not counted because the kernel's log map was full",
+        &[],
+        k(c::LOGS_FULL),
+    );
+    f.add(
         "observer_read_failures_total",
         MetricType::COUNTER,
         "Reads of pipeline memory that failed or failed their sanity check",
@@ -565,6 +603,7 @@ pub fn render(shared: &Shared) -> String {
     let mut f = Families::default();
     let records: Vec<&Record> = shared.registry.exported_records().collect();
     stream_families(&mut f, &records, shared.aggregate);
+    log_families(&mut f, shared);
     daemon_families(&mut f, shared);
     let families = f.finish();
     let mut out = Vec::with_capacity(64 * 1024);

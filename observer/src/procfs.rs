@@ -154,6 +154,50 @@ pub fn read_c_string<const N: usize>(pid: u32, addr: u64) -> Option<[u8; N]> {
     ok.then_some(buf)
 }
 
+/// Reads a NUL-terminated message template (a printf format string) of at most `max`
+/// bytes from a process, faulting its page in if need be. `None` unless it is printable text.
+pub fn read_template(pid: u32, addr: u64, max: usize) -> Option<String> {
+    let mut buf = vec![0u8; max];
+    let n = read_mem(pid, addr, &mut buf)?;
+    let end = buf[..n].iter().position(|&c| c == 0).unwrap_or(n);
+    let text = &buf[..end];
+    let printable = text
+        .iter()
+        .all(|c| c.is_ascii_graphic() || matches!(c, b' ' | b'\n' | b'\t' | b'\r'));
+    (printable && !text.is_empty()).then(|| String::from_utf8_lossy(text).into_owned())
+}
+
+/// Copies a process's memory at `addr` into `buf`, faulting pages in; returns the bytes read.
+/// A read that crosses into an unmapped page returns what came before it.
+fn read_mem(pid: u32, addr: u64, buf: &mut [u8]) -> Option<usize> {
+    // Read page by page, so a string ending just before an unmapped page still reads.
+    let mut done = 0;
+    while done < buf.len() {
+        let at = addr + done as u64;
+        let page_left = 4096 - (at % 4096) as usize;
+        let len = page_left.min(buf.len() - done);
+        let local = libc::iovec {
+            iov_base: buf[done..].as_mut_ptr().cast(),
+            iov_len: len,
+        };
+        let remote = libc::iovec {
+            iov_base: at as *mut libc::c_void,
+            iov_len: len,
+        };
+        // SAFETY: the local iovec covers our own buffer; the remote one is only read by the
+        // kernel.
+        let n = unsafe { libc::process_vm_readv(pid as i32, &local, 1, &remote, 1, 0) };
+        if n <= 0 {
+            break;
+        }
+        done += n as usize;
+        if buf[done - n as usize..done].contains(&0) {
+            break;
+        }
+    }
+    (done > 0).then_some(done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +239,18 @@ mod tests {
         static BAD: &[u8] = b"no spaces\0";
         assert!(read_c_string::<32>(std::process::id(), BAD.as_ptr() as u64).is_none());
         assert!(read_c_string::<32>(std::process::id(), 8).is_none());
+    }
+
+    #[test]
+    fn reads_templates_from_a_process() {
+        static T: &[u8] = b"Continuity check failed for pid %d expected %d got %d\n\0";
+        let got = read_template(std::process::id(), T.as_ptr() as u64, 96).unwrap();
+        assert_eq!(
+            got,
+            "Continuity check failed for pid %d expected %d got %d\n"
+        );
+        static BIN: &[u8] = b"\x01\x02garbage\0";
+        assert!(read_template(std::process::id(), BIN.as_ptr() as u64, 96).is_none());
     }
 
     #[test]

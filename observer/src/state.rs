@@ -5,10 +5,11 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::{streams::Registry, tracker::AttachedInfo};
+use crate::{logs::LogRegistry, streams::Registry, tracker::AttachedInfo};
 
 pub struct Shared {
     pub registry: Registry,
+    pub logs: LogRegistry,
     pub attached: Vec<AttachedInfo>,
     pub unsupported: BTreeMap<&'static str, usize>,
     pub kernel_counters: HashMap<u32, u64>,

@@ -231,6 +231,14 @@ impl Registry {
         };
     }
 
+    /// The `stream` label of the newest stream of `tgid` on context `ctx`, if any.
+    pub fn label_of(&self, tgid: u32, ctx: u64) -> Option<&str> {
+        self.records
+            .range((tgid, ctx, 0)..=(tgid, ctx, u64::MAX))
+            .next_back()
+            .map(|(_, r)| r.label.as_str())
+    }
+
     /// The records to export: at most `max`, live ones first.
     pub fn exported_records(&self) -> impl Iterator<Item = &Record> {
         let live = self.records.values().filter(|r| r.ended.is_none());
@@ -246,7 +254,7 @@ fn exported(s: &Stream) -> bool {
 
 /// Whether the process that opened a stream at `opened_ns` is still running: a pid reused by
 /// a newer process does not keep an old stream alive.
-fn alive(tgid: u32, opened_ns: u64) -> bool {
+pub fn alive(tgid: u32, opened_ns: u64) -> bool {
     match procfs::stat(tgid) {
         None => false,
         Some(st) if st.zombie => false,

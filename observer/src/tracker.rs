@@ -346,7 +346,7 @@ pub fn system_libraries(dirs: &[PathBuf]) -> Vec<PathBuf> {
         for e in entries.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            let interesting = ["libavcodec", "libavformat", "libavfilter"]
+            let interesting = ["libavcodec", "libavformat", "libavfilter", "libavutil"]
                 .iter()
                 .any(|p| name.starts_with(p) && name.contains(".so"));
             if !interesting {

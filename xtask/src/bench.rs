@@ -21,9 +21,16 @@ enum Mode {
     Floor,
     /// The daemon as users run it.
     Observer,
+    /// The daemon without FFmpeg log capture (`--ffmpeg-logs false`).
+    ObserverNoLogs,
 }
 
-const MODES: [Mode; 3] = [Mode::Alone, Mode::Floor, Mode::Observer];
+const MODES: [Mode; 4] = [
+    Mode::Alone,
+    Mode::Floor,
+    Mode::Observer,
+    Mode::ObserverNoLogs,
+];
 
 impl Mode {
     fn name(self) -> &'static str {
@@ -31,6 +38,7 @@ impl Mode {
             Mode::Alone => "no probes",
             Mode::Floor => "empty probes (floor)",
             Mode::Observer => "observer",
+            Mode::ObserverNoLogs => "observer, --ffmpeg-logs false",
         }
     }
 }
@@ -51,15 +59,13 @@ struct Sample {
 struct Daemon(Child);
 
 impl Daemon {
-    fn start(bin: &Path, port: u16, empty: bool) -> anyhow::Result<Daemon> {
+    fn start(bin: &Path, port: u16, extra: &[&str]) -> anyhow::Result<Daemon> {
         let mut cmd = Command::new(bin);
+        cmd.args(extra);
         cmd.arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--log-level")
             .arg("warn");
-        if empty {
-            cmd.arg("--empty-probes");
-        }
         let child = cmd
             .stdout(Stdio::null())
             .spawn()
@@ -194,7 +200,7 @@ fn inputs(dir: &Path) -> anyhow::Result<Vec<Workload>> {
 /// Probe hits and time inside our programs during one run of `args`, from the kernel's own
 /// BPF statistics (`kernel.bpf_stats_enabled`), read with bpftool.
 fn account(bin: &Path, port: u16, args: &[String]) -> anyhow::Result<(u64, u64)> {
-    let _daemon = Daemon::start(bin, port, false)?;
+    let _daemon = Daemon::start(bin, port, &[])?;
     let stats = |on: &str| std::fs::write("/proc/sys/kernel/bpf_stats_enabled", on);
     stats("1").context("enabling kernel.bpf_stats_enabled")?;
     let ran = measure(args);
@@ -206,6 +212,7 @@ fn account(bin: &Path, port: u16, args: &[String]) -> anyhow::Result<(u64, u64)>
     let shown = shown.context("running bpftool (apt-get install bpftool)")?;
     let progs: Vec<serde_json::Value> =
         serde_json::from_slice(&shown.stdout).context("bpftool's JSON")?;
+    // observer's programs (observer/src/kernel.rs).
     let ours = [
         "call_enter",
         "call_return",
@@ -214,6 +221,7 @@ fn account(bin: &Path, port: u16, args: &[String]) -> anyhow::Result<(u64, u64)>
         "find_stream_info_enter",
         "find_stream_info_return",
         "stream_end",
+        "log_message",
     ];
     let (mut hits, mut ns) = (0, 0);
     for p in progs
@@ -275,8 +283,11 @@ pub fn run(
             for (i, mode) in MODES.iter().enumerate() {
                 let _daemon = match mode {
                     Mode::Alone => None,
-                    Mode::Floor => Some(Daemon::start(bin, port, true)?),
-                    Mode::Observer => Some(Daemon::start(bin, port, false)?),
+                    Mode::Floor => Some(Daemon::start(bin, port, &["--empty-probes"])?),
+                    Mode::Observer => Some(Daemon::start(bin, port, &[])?),
+                    Mode::ObserverNoLogs => {
+                        Some(Daemon::start(bin, port, &["--ffmpeg-logs", "false"])?)
+                    }
                 };
                 let s = measure(&w.args)?;
                 eprintln!(
