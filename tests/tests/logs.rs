@@ -40,7 +40,7 @@ fn mpegts_continuity_errors_equal_ffmpegs_own_count() {
     let input = dir.join("damaged.ts");
     std::fs::write(&input, bad).unwrap();
 
-    let d = Daemon::start(&[]);
+    let d = Daemon::start(&["--ffmpeg-logs", "true"]);
     // FFmpeg's own count: the message is debug level, so only a debug run prints it.
     let (loud, stderr) = run(ffmpeg()
         .args(["-loglevel", "debug", "-i"])
@@ -109,7 +109,7 @@ fn messages_of_a_codec_land_on_its_stream() {
     let bad = dir.join("bad.nut");
     std::fs::write(&bad, &data).unwrap();
 
-    let d = Daemon::start(&[]);
+    let d = Daemon::start(&["--ffmpeg-logs", "true"]);
     let (pid, _) = run(ffmpeg()
         .args(["-loglevel", "quiet", "-threads", "1", "-i"])
         .arg(&bad)
@@ -137,9 +137,9 @@ fn messages_of_a_codec_land_on_its_stream() {
 }
 
 #[test]
-fn log_capture_can_be_turned_off() {
+fn log_capture_is_off_by_default() {
     let input = observer_tests::media::h264_aac_mp4();
-    let d = Daemon::start(&["--ffmpeg-logs", "false"]);
+    let d = Daemon::start(&[]);
     let (pid, _) = run(ffmpeg().arg("-i").arg(&input).args(["-f", "null", "-"]));
     let s = d.wait_ended(pid);
     let p = pid.to_string();

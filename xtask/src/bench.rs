@@ -17,19 +17,20 @@ use crate::step;
 enum Mode {
     /// No daemon: the pipeline alone.
     Alone,
-    /// The daemon with `--empty-probes`: uprobes that do nothing, at the same points.
+    /// The daemon with `--empty-probes`: uprobes that do nothing, at the same points as the
+    /// default daemon.
     Floor,
     /// The daemon as users run it.
     Observer,
-    /// The daemon without FFmpeg log capture (`--ffmpeg-logs false`).
-    ObserverNoLogs,
+    /// The daemon with FFmpeg log capture on (`--ffmpeg-logs true`).
+    ObserverLogs,
 }
 
 const MODES: [Mode; 4] = [
     Mode::Alone,
     Mode::Floor,
     Mode::Observer,
-    Mode::ObserverNoLogs,
+    Mode::ObserverLogs,
 ];
 
 impl Mode {
@@ -38,7 +39,7 @@ impl Mode {
             Mode::Alone => "no probes",
             Mode::Floor => "empty probes (floor)",
             Mode::Observer => "observer",
-            Mode::ObserverNoLogs => "observer, --ffmpeg-logs false",
+            Mode::ObserverLogs => "observer, --ffmpeg-logs true",
         }
     }
 }
@@ -285,8 +286,8 @@ pub fn run(
                     Mode::Alone => None,
                     Mode::Floor => Some(Daemon::start(bin, port, &["--empty-probes"])?),
                     Mode::Observer => Some(Daemon::start(bin, port, &[])?),
-                    Mode::ObserverNoLogs => {
-                        Some(Daemon::start(bin, port, &["--ffmpeg-logs", "false"])?)
+                    Mode::ObserverLogs => {
+                        Some(Daemon::start(bin, port, &["--ffmpeg-logs", "true"])?)
                     }
                 };
                 let s = measure(&w.args)?;
