@@ -206,6 +206,14 @@ pub fn run(cmd: &mut Command) -> (u32, String) {
     (pid, stderr)
 }
 
+/// A fresh directory for one test's files.
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("observer-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
 /// `ffmpeg` with quiet, non-interactive defaults.
 pub fn ffmpeg() -> Command {
     let mut c = Command::new("ffmpeg");

@@ -64,6 +64,53 @@ pub fn h264_aac_mp4() -> PathBuf {
     )
 }
 
+/// Ten 64x48 PNG frames in NUT.
+pub fn png_nut() -> PathBuf {
+    fixture(
+        "png-10.nut",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=64x48:rate=10",
+            "-frames:v",
+            "10",
+            "-c:v",
+            "png",
+            "-f",
+            "nut",
+            "{out}",
+        ],
+    )
+}
+
+/// A copy of [`png_nut`] in `dir` whose PNG signatures are overwritten in the packets
+/// `pick` chooses (by index, 0 to 9), so the png decoder rejects exactly those. Returns the
+/// file and the number of packets damaged.
+pub fn damaged_png_nut(dir: &Path, pick: impl Fn(usize) -> bool) -> (PathBuf, usize) {
+    let mut data = std::fs::read(png_nut()).expect("png fixture");
+    let sig = b"\x89PNG\r\n\x1a\n";
+    let at: Vec<usize> = data
+        .windows(sig.len())
+        .enumerate()
+        .filter(|(_, w)| *w == sig)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(at.len(), 10, "one PNG signature per packet");
+    let damaged: Vec<usize> = at
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| pick(*n))
+        .map(|(_, &i)| i)
+        .collect();
+    for &i in &damaged {
+        data[i..i + 4].copy_from_slice(b"XXXX");
+    }
+    let out = dir.join("damaged.nut");
+    std::fs::write(&out, &data).expect("write damaged file");
+    (out, damaged.len())
+}
+
 /// Ground truth for one stream of a file.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StreamTruth {

@@ -5,7 +5,7 @@
 use observer_tests::{
     Daemon, Scrape, ffmpeg,
     media::{self, StreamTruth, fixture, truth},
-    run,
+    run, tempdir,
 };
 
 fn labels<'a>(pid: &'a str, direction: &'a str, t: &'a StreamTruth) -> [(&'a str, &'a str); 4] {
@@ -237,39 +237,8 @@ fn transcode_counts_equal_ffprobe() {
 
 #[test]
 fn corrupt_input_counts_codec_errors_by_name() {
-    let clean = fixture(
-        "png-10.nut",
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=64x48:rate=10",
-            "-frames:v",
-            "10",
-            "-c:v",
-            "png",
-            "-f",
-            "nut",
-            "{out}",
-        ],
-    );
     let dir = tempdir("corrupt");
-    let bad = dir.join("bad.nut");
-    let mut data = std::fs::read(&clean).unwrap();
-    let sig = b"\x89PNG\r\n\x1a\n";
-    let at: Vec<usize> = data
-        .windows(sig.len())
-        .enumerate()
-        .filter(|(_, w)| *w == sig)
-        .map(|(i, _)| i)
-        .collect();
-    assert_eq!(at.len(), 10);
-    let corrupted: Vec<usize> = at.iter().copied().skip(1).step_by(3).collect();
-    for &i in &corrupted {
-        data[i..i + 4].copy_from_slice(b"XXXX");
-    }
-    std::fs::write(&bad, &data).unwrap();
-
+    let (bad, damaged) = media::damaged_png_nut(&dir, |n| n % 3 == 1);
     let d = Daemon::start(&[]);
     // One decoder thread so each failure surfaces from the call that met it.
     let (pid, stderr) = run(ffmpeg()
@@ -277,11 +246,7 @@ fn corrupt_input_counts_codec_errors_by_name() {
         .arg(&bad)
         .args(["-f", "null", "-"]));
     let reported = stderr.matches("Error while decoding stream").count();
-    assert_eq!(
-        reported,
-        corrupted.len(),
-        "ffmpeg's own error count: {stderr}"
-    );
+    assert_eq!(reported, damaged, "ffmpeg's own error count: {stderr}");
     let s = d.wait_ended(pid);
     let p = pid.to_string();
     let l = [
@@ -292,7 +257,7 @@ fn corrupt_input_counts_codec_errors_by_name() {
     ];
     assert_eq!(
         s.sum("media_codec_errors_total", &l),
-        corrupted.len() as f64,
+        damaged as f64,
         "{}",
         s.text
     );
@@ -309,7 +274,7 @@ fn corrupt_input_counts_codec_errors_by_name() {
             "media_frames_total",
             &[("pid", &p), ("direction", "decode")]
         ),
-        Some((10 - corrupted.len()) as f64)
+        Some((10 - damaged) as f64)
     );
 }
 
@@ -440,13 +405,6 @@ fn subtitles_are_streams_too() {
         "{}",
         s.text
     );
-}
-
-pub fn tempdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("observer-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]

@@ -17,15 +17,8 @@ use std::{
 use observer_tests::{
     Daemon, Scrape, assets,
     media::{self, StreamTruth, fixture, truth},
-    run,
+    run, tempdir,
 };
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("observer-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// The H.264 + AAC fixture remuxed to NUT, which a pipeline can read from a pipe.
 fn streamable_input() -> PathBuf {

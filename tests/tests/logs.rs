@@ -1,13 +1,6 @@
 //! FFmpeg's own log messages, captured at `av_vlog` whatever the pipeline's log level.
 
-use observer_tests::{Daemon, ffmpeg, media::fixture, run};
-
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("observer-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use observer_tests::{Daemon, ffmpeg, media::fixture, run, tempdir};
 
 const CONTINUITY: &str = "Continuity check failed for pid %d expected %d got %d";
 
@@ -77,38 +70,8 @@ fn mpegts_continuity_errors_equal_ffmpegs_own_count() {
 
 #[test]
 fn messages_of_a_codec_land_on_its_stream() {
-    let clean = fixture(
-        "png-10.nut",
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=64x48:rate=10",
-            "-frames:v",
-            "10",
-            "-c:v",
-            "png",
-            "-f",
-            "nut",
-            "{out}",
-        ],
-    );
-    let mut data = std::fs::read(&clean).unwrap();
-    let sig = b"\x89PNG\r\n\x1a\n";
-    let at: Vec<usize> = data
-        .windows(sig.len())
-        .enumerate()
-        .filter(|(_, w)| *w == sig)
-        .map(|(i, _)| i)
-        .collect();
-    for &i in at.iter().skip(2).step_by(4) {
-        data[i..i + 4].copy_from_slice(b"XXXX");
-    }
-    let corrupted = at.iter().skip(2).step_by(4).count();
     let dir = tempdir("png-log");
-    let bad = dir.join("bad.nut");
-    std::fs::write(&bad, &data).unwrap();
-
+    let (bad, corrupted) = observer_tests::media::damaged_png_nut(&dir, |n| n % 4 == 2);
     let d = Daemon::start(&["--ffmpeg-logs", "true"]);
     let (pid, _) = run(ffmpeg()
         .args(["-loglevel", "quiet", "-threads", "1", "-i"])

@@ -26,12 +26,7 @@ enum Mode {
     ObserverLogs,
 }
 
-const MODES: [Mode; 4] = [
-    Mode::Alone,
-    Mode::Floor,
-    Mode::Observer,
-    Mode::ObserverLogs,
-];
+const MODES: [Mode; 4] = [Mode::Alone, Mode::Floor, Mode::Observer, Mode::ObserverLogs];
 
 impl Mode {
     fn name(self) -> &'static str {
