@@ -72,11 +72,10 @@ pub struct Options {
     #[arg(long, env = "OBSERVER_LIBRARY_DIRS", value_delimiter = ',', default_values_t = crate::tracker::LIBRARY_DIRS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
     pub library_dirs: Vec<String>,
 
-    /// Count FFmpeg's own log messages at `av_vlog`, debug level included. Off by default for
-    /// now: each message is a probe hit, libavcodec logs about five debug messages per H.264
-    /// frame, and av_vlog's first instruction costs the uprobe an extra trap (see
-    /// BENCHMARKS.md), about 1% of a 720p transcode.
-    #[arg(long, env = "OBSERVER_FFMPEG_LOGS", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    /// Count FFmpeg's own log messages at `av_vlog`, debug level included. Each message is a
+    /// probe hit (libavcodec logs about five debug messages per H.264 frame, about 1 µs
+    /// each); turn it off where even that shows.
+    #[arg(long, env = "OBSERVER_FFMPEG_LOGS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub ffmpeg_logs: bool,
 
     /// Benchmarking aid: attach programs that do nothing at the same points instead of the

@@ -33,7 +33,7 @@ fn mpegts_continuity_errors_equal_ffmpegs_own_count() {
     let input = dir.join("damaged.ts");
     std::fs::write(&input, bad).unwrap();
 
-    let d = Daemon::start(&["--ffmpeg-logs", "true"]);
+    let d = Daemon::start(&[]);
     // FFmpeg's own count: the message is debug level, so only a debug run prints it.
     let (loud, stderr) = run(ffmpeg()
         .args(["-loglevel", "debug", "-i"])
@@ -72,7 +72,7 @@ fn mpegts_continuity_errors_equal_ffmpegs_own_count() {
 fn messages_of_a_codec_land_on_its_stream() {
     let dir = tempdir("png-log");
     let (bad, corrupted) = observer_tests::media::damaged_png_nut(&dir, |n| n % 4 == 2);
-    let d = Daemon::start(&["--ffmpeg-logs", "true"]);
+    let d = Daemon::start(&[]);
     let (pid, _) = run(ffmpeg()
         .args(["-loglevel", "quiet", "-threads", "1", "-i"])
         .arg(&bad)
@@ -100,9 +100,9 @@ fn messages_of_a_codec_land_on_its_stream() {
 }
 
 #[test]
-fn log_capture_is_off_by_default() {
+fn log_capture_can_be_turned_off() {
     let input = observer_tests::media::h264_aac_mp4();
-    let d = Daemon::start(&[]);
+    let d = Daemon::start(&["--ffmpeg-logs", "false"]);
     let (pid, _) = run(ffmpeg().arg("-i").arg(&input).args(["-f", "null", "-"]));
     let s = d.wait_ended(pid);
     let p = pid.to_string();

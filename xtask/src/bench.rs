@@ -22,11 +22,11 @@ enum Mode {
     Floor,
     /// The daemon as users run it.
     Observer,
-    /// The daemon with FFmpeg log capture on (`--ffmpeg-logs true`).
-    ObserverLogs,
+    /// The daemon without FFmpeg log capture (`--ffmpeg-logs false`).
+    ObserverNoLogs,
 }
 
-const MODES: [Mode; 4] = [Mode::Alone, Mode::Floor, Mode::Observer, Mode::ObserverLogs];
+const MODES: [Mode; 4] = [Mode::Alone, Mode::Floor, Mode::Observer, Mode::ObserverNoLogs];
 
 impl Mode {
     fn name(self) -> &'static str {
@@ -34,7 +34,7 @@ impl Mode {
             Mode::Alone => "no probes",
             Mode::Floor => "empty probes (floor)",
             Mode::Observer => "observer",
-            Mode::ObserverLogs => "observer, --ffmpeg-logs true",
+            Mode::ObserverNoLogs => "observer, --ffmpeg-logs false",
         }
     }
 }
@@ -281,8 +281,8 @@ pub fn run(
                     Mode::Alone => None,
                     Mode::Floor => Some(Daemon::start(bin, port, &["--empty-probes"])?),
                     Mode::Observer => Some(Daemon::start(bin, port, &[])?),
-                    Mode::ObserverLogs => {
-                        Some(Daemon::start(bin, port, &["--ffmpeg-logs", "true"])?)
+                    Mode::ObserverNoLogs => {
+                        Some(Daemon::start(bin, port, &["--ffmpeg-logs", "false"])?)
                     }
                 };
                 let s = measure(&w.args)?;
