@@ -88,16 +88,10 @@ impl Families {
         labels: &[(&'static str, String)],
         v: f64,
     ) {
-        let key = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), v.clone()))
-            .collect();
-        let series = &mut self
-            .map
-            .entry(name)
-            .or_insert_with(|| (kind, help, BTreeMap::new()))
-            .2;
-        match series.entry(key).or_insert(Value::Scalar(0.0)) {
+        match self
+            .series(name, kind, help, labels)
+            .or_insert(Value::Scalar(0.0))
+        {
             Value::Scalar(x) => {
                 if matches!(kind, MetricType::GAUGE) {
                     *x = x.max(v);
@@ -107,6 +101,25 @@ impl Families {
             }
             Value::Hist { .. } => {}
         }
+    }
+
+    /// The entry of one series, creating its family on first use.
+    fn series(
+        &mut self,
+        name: &'static str,
+        kind: MetricType,
+        help: &'static str,
+        labels: &[(&'static str, String)],
+    ) -> std::collections::btree_map::Entry<'_, Vec<(String, String)>, Value> {
+        let key = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), v.clone()))
+            .collect();
+        self.map
+            .entry(name)
+            .or_insert_with(|| (kind, help, BTreeMap::new()))
+            .2
+            .entry(key)
     }
 
     fn declare(&mut self, name: &'static str, kind: MetricType, help: &'static str) {
@@ -123,21 +136,14 @@ impl Families {
         h: &Histogram,
         (lo, hi): (usize, usize),
     ) {
-        let key = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), v.clone()))
-            .collect();
-        let series = &mut self
-            .map
-            .entry(name)
-            .or_insert_with(|| (MetricType::HISTOGRAM, help, BTreeMap::new()))
-            .2;
-        let v = series.entry(key).or_insert_with(|| Value::Hist {
-            buckets: vec![0; HIST_BUCKETS],
-            sum: 0.0,
-            lo,
-            hi,
-        });
+        let v = self
+            .series(name, MetricType::HISTOGRAM, help, labels)
+            .or_insert_with(|| Value::Hist {
+                buckets: vec![0; HIST_BUCKETS],
+                sum: 0.0,
+                lo,
+                hi,
+            });
         if let Value::Hist { buckets, sum, .. } = v {
             for (b, n) in buckets.iter_mut().zip(h.buckets.iter()) {
                 *b += n;

@@ -26,7 +26,12 @@ enum Mode {
     ObserverNoLogs,
 }
 
-const MODES: [Mode; 4] = [Mode::Alone, Mode::Floor, Mode::Observer, Mode::ObserverNoLogs];
+const MODES: [Mode; 4] = [
+    Mode::Alone,
+    Mode::Floor,
+    Mode::Observer,
+    Mode::ObserverNoLogs,
+];
 
 impl Mode {
     fn name(self) -> &'static str {
