@@ -220,6 +220,10 @@ pub struct Stream {
     /// name's page is not resident yet the kernel leaves `codec_name` empty and the daemon
     /// reads it from the process.
     pub codec_name_ptr: u64,
+    /// Address of `avcodec_open2` in the process (0 if the open was not seen): with the
+    /// symbol's address in the file it gives the library's load bias, so the daemon can read
+    /// the codec name from the library file even after the process is gone.
+    pub open_ip: u64,
     pub codec_name: [u8; CODEC_NAME_LEN],
     pub comm: [u8; COMM_LEN],
     /// Packets into a decoder, frames into an encoder or graph.

@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, fs::File, path::Path};
 
 use memchr::memmem;
-use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
+use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _, SymbolKind};
 
 use crate::ffmpeg::{self, Hook, Library, PROBES, Probe, Version};
 
@@ -57,6 +57,32 @@ pub struct FfmpegFile {
     /// The release (as libavcodec major) whose layout reads this file's structs, if any of
     /// its probes reads fields.
     pub release: Option<u32>,
+    /// `avcodec_open2`'s address in the file, if it has one.
+    pub open2_vaddr: Option<u64>,
+    /// Loadable segments: (address, size, file offset), to turn an address into file bytes.
+    pub segments: Vec<(u64, u64, u64)>,
+}
+
+impl FfmpegFile {
+    /// Reads, from the file itself, the identifier (a codec name) that a process sees at
+    /// `ptr`, given where that process ran `avcodec_open2` (`open_ip`), which gives the
+    /// library's load bias. Works after the process is gone.
+    pub fn identifier_at(&self, file: &File, open_ip: u64, ptr: u64) -> Option<[u8; 32]> {
+        use std::os::unix::fs::FileExt as _;
+        let bias = open_ip.checked_sub(self.open2_vaddr?)?;
+        let offset = self.file_offset(ptr.checked_sub(bias)?)?;
+        let mut buf = [0u8; 32];
+        let n = file.read_at(&mut buf[..31], offset).ok()?;
+        crate::procfs::identifier(&buf[..n]).then_some(buf)
+    }
+
+    /// The file offset of address `vaddr`, if a loadable segment holds it.
+    pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|(a, size, _)| vaddr >= *a && vaddr - *a < *size)
+            .map(|(a, _, off)| off + (vaddr - a))
+    }
 }
 
 /// Inspects the file at `path`. `Ok(None)`: not FFmpeg (most files on a node).
@@ -72,6 +98,7 @@ pub fn inspect(path: &Path) -> Result<Option<FfmpegFile>, InspectError> {
 pub fn inspect_bytes(data: &[u8]) -> Result<Option<FfmpegFile>, InspectError> {
     let elf = object::File::parse(data)?;
     let mut found: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut open2_vaddr = None;
     let wanted = |name: &[u8]| PROBES.iter().find(|p| p.symbol.as_bytes() == name);
     // .dynsym first (stripped static builds export the API there), then .symtab.
     for sym in elf.dynamic_symbols().chain(elf.symbols()) {
@@ -80,6 +107,9 @@ pub fn inspect_bytes(data: &[u8]) -> Result<Option<FfmpegFile>, InspectError> {
         }
         let Ok(name) = sym.name_bytes() else { continue };
         let Some(probe) = wanted(name) else { continue };
+        if probe.hook == Hook::Open {
+            open2_vaddr = Some(sym.address());
+        }
         if found.contains_key(probe.symbol) {
             continue;
         }
@@ -140,10 +170,19 @@ pub fn inspect_bytes(data: &[u8]) -> Result<Option<FfmpegFile>, InspectError> {
     } else {
         None
     };
+    let segments = elf
+        .segments()
+        .filter_map(|seg| {
+            let (off, size) = seg.file_range();
+            (size > 0).then_some((seg.address(), size, off))
+        })
+        .collect();
     Ok(Some(FfmpegFile {
         points,
         versions,
         release,
+        open2_vaddr,
+        segments,
     }))
 }
 

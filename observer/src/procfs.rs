@@ -133,25 +133,20 @@ pub fn stat(pid: u32) -> Option<ProcStat> {
 /// identifier: letters, digits, `_`, `-` and `.`.
 pub fn read_c_string<const N: usize>(pid: u32, addr: u64) -> Option<[u8; N]> {
     let mut buf = [0u8; N];
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: N - 1,
+    read_mem(pid, addr, &mut buf[..N - 1])?;
+    identifier(&buf).then_some(buf)
+}
+
+/// Whether `buf` starts with a NUL-terminated identifier (a codec name): letters, digits,
+/// `_`, `-` and `.`.
+pub fn identifier(buf: &[u8]) -> bool {
+    let Some(end) = buf.iter().position(|&c| c == 0) else {
+        return false;
     };
-    let remote = libc::iovec {
-        iov_base: addr as *mut libc::c_void,
-        iov_len: N - 1,
-    };
-    // SAFETY: the local iovec covers our own buffer; the remote one is only read by the kernel.
-    let n = unsafe { libc::process_vm_readv(pid as i32, &local, 1, &remote, 1, 0) };
-    if n <= 0 {
-        return None;
-    }
-    let end = buf.iter().position(|&c| c == 0)?;
-    let ok = end > 0
+    end > 0
         && buf[..end]
             .iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'));
-    ok.then_some(buf)
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
 }
 
 /// Reads a NUL-terminated message template (a printf format string) of at most `max`

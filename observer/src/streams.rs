@@ -108,7 +108,13 @@ impl Registry {
         }
     }
 
-    fn name_of(&self, s: &Stream) -> Option<[u8; observer_common::stream::CODEC_NAME_LEN]> {
+    /// A name for a stream whose name the kernel could not read: read by the daemon when the
+    /// kernel asked, or now from the process, or else from the library file.
+    fn name_of(
+        &self,
+        s: &Stream,
+        tracker: &Tracker,
+    ) -> Option<[u8; observer_common::stream::CODEC_NAME_LEN]> {
         if s.codec_name[0] != 0 || s.codec_name_ptr == 0 {
             return None;
         }
@@ -116,6 +122,7 @@ impl Registry {
             .get(&(s.tgid, s.codec_name_ptr))
             .copied()
             .or_else(|| procfs::read_c_string(s.tgid, s.codec_name_ptr))
+            .or_else(|| tracker.codec_name_from_file(s.slot, s.open_ip, s.codec_name_ptr))
     }
 
     fn wall_secs(&self, ktime_ns: u64) -> f64 {
@@ -128,7 +135,7 @@ impl Registry {
     fn upsert(&mut self, s: Stream, ended: Option<Instant>, tracker: &Tracker, kernel: &Kernel) {
         let id = (s.tgid, s.ctx, s.opened_ns);
         let last_activity = self.wall_secs(s.last_ns);
-        let name = self.name_of(&s);
+        let name = self.name_of(&s, tracker);
         if let Some(r) = self.records.get_mut(&id) {
             // Keep a name the daemon read itself (the kernel's copy stays empty).
             let known = r.stream.codec_name;

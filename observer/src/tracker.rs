@@ -26,6 +26,9 @@ struct AttachedFile {
     attachment: Attachment,
     path: String,
     file: Arc<FfmpegFile>,
+    /// Kept open so strings can be read from the file after every process using it (and
+    /// its mount namespace) is gone.
+    handle: Option<std::fs::File>,
     /// Processes mapping the file now. Files attached at start from the library path stay
     /// attached with none.
     pids: HashSet<u32>,
@@ -255,6 +258,7 @@ impl Tracker {
                         attachment,
                         path: shown.to_string(),
                         file,
+                        handle: std::fs::File::open(path).ok(),
                         pids: HashSet::new(),
                         pinned: false,
                         unused_since: Some(Instant::now()),
@@ -272,6 +276,17 @@ impl Tracker {
             }
         }
         self.attached.get_mut(&id)
+    }
+
+    /// Reads the codec name at `name_ptr` in a process from the library file attached in
+    /// `slot`, given where that process ran `avcodec_open2` (`open_ip`): for names the kernel
+    /// could not read, of processes that are already gone.
+    pub fn codec_name_from_file(&self, slot: u32, open_ip: u64, name_ptr: u64) -> Option<[u8; 32]> {
+        let a = self
+            .attached
+            .values()
+            .find(|a| a.attachment.slot == Some(slot))?;
+        a.file.identifier_at(a.handle.as_ref()?, open_ip, name_ptr)
     }
 
     pub fn process(&self, pid: u32) -> Option<&Process> {

@@ -294,7 +294,10 @@ pub fn open_enter(ctx: ProbeContext) -> u32 {
     };
     let state = CallState {
         start_ns: now_ns(),
-        args: [avctx, 0, 0, 0],
+        // args[1]: where avcodec_open2 runs in this process, so the daemon can find the
+        // library's load address (and read a codec name from the file, see Stream::open_ip).
+        // SAFETY: ctx.regs points at the probed thread's saved registers.
+        args: [avctx, unsafe { (*ctx.regs).rip }, 0, 0],
         pts: 0,
         slot: cookie_slot(cookie(&ctx)),
         _pad: 0,
@@ -328,6 +331,7 @@ pub fn open_return(ctx: RetProbeContext) -> u32 {
     end_stream(tgid, avctx);
     if let Some(s) = new_stream(tgid, avctx, state.slot, l, true, in_probe_scope(pid_tgid)) {
         s.flags |= FLAG_SEEN_OPEN;
+        s.open_ip = state.args[1];
     }
     0
 }
