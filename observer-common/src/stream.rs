@@ -2,7 +2,8 @@
 //!
 //! A *stream* is one codec context (a decoder or an encoder) or one filter graph in one
 //! process. The kernel keeps a [`Stream`] per live `(tgid, context)` in the `STREAMS` map and
-//! counts into it with atomic adds; nothing per frame reaches user space. When a context is
+//! counts into it (plain adds: FFmpeg serializes the calls on one context); nothing per
+//! frame reaches user space. When a context is
 //! freed, closed or reopened, the kernel moves its `Stream` to `ENDED_STREAMS` under an
 //! [`EndedKey`] that adds the stream's open time (its generation), so a reused context pointer
 //! starts a new stream and the old one's final counts wait there until the daemon collects them.
