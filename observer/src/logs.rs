@@ -67,8 +67,9 @@ impl LogRegistry {
 
     pub fn collect(&mut self, kernel: &mut Kernel, tracker: &Tracker) {
         let now = Instant::now();
+        let mut processes = streams::Liveness::default();
         for (k, e) in kernel.log_entries() {
-            let alive = streams::alive(k.tgid, e.first_ns);
+            let alive = processes.alive(k.tgid, e.first_ns);
             if !alive {
                 kernel.remove_log(&k);
             }

@@ -2,10 +2,9 @@
 //! encodes and filters, from uprobes, and serves it to Prometheus.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -52,38 +51,6 @@ fn init_logging(opts: &Options) {
     match opts.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
-    }
-}
-
-/// Processes to scan, and when: a library-load event arrives just before the mapping
-/// exists, so each pid is scanned shortly after and once more a little later.
-#[derive(Default)]
-struct Pending {
-    /// pid -> (when, whether this is already the second look)
-    due: BTreeMap<u32, (Instant, bool)>,
-}
-
-impl Pending {
-    fn add(&mut self, pid: u32, at: Instant) {
-        let e = self.due.entry(pid).or_insert((at, false));
-        if at < e.0 {
-            *e = (at, false);
-        }
-    }
-    fn next_due(&self) -> Option<Instant> {
-        self.due.values().map(|(t, _)| *t).min()
-    }
-    fn take_due(&mut self, now: Instant) -> Vec<(u32, bool)> {
-        let due: Vec<(u32, bool)> = self
-            .due
-            .iter()
-            .filter(|(_, (t, _))| *t <= now)
-            .map(|(p, (_, again))| (*p, *again))
-            .collect();
-        for (p, _) in &due {
-            self.due.remove(p);
-        }
-        due
     }
 }
 
@@ -148,22 +115,22 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     let mut rescan = tokio::time::interval(opts.rescan_interval);
     rescan.tick().await;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut pending = Pending::default();
+    let mut to_scan: BTreeSet<u32> = BTreeSet::new();
     let mut exited: Vec<u32> = Vec::new();
 
     loop {
-        let wake = pending.next_due().map(tokio::time::Instant::from_std);
         tokio::select! {
             guard = events.readable_mut() => {
                 let mut guard = guard.context("event ring buffer")?;
-                let now = Instant::now();
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
                     let Some(ev) = kernel::parse_event(&item) else { continue };
                     match ev.kind {
-                        k if k == EventKind::Exec as u32 => pending.add(ev.tgid, now),
-                        // Sent after the mapping exists: scan now.
-                        k if k == EventKind::ExecMmap as u32 => pending.add(ev.tgid, now),
+                        // Both are sent once the new mapping exists (after exec, at the mmap
+                        // syscall's exit): one scan per process per batch of events finds it.
+                        k if k == EventKind::Exec as u32 || k == EventKind::ExecMmap as u32 => {
+                            to_scan.insert(ev.tgid);
+                        }
                         k if k == EventKind::Exit as u32 => exited.push(ev.tgid),
                         k if k == EventKind::CodecName as u32 => {
                             if let Ok(mut s) = shared.lock() {
@@ -179,25 +146,20 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                     }
                 }
                 guard.clear_ready();
+                for pid in &exited {
+                    to_scan.remove(pid);
+                }
+                for pid in std::mem::take(&mut to_scan) {
+                    tracker.scan(&mut kernel, pid);
+                    scans += 1;
+                }
                 if !exited.is_empty() {
                     // Collect now, so a process's final counts are read before its pid can be
                     // reused.
                     for pid in exited.drain(..) {
-                        pending.due.remove(&pid);
                         tracker.exited(pid);
                     }
                     publish(&shared, &mut kernel, &tracker, scans, true);
-                }
-            }
-            _ = async { tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)).await }, if wake.is_some() => {
-                let now = Instant::now();
-                for (pid, second_look) in pending.take_due(now) {
-                    let found = tracker.scan(&mut kernel, pid);
-                    scans += 1;
-                    if found == 0 && !second_look {
-                        // The library may still be on its way in: look once more, later.
-                        pending.due.entry(pid).or_insert((now + Duration::from_millis(50), true));
-                    }
                 }
             }
             _ = collect.tick() => {

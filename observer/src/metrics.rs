@@ -485,7 +485,7 @@ fn daemon_families(f: &mut Families, shared: &Shared) {
         f.add(
             "observer_attached_file_info",
             MetricType::GAUGE,
-            "An attached FFmpeg file, with its library versions and the processes mapping it",
+            "An attached FFmpeg file and the library versions it carries",
             &[("path", a.path.clone()), ("versions", a.versions.clone())],
             1.0,
         );

@@ -2,11 +2,11 @@
 //! tick, kept for a grace period after it ends, capped in number.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use observer_common::stream::{Direction, FLAG_INSANE, FLAG_PROBE_DECODER, Stream, StreamKey};
+use observer_common::stream::{Direction, FLAG_INSANE, FLAG_PROBE_DECODER, Stream};
 
 use crate::{kernel::Kernel, procfs, tracker::Tracker};
 
@@ -66,7 +66,7 @@ pub struct Registry {
     /// Ended streams pushed out by the cap before their grace period ran out.
     pub evicted_total: u64,
     /// Codec names the daemon read from processes, by (pid, address of the name).
-    names: std::collections::HashMap<(u32, u64), [u8; observer_common::stream::CODEC_NAME_LEN]>,
+    names: HashMap<(u32, u64), [u8; observer_common::stream::CODEC_NAME_LEN]>,
 }
 
 /// The kernel programs' clock (`bpf_ktime_get_boot_ns`).
@@ -93,7 +93,7 @@ impl Registry {
             clock_offset_ns: boottime_ns() as i128 - wall as i128,
             stats: CollectStats::default(),
             evicted_total: 0,
-            names: std::collections::HashMap::new(),
+            names: HashMap::new(),
         }
     }
 
@@ -175,17 +175,17 @@ impl Registry {
     /// One collection: reads the kernel's live and ended streams, ends the streams of
     /// processes that are gone, expires ended streams past the grace period.
     pub fn collect(&mut self, kernel: &mut Kernel, tracker: &Tracker) {
-        let t0 = Instant::now();
         let now = Instant::now();
         let mut seen_live = std::collections::HashSet::new();
         let mut dead_tgids = std::collections::HashSet::new();
+        let mut processes = Liveness::default();
         let live = kernel.live_streams();
         let mut kernel_streams = live.len();
         for (key, s) in live {
-            if !alive(key.tgid, s.opened_ns) {
+            if !processes.alive(key.tgid, s.opened_ns) {
                 kernel_streams -= 1;
                 dead_tgids.insert(key.tgid);
-                if let Some(last) = kernel.remove_stream(&StreamKey { ..key })
+                if let Some(last) = kernel.remove_stream(&key)
                     && exported(&last)
                 {
                     self.upsert(last, Some(now), tracker, kernel);
@@ -233,7 +233,7 @@ impl Registry {
             live,
             ended: self.records.len() - live,
             over_limit: self.records.len().saturating_sub(self.max),
-            duration: t0.elapsed(),
+            duration: now.elapsed(),
             kernel_streams,
         };
     }
@@ -259,13 +259,20 @@ fn exported(s: &Stream) -> bool {
     s.flags & (FLAG_PROBE_DECODER | FLAG_INSANE) == 0 && s.direction != Direction::Unknown as u32
 }
 
-/// Whether the process that opened a stream at `opened_ns` is still running: a pid reused by
-/// a newer process does not keep an old stream alive.
-pub fn alive(tgid: u32, opened_ns: u64) -> bool {
-    match procfs::stat(tgid) {
-        None => false,
-        Some(st) if st.zombie => false,
-        // /proc's start time has clock-tick resolution; allow one tick and then some.
-        Some(st) => st.start_ns <= opened_ns.saturating_add(50_000_000),
+/// Which processes run, for one collection: /proc/PID/stat is read once per process, however
+/// many streams or log keys it has.
+#[derive(Default)]
+pub struct Liveness(HashMap<u32, Option<procfs::ProcStat>>);
+
+impl Liveness {
+    /// Whether the process that began something at `since_ns` (a stream's open, a log key's
+    /// first message) still runs: a pid reused by a newer process does not keep it alive.
+    pub fn alive(&mut self, tgid: u32, since_ns: u64) -> bool {
+        match *self.0.entry(tgid).or_insert_with(|| procfs::stat(tgid)) {
+            None => false,
+            Some(st) if st.zombie => false,
+            // /proc's start time has clock-tick resolution; allow one tick and then some.
+            Some(st) => st.start_ns <= since_ns.saturating_add(50_000_000),
+        }
     }
 }

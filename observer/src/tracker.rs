@@ -41,7 +41,6 @@ struct AttachedFile {
 #[derive(Clone, Debug)]
 pub struct Process {
     pub comm: String,
-    pub start_ns: u64,
     files: Vec<FileId>,
 }
 
@@ -50,7 +49,6 @@ pub struct Process {
 pub struct AttachedInfo {
     pub path: String,
     pub versions: String,
-    pub processes: usize,
 }
 
 pub struct Tracker {
@@ -85,19 +83,19 @@ impl Tracker {
             dev: dev_of(meta.dev()),
             inode: meta.ino(),
         };
-        if let Some(f) = self.verdict(id, path, &path.display().to_string())
-            && let Some(a) = self.ensure_attached(kernel, id, path, &path.display().to_string(), f)
+        let shown = path.display().to_string();
+        if let Some(f) = self.verdict(id, path, &shown)
+            && let Some(a) = self.ensure_attached(kernel, id, path, &shown, f)
         {
             a.pinned = true;
         }
     }
 
-    /// Reads a process's mappings and attaches to any FFmpeg file among them. Returns the
-    /// number of FFmpeg files the process maps.
-    pub fn scan(&mut self, kernel: &mut Kernel, pid: u32) -> usize {
+    /// Reads a process's mappings and attaches to any FFmpeg file among them.
+    pub fn scan(&mut self, kernel: &mut Kernel, pid: u32) {
         let Ok(maps) = procfs::exec_mappings(pid) else {
             // Gone already, or a kernel thread.
-            return 0;
+            return;
         };
         let mut files = Vec::new();
         for m in &maps {
@@ -116,14 +114,12 @@ impl Tracker {
             if let Some(p) = self.processes.remove(&pid) {
                 self.release(&p.files, pid);
             }
-            return 0;
+            return;
         }
-        let n = files.len();
         let old = self.processes.insert(
             pid,
             Process {
                 comm: procfs::comm(pid).unwrap_or_default(),
-                start_ns: procfs::stat(pid).map_or(0, |s| s.start_ns),
                 files: files.clone(),
             },
         );
@@ -135,7 +131,6 @@ impl Tracker {
                 .collect();
             self.release(&gone, pid);
         }
-        n
     }
 
     /// A process ended: drops its references.
@@ -309,7 +304,6 @@ impl Tracker {
                     .map(|(l, v)| format!("{l:?}:{v}"))
                     .collect::<Vec<_>>()
                     .join(","),
-                processes: a.pids.len(),
             })
             .collect()
     }
