@@ -61,6 +61,17 @@ pub struct CallKey {
     pub _pad: u32,
 }
 
+impl CallKey {
+    #[inline(always)]
+    pub const fn new(pid_tgid: u64, call: u32) -> Self {
+        CallKey {
+            pid_tgid,
+            call,
+            _pad: 0,
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CallState {

@@ -213,7 +213,9 @@ fn account(bin: &Path, port: u16, args: &[String]) -> anyhow::Result<(u64, u64)>
     let shown = shown.context("running bpftool (apt-get install bpftool)")?;
     let progs: Vec<serde_json::Value> =
         serde_json::from_slice(&shown.stdout).context("bpftool's JSON")?;
-    // observer's programs (observer/src/kernel.rs).
+    // observer's uprobe programs, as observer/src/kernel.rs names them. xtask cannot depend on
+    // the daemon (it must build before the BPF toolchain it installs), and this bpftool does
+    // not report which process owns a program.
     let ours = [
         "call_enter",
         "call_return",

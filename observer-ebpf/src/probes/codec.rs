@@ -82,11 +82,7 @@ fn observe(h: &mut Histogram, ns: u64) {
 /// opened on this thread until it returns are throwaway probes, not the pipeline's streams.
 #[uprobe]
 pub fn find_stream_info_enter(_ctx: ProbeContext) -> u32 {
-    let key = CallKey {
-        pid_tgid: bpf_get_current_pid_tgid(),
-        call: FIND_STREAM_INFO,
-        _pad: 0,
-    };
+    let key = CallKey::new(bpf_get_current_pid_tgid(), FIND_STREAM_INFO);
     let state = CallState {
         start_ns: now_ns(),
         args: [0; 4],
@@ -100,22 +96,14 @@ pub fn find_stream_info_enter(_ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn find_stream_info_return(_ctx: RetProbeContext) -> u32 {
-    let key = CallKey {
-        pid_tgid: bpf_get_current_pid_tgid(),
-        call: FIND_STREAM_INFO,
-        _pad: 0,
-    };
+    let key = CallKey::new(bpf_get_current_pid_tgid(), FIND_STREAM_INFO);
     let _ = finish(&key);
     0
 }
 
 #[inline(always)]
 fn in_probe_scope(pid_tgid: u64) -> bool {
-    let key = CallKey {
-        pid_tgid,
-        call: FIND_STREAM_INFO,
-        _pad: 0,
-    };
+    let key = CallKey::new(pid_tgid, FIND_STREAM_INFO);
     in_progress(&key)
 }
 
@@ -287,11 +275,7 @@ pub fn open_enter(ctx: ProbeContext) -> u32 {
     let Some(avctx) = ctx.arg::<u64>(0) else {
         return 0;
     };
-    let key = CallKey {
-        pid_tgid: bpf_get_current_pid_tgid(),
-        call: OPEN,
-        _pad: 0,
-    };
+    let key = CallKey::new(bpf_get_current_pid_tgid(), OPEN);
     let state = CallState {
         start_ns: now_ns(),
         // args[1]: where avcodec_open2 runs in this process, so the daemon can find the
@@ -309,11 +293,7 @@ pub fn open_enter(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn open_return(ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let key = CallKey {
-        pid_tgid,
-        call: OPEN,
-        _pad: 0,
-    };
+    let key = CallKey::new(pid_tgid, OPEN);
     let Some(state) = finish(&key) else {
         return 0;
     };
@@ -367,11 +347,7 @@ pub fn call_enter(ctx: ProbeContext) -> u32 {
     if call == Call::EncodeLegacy as u32 {
         // libavcodec 58's avcodec_send_frame encodes through avcodec_encode_video2/audio2:
         // count the outer call only.
-        let outer = CallKey {
-            pid_tgid,
-            call: Call::SendFrame as u32,
-            _pad: 0,
-        };
+        let outer = CallKey::new(pid_tgid, Call::SendFrame as u32);
         if in_progress(&outer) {
             return 0;
         }
@@ -393,11 +369,7 @@ pub fn call_enter(ctx: ProbeContext) -> u32 {
     {
         state.pts = field::<i64>(state.args[1], l.frame_pts).unwrap_or(NOPTS);
     }
-    let key = CallKey {
-        pid_tgid,
-        call,
-        _pad: 0,
-    };
+    let key = CallKey::new(pid_tgid, call);
     begin(&key, &state);
     0
 }
@@ -411,11 +383,7 @@ pub fn call_return(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    let key = CallKey {
-        pid_tgid,
-        call: call_id,
-        _pad: 0,
-    };
+    let key = CallKey::new(pid_tgid, call_id);
     let Some(state) = finish(&key) else {
         return 0;
     };

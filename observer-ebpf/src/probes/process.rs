@@ -47,11 +47,7 @@ pub fn sched_process_exec(_ctx: BtfTracePointContext) -> u32 {
 pub fn sched_process_exit(_ctx: BtfTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     for call in CALL_KINDS {
-        let _ = CALLS.remove(&CallKey {
-            pid_tgid,
-            call,
-            _pad: 0,
-        });
+        let _ = CALLS.remove(&CallKey::new(pid_tgid, call));
     }
     let (tgid, pid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if tgid == pid {
