@@ -1,5 +1,6 @@
-//! Process events the kernel sends to the daemon through the `EVENTS` ring buffer. They are
-//! rare (per process start, executable mapping and exit), never per frame.
+//! Events the kernel sends to the daemon through the `EVENTS` ring buffer. They are rare (per
+//! process start, executable mapping, exit, io and file open), never per frame or packet.
+//! Every record starts with its `kind`.
 
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,6 +17,12 @@ pub enum EventKind {
     CodecName = 4,
     /// A log message template the kernel could not read; `addr` is its address.
     LogTemplate = 5,
+    /// An input or output was opened ([`crate::io::IoEvent`] with its URL).
+    IoOpen = 6,
+    /// A file was opened for an io ([`crate::io::IoEvent`] with its path).
+    FileOpen = 7,
+    /// A descriptor tied to an io was closed ([`crate::io::IoEvent`] with its bytes).
+    FileClose = 8,
 }
 
 #[repr(C)]

@@ -50,7 +50,8 @@ pub struct LibLayout {
     pub frame_pts: u16,
     // AVFilterContext (libavfilter of the same release)
     pub filter_graph: u16,
-    pub _pad: u16,
+    // AVFormatContext (libavformat of the same release)
+    pub fmt_pb: u16,
 }
 
 crate::user_pod!(LibLayout);

@@ -253,6 +253,9 @@ pub struct Stream {
     pub inflight: [Inflight; INFLIGHT_SLOTS],
     pub inflight_next: u32,
     pub _pad2: u32,
+    /// The io (its [`crate::io::IoKey::id`], same process) whose packets a decoder takes or
+    /// that an encoder's packets go to; 0 until linked.
+    pub io: u64,
 }
 
 /// Inputs a stream can have in flight before the oldest is forgotten (its output then counts
@@ -315,6 +318,8 @@ pub mod counter {
     pub const EVENTS_LOST: u32 = 4;
     /// A log message's key could not be inserted: `LOGS` full; the message is not counted.
     pub const LOGS_FULL: u32 = 5;
+    /// An io or one of its descriptors could not be inserted: `IOS` or `FDS` full.
+    pub const IOS_FULL: u32 = 6;
     pub const COUNT: u32 = 8;
 }
 
@@ -333,4 +338,24 @@ pub mod hook {
     pub const GRAPH_FREE: u32 = 20;
     /// `av_vlog`
     pub const LOG: u32 = 21;
+    /// `avformat_open_input(AVFormatContext **ps, const char *url, ...)`
+    pub const OPEN_INPUT: u32 = 22;
+    /// `avformat_alloc_output_context2(AVFormatContext **ctx, fmt, format_name, filename)`
+    pub const ALLOC_OUTPUT: u32 = 23;
+    /// `avio_open2(AVIOContext **s, const char *url, int flags, ...)`
+    pub const AVIO_OPEN: u32 = 24;
+    /// `av_read_frame(AVFormatContext *s, AVPacket *pkt)`
+    pub const READ_FRAME: u32 = 25;
+    /// `avformat_write_header(AVFormatContext *s, ...)`
+    pub const WRITE_HEADER: u32 = 26;
+    /// `av_interleaved_write_frame(AVFormatContext *s, AVPacket *pkt)`
+    pub const INTERLEAVED_WRITE: u32 = 27;
+    /// `av_write_frame(AVFormatContext *s, AVPacket *pkt)`
+    pub const WRITE_FRAME: u32 = 28;
+    /// `av_write_trailer(AVFormatContext *s)`
+    pub const WRITE_TRAILER: u32 = 29;
+    /// `avformat_close_input(AVFormatContext **s)`
+    pub const CLOSE_INPUT: u32 = 30;
+    /// `avformat_free_context(AVFormatContext *s)`
+    pub const FREE_FORMAT: u32 = 31;
 }

@@ -34,9 +34,11 @@ pub static ZERO_STREAM: Array<Stream> = Array::with_max_entries(1, 0);
 #[map]
 pub static CALLS: HashMap<CallKey, CallState> = HashMap::with_max_entries(MAX_CALLS_IN_PROGRESS, 0);
 
-/// Every call kind a `CALLS` key can carry: the data calls and `avcodec_open2` /
-/// `avformat_find_stream_info`.
-pub const CALL_KINDS: [u32; 11] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 16, 17];
+/// Every call kind a `CALLS` key can carry: the data calls, `avcodec_open2`,
+/// `avformat_find_stream_info` and the libavformat calls of `probes::io`.
+pub const CALL_KINDS: [u32; 19] = [
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 16, 17, 22, 23, 24, 25, 26, 27, 28, 29,
+];
 
 #[map]
 pub static LIBS: Array<LibLayout> = Array::with_max_entries(MAX_LIBS, 0);
@@ -90,4 +92,11 @@ pub fn bump(counter: u32) {
         // SAFETY: a per-CPU slot; nothing else on this CPU runs while a BPF program does.
         unsafe { *v += 1 };
     }
+}
+
+/// A copy of a map value found by `get_ptr`.
+#[inline(always)]
+pub fn copied<V: Copy>(p: Option<*const V>) -> Option<V> {
+    // SAFETY: a map value pointer from a lookup in this program run.
+    p.map(|p| unsafe { *p })
 }

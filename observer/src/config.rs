@@ -78,6 +78,17 @@ pub struct Options {
     #[arg(long, env = "OBSERVER_FFMPEG_LOGS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub ffmpeg_logs: bool,
 
+    /// Follow every input and output: URLs, bytes and datagrams on their sockets and files,
+    /// kernel drops, TCP retransmissions, RTP and MPEG-TS loss. Costs a hash lookup per
+    /// read/write syscall on the node and two probe hits per demuxed and muxed packet.
+    #[arg(long, env = "OBSERVER_IO_STATS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub io_stats: bool,
+
+    /// An open input or output that moved no byte and no packet for this long is reported
+    /// stalled (`media_io_stalled`).
+    #[arg(long, env = "OBSERVER_STALL_AFTER", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub stall_after: Duration,
+
     /// Benchmarking aid: attach programs that do nothing at the same points instead of the
     /// real ones, to measure what the probe mechanism alone costs (no metrics are produced).
     #[arg(long, env = "OBSERVER_EMPTY_PROBES", default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
@@ -103,6 +114,9 @@ struct FileOptions {
     detach_linger: Option<Duration>,
     library_dirs: Option<Vec<String>>,
     ffmpeg_logs: Option<bool>,
+    io_stats: Option<bool>,
+    #[serde(default, with = "opt_duration")]
+    stall_after: Option<Duration>,
     empty_probes: Option<bool>,
 }
 
@@ -175,6 +189,8 @@ impl Options {
             detach_linger,
             library_dirs,
             ffmpeg_logs,
+            io_stats,
+            stall_after,
             empty_probes
         );
     }

@@ -25,6 +25,21 @@ pub enum Hook {
     End(u32),
     /// `av_vlog`: a log message (entry probe only).
     Log,
+    /// An input or output is created (`hook::OPEN_INPUT`, `ALLOC_OUTPUT`, `AVIO_OPEN`): entry
+    /// and return.
+    IoOpen(u32),
+    /// An input is read or an output written (`hook::READ_FRAME`, `WRITE_*`): entry and
+    /// return.
+    IoCall(u32),
+    /// An input or output is closed (`hook::CLOSE_INPUT`, `FREE_FORMAT`): entry only.
+    IoClose(u32),
+}
+
+impl Hook {
+    /// Hooks that follow inputs and outputs (off with `--io-stats false`).
+    pub fn is_io(self) -> bool {
+        matches!(self, Hook::IoOpen(_) | Hook::IoCall(_) | Hook::IoClose(_))
+    }
 }
 
 /// One probed symbol.
@@ -104,7 +119,49 @@ pub const PROBES: &[Probe] = &[
         unless: None,
         needs_layout: false,
     },
+    // libavformat: inputs and outputs.
+    io("avformat_open_input", Hook::IoOpen(hook::OPEN_INPUT), false),
+    io(
+        "avformat_alloc_output_context2",
+        Hook::IoOpen(hook::ALLOC_OUTPUT),
+        false,
+    ),
+    // Without a layout an avio_open2 cannot be matched to its output context and becomes an
+    // io of its own.
+    io("avio_open2", Hook::IoOpen(hook::AVIO_OPEN), false),
+    io("av_read_frame", Hook::IoCall(hook::READ_FRAME), true),
+    io(
+        "avformat_write_header",
+        Hook::IoCall(hook::WRITE_HEADER),
+        false,
+    ),
+    io(
+        "av_interleaved_write_frame",
+        Hook::IoCall(hook::INTERLEAVED_WRITE),
+        true,
+    ),
+    io("av_write_frame", Hook::IoCall(hook::WRITE_FRAME), true),
+    io("av_write_trailer", Hook::IoCall(hook::WRITE_TRAILER), false),
+    io(
+        "avformat_close_input",
+        Hook::IoClose(hook::CLOSE_INPUT),
+        false,
+    ),
+    io(
+        "avformat_free_context",
+        Hook::IoClose(hook::FREE_FORMAT),
+        false,
+    ),
 ];
+
+const fn io(symbol: &'static str, hook: Hook, needs_layout: bool) -> Probe {
+    Probe {
+        symbol,
+        hook,
+        unless: None,
+        needs_layout,
+    }
+}
 
 /// Which FFmpeg library a version string names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -235,7 +292,7 @@ const STABLE: LibLayout = LibLayout {
     frame_flags: 0,
     frame_pts: 136,
     filter_graph: 80,
-    _pad: 0,
+    fmt_pb: 32,
 };
 
 pub const LAYOUTS: &[LayoutRow] = &[
@@ -377,6 +434,7 @@ fields! {
     frame_flags: "AVFrame" ["flags"],
     frame_pts: "AVFrame" ["pts"],
     filter_graph: "AVFilterContext" ["graph"],
+    fmt_pb: "AVFormatContext" ["pb"],
 }
 
 pub fn layout_for(lavc_major: u32) -> Option<&'static LayoutRow> {

@@ -12,7 +12,8 @@ use aya::{
     },
 };
 use observer_common::{
-    event::ProcessEvent,
+    event::{EventKind, ProcessEvent},
+    io::{Io, IoEvent, IoKey},
     layout::{LibLayout, MAX_LIBS, cookie},
     log::{LogEntry, LogKey},
     stream::{EndedKey, Stream, StreamKey, counter},
@@ -53,6 +54,9 @@ fn programs_for(hook: Hook) -> (&'static str, Option<&'static str>) {
         Hook::FindStreamInfo => ("find_stream_info_enter", Some("find_stream_info_return")),
         Hook::End(_) => ("stream_end", None),
         Hook::Log => ("log_message", None),
+        Hook::IoOpen(_) => ("io_open_enter", Some("io_open_return")),
+        Hook::IoCall(_) => ("io_call_enter", Some("io_call_return")),
+        Hook::IoClose(_) => ("io_close", None),
     }
 }
 
@@ -64,10 +68,16 @@ fn cookie_kind(hook: Hook) -> u32 {
         Hook::FindStreamInfo => FIND_STREAM_INFO,
         Hook::End(kind) => kind,
         Hook::Log => LOG,
+        Hook::IoOpen(k) | Hook::IoCall(k) | Hook::IoClose(k) => k,
     }
 }
 
-const UPROBE_PROGRAMS: [&str; 10] = [
+const UPROBE_PROGRAMS: [&str; 15] = [
+    "io_open_enter",
+    "io_open_return",
+    "io_call_enter",
+    "io_call_return",
+    "io_close",
     "call_enter",
     "call_return",
     "open_enter",
@@ -104,10 +114,27 @@ pub struct Kernel {
     counters: PerCpuArray<MapData, u64>,
     free_slots: Vec<u32>,
     pub life: LifeProbes,
+    pub io: IoProbes,
+    ios: HashMap<MapData, IoKey, Io>,
     /// Attach do-nothing programs instead of the real ones (the benchmarks' floor).
     empty_probes: bool,
     /// Probe `av_vlog`.
     ffmpeg_logs: bool,
+    /// Probe libavformat's input/output calls.
+    io_stats: bool,
+}
+
+/// Which input/output probes are active: each missing one costs some metrics, never the
+/// daemon.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IoProbes {
+    /// Bytes on descriptors (syscall tracepoints).
+    pub syscalls: bool,
+    /// Which socket backs a descriptor (sock_recv_length/sock_send_length, Linux 6.5 on).
+    pub sockets: bool,
+    /// Drops with their reason at the receiving socket (kfree_skb with rx_sk, Linux 6.12 on).
+    pub drops: bool,
+    pub retransmits: bool,
 }
 
 fn map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -127,6 +154,7 @@ impl Kernel {
     pub fn load(
         empty_probes: bool,
         ffmpeg_logs: bool,
+        io_stats: bool,
     ) -> Result<(Self, RingBuf<MapData>), KernelError> {
         raise_memlock_limit();
         let btf = Btf::from_sys_fs().ok();
@@ -165,6 +193,11 @@ impl Kernel {
         if !life.mmap {
             life.mmap = attach_mmap_tracepoints(&mut ebpf);
         }
+        let io = if io_stats && !empty_probes {
+            attach_io_tracepoints(&mut ebpf, btf.as_ref())
+        } else {
+            IoProbes::default()
+        };
         let events: RingBuf<MapData> = map(&mut ebpf, "EVENTS")?;
         let kernel = Kernel {
             streams: map(&mut ebpf, "STREAMS")?,
@@ -174,10 +207,13 @@ impl Kernel {
             lib_failures: map(&mut ebpf, "LIB_READ_FAILURES")?,
             counters: map(&mut ebpf, "COUNTERS")?,
             free_slots: (0..MAX_LIBS).rev().collect(),
+            ios: map(&mut ebpf, "IOS")?,
             ebpf,
             life,
+            io,
             empty_probes,
             ffmpeg_logs,
+            io_stats,
         };
         Ok((kernel, events))
     }
@@ -212,6 +248,9 @@ impl Kernel {
                 continue;
             }
             if point.probe.hook == Hook::Log && !self.ffmpeg_logs {
+                continue;
+            }
+            if point.probe.hook.is_io() && !self.io_stats {
                 continue;
             }
             let (enter, ret) = if self.empty_probes {
@@ -295,6 +334,18 @@ impl Kernel {
         let _ = self.logs.remove(key);
     }
 
+    /// Every io the kernel holds.
+    pub fn ios(&self) -> Vec<(IoKey, Io)> {
+        self.ios.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Forgets an io (closed, or its process gone) after its last read.
+    pub fn remove_io(&mut self, key: &IoKey) -> Option<Io> {
+        let io = self.ios.get(key, 0).ok();
+        let _ = self.ios.remove(key);
+        io
+    }
+
     /// The kernel side's own health counters, summed over CPUs.
     pub fn counters(&self) -> StdHashMap<u32, u64> {
         (0..counter::COUNT)
@@ -320,6 +371,125 @@ fn attach_mmap_tracepoints(ebpf: &mut Ebpf) -> bool {
         }
     }
     ok
+}
+
+/// The syscall and socket tracepoints behind per-io bytes, drops and retransmissions.
+fn attach_io_tracepoints(ebpf: &mut Ebpf, btf: Option<&Btf>) -> IoProbes {
+    ensure_tracefs();
+    const SYSCALLS: &[(&str, &[&str])] = &[
+        (
+            "io_enter_buf",
+            &[
+                "sys_enter_read",
+                "sys_enter_pread64",
+                "sys_enter_recvfrom",
+                "sys_enter_write",
+                "sys_enter_pwrite64",
+                "sys_enter_sendto",
+            ],
+        ),
+        ("io_enter_msg", &["sys_enter_recvmsg", "sys_enter_sendmsg"]),
+        ("io_enter_vec", &["sys_enter_readv", "sys_enter_writev"]),
+        (
+            "io_exit_read",
+            &[
+                "sys_exit_read",
+                "sys_exit_pread64",
+                "sys_exit_recvfrom",
+                "sys_exit_recvmsg",
+                "sys_exit_readv",
+            ],
+        ),
+        (
+            "io_exit_write",
+            &[
+                "sys_exit_write",
+                "sys_exit_pwrite64",
+                "sys_exit_sendto",
+                "sys_exit_sendmsg",
+                "sys_exit_writev",
+            ],
+        ),
+        ("fd_enter_open", &["sys_enter_openat"]),
+        ("fd_enter_socket", &["sys_enter_socket"]),
+        ("fd_exit_created", &["sys_exit_openat", "sys_exit_socket"]),
+        ("fd_exit_accept", &["sys_exit_accept", "sys_exit_accept4"]),
+        ("fd_close", &["sys_enter_close"]),
+    ];
+    let mut probes = IoProbes {
+        syscalls: true,
+        ..IoProbes::default()
+    };
+    for (name, points) in SYSCALLS {
+        let result = program::<TracePoint>(ebpf, name).and_then(|p| {
+            p.load()
+                .map_err(|source| KernelError::Program { name, source })?;
+            for point in *points {
+                p.attach("syscalls", point)
+                    .map_err(|source| KernelError::Program { name, source })?;
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "syscall tracepoints unavailable: no bytes per input/output");
+            probes.syscalls = false;
+        }
+    }
+    let Some(btf) = btf else {
+        tracing::warn!("no kernel BTF: no drops or retransmissions per input/output");
+        return probes;
+    };
+    let mut btf_program = |name: &'static str, tp: &str| {
+        let p: &mut BtfTracePoint = program(ebpf, name).ok()?;
+        match p.load(tp, btf).and_then(|()| p.attach().map(drop)) {
+            Ok(()) => Some(()),
+            Err(e) => {
+                tracing::warn!(program = name, tracepoint = tp, error = %e, "socket tracepoint unavailable");
+                None
+            }
+        }
+    };
+    probes.sockets = btf_program("sock_recv", "sock_recv_length").is_some()
+        & btf_program("sock_send", "sock_send_length").is_some();
+    probes.drops = probes.sockets && btf_program("skb_drop", "kfree_skb").is_some();
+    probes.retransmits =
+        probes.sockets && btf_program("tcp_retransmit", "tcp_retransmit_skb").is_some();
+    probes
+}
+
+/// The names of the running kernel's drop reasons (`enum skb_drop_reason`), read from the
+/// `skb:kfree_skb` tracepoint's own format: the numbers change between kernel versions.
+pub fn drop_reason_names() -> StdHashMap<u32, String> {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|dir| std::fs::read_to_string(format!("{dir}/events/skb/kfree_skb/format")).ok())
+        .map(|f| parse_symbolic(&f, "REC->reason"))
+        .unwrap_or_default()
+}
+
+/// Parses `__print_symbolic(FIELD, { 2, "NAME" }, ...)` out of a tracepoint format.
+pub fn parse_symbolic(format: &str, field: &str) -> StdHashMap<u32, String> {
+    let mut out = StdHashMap::new();
+    let Some(start) = format.find(&format!("__print_symbolic({field},")) else {
+        return out;
+    };
+    let mut rest = &format[start..];
+    while let Some(open) = rest.find('{') {
+        rest = &rest[open + 1..];
+        let Some(close) = rest.find('}') else { break };
+        let entry = &rest[..close];
+        rest = &rest[close + 1..];
+        let Some((num, name)) = entry.split_once(',') else {
+            continue;
+        };
+        if let Ok(n) = num.trim().parse::<u32>() {
+            out.insert(n, name.trim().trim_matches('"').to_string());
+        }
+        if rest.trim_start().starts_with(')') {
+            break;
+        }
+    }
+    out
 }
 
 /// Mounts tracefs at /sys/kernel/tracing if nothing is there (minimal hosts and containers
@@ -371,13 +541,31 @@ fn raise_memlock_limit() {
     }
 }
 
-/// Decodes one ring buffer record.
-pub fn parse_event(bytes: &[u8]) -> Option<ProcessEvent> {
-    if bytes.len() < std::mem::size_of::<ProcessEvent>() {
-        return None;
+/// One ring buffer record.
+pub enum Event {
+    Process(ProcessEvent),
+    Io(Box<IoEvent>),
+}
+
+/// Decodes one ring buffer record by its leading kind.
+pub fn parse_event(bytes: &[u8]) -> Option<Event> {
+    fn read<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+        if bytes.len() < std::mem::size_of::<T>() {
+            return None;
+        }
+        // SAFETY: length checked; T is Pod and read unaligned.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
     }
-    // SAFETY: length checked; ProcessEvent is Pod and read unaligned.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ProcessEvent>()) })
+    let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+    match kind {
+        k if k == EventKind::IoOpen as u32
+            || k == EventKind::FileOpen as u32
+            || k == EventKind::FileClose as u32 =>
+        {
+            read::<IoEvent>(bytes).map(|e| Event::Io(Box::new(e)))
+        }
+        _ => read::<ProcessEvent>(bytes).map(Event::Process),
+    }
 }
 
 impl Kernel {

@@ -4,10 +4,12 @@
 pub mod config;
 pub mod elf;
 pub mod ffmpeg;
+pub mod io;
 pub mod kernel;
 pub mod logs;
 pub mod metrics;
 pub mod procfs;
+pub mod redact;
 pub mod server;
 pub mod state;
 pub mod streams;

@@ -13,7 +13,8 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use observer::{
     config::{LogFormat, Options},
-    kernel::{self, Kernel},
+    io::IoRegistry,
+    kernel::{self, Event, Kernel},
     logs::LogRegistry,
     procfs, server,
     state::{Shared, SharedState},
@@ -55,20 +56,29 @@ fn init_logging(opts: &Options) {
 }
 
 async fn run(opts: Options) -> anyhow::Result<()> {
-    let (mut kernel, events) = Kernel::load(opts.empty_probes, opts.ffmpeg_logs).context(
-        "cannot load the kernel programs; observer needs root or CAP_BPF, CAP_PERFMON and \
+    let (mut kernel, events) = Kernel::load(opts.empty_probes, opts.ffmpeg_logs, opts.io_stats)
+        .context(
+            "cannot load the kernel programs; observer needs root or CAP_BPF, CAP_PERFMON and \
          CAP_SYS_PTRACE, and a kernel with uprobes and BTF",
-    )?;
+        )?;
     tracing::info!(
         exec = kernel.life.exec,
         exit = kernel.life.exit,
         library_loads = kernel.life.mmap,
+        io_bytes = kernel.io.syscalls,
+        io_sockets = kernel.io.sockets,
+        io_drops = kernel.io.drops,
+        io_retransmits = kernel.io.retransmits,
         "kernel programs loaded"
     );
     let mut tracker = Tracker::new(opts.detach_linger);
     let shared: SharedState = Arc::new(Mutex::new(Shared {
         registry: Registry::new(opts.ended_stream_grace, opts.max_streams),
         logs: LogRegistry::new(opts.ended_stream_grace),
+        ios: IoRegistry::new(opts.ended_stream_grace, opts.max_streams),
+        io_probes: kernel.io,
+        drop_reasons: kernel::drop_reason_names(),
+        stall_after: opts.stall_after,
         attached: Vec::new(),
         unsupported: BTreeMap::new(),
         kernel_counters: HashMap::new(),
@@ -124,7 +134,16 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                 let mut guard = guard.context("event ring buffer")?;
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
-                    let Some(ev) = kernel::parse_event(&item) else { continue };
+                    let ev = match kernel::parse_event(&item) {
+                        Some(Event::Process(ev)) => ev,
+                        Some(Event::Io(ev)) => {
+                            if let Ok(mut s) = shared.lock() {
+                                s.ios.event(&ev);
+                            }
+                            continue;
+                        }
+                        None => continue,
+                    };
                     match ev.kind {
                         // Both are sent once the new mapping exists (after exec, at the mmap
                         // syscall's exit): one scan per process per batch of events finds it.
@@ -192,6 +211,7 @@ fn publish(shared: &SharedState, kernel: &mut Kernel, tracker: &Tracker, scans: 
     let Ok(mut s) = shared.lock() else { return };
     s.registry.collect(kernel, tracker);
     s.logs.collect(kernel, tracker);
+    s.ios.collect(kernel, tracker);
     s.attached = tracker.attached();
     s.unsupported = tracker.unsupported();
     s.kernel_counters = kernel.counters();

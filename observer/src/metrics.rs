@@ -76,6 +76,7 @@ enum Value {
         sum: f64,
         lo: usize,
         hi: usize,
+        scale: f64,
     },
 }
 
@@ -134,7 +135,21 @@ impl Families {
         help: &'static str,
         labels: &[(&'static str, String)],
         h: &Histogram,
+        range: (usize, usize),
+    ) {
+        self.hist_scaled(name, help, labels, h, range, 1e9);
+    }
+
+    /// A histogram whose kernel values are divided by `scale` for the exposition (1e9 turns
+    /// nanoseconds into seconds; 1 keeps bytes).
+    fn hist_scaled(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, String)],
+        h: &Histogram,
         (lo, hi): (usize, usize),
+        scale: f64,
     ) {
         let v = self
             .series(name, MetricType::HISTOGRAM, help, labels)
@@ -143,12 +158,13 @@ impl Families {
                 sum: 0.0,
                 lo,
                 hi,
+                scale,
             });
         if let Value::Hist { buckets, sum, .. } = v {
             for (b, n) in buckets.iter_mut().zip(h.buckets.iter()) {
                 *b += n;
             }
-            *sum += h.sum_ns as f64 / 1e9;
+            *sum += h.sum_ns as f64 / scale;
         }
     }
 
@@ -183,6 +199,7 @@ impl Families {
                                 sum,
                                 lo,
                                 hi,
+                                scale,
                             },
                         ) => {
                             let mut h = proto::Histogram::default();
@@ -193,7 +210,7 @@ impl Families {
                                 cum += n;
                                 if i >= lo {
                                     let mut b = proto::Bucket::default();
-                                    b.set_upper_bound((1u64 << (i + 1)) as f64 / 1e9);
+                                    b.set_upper_bound((1u64 << (i + 1)) as f64 / scale);
                                     b.set_cumulative_count(cum);
                                     out.push(b);
                                 }
@@ -214,7 +231,12 @@ impl Families {
 
 const STREAM_HELP: &str = "1 while the stream is open, 0 in the grace period after it ended";
 
-fn stream_families(f: &mut Families, records: &[&Record], aggregate: bool) {
+fn stream_families(
+    f: &mut Families,
+    records: &[&Record],
+    aggregate: bool,
+    ios: &crate::io::IoRegistry,
+) {
     for kind in [
         (
             "media_frames_total",
@@ -359,6 +381,10 @@ fn stream_families(f: &mut Families, records: &[&Record], aggregate: bool) {
                 ));
             }
             l.push(("libavcodec", r.lavc_major.to_string()));
+            l.push((
+                "io",
+                ios.label_of(s.tgid, s.io).unwrap_or_default().to_string(),
+            ));
             f.add(
                 "media_stream_info",
                 MetricType::GAUGE,
@@ -444,6 +470,14 @@ fn log_families(f: &mut Families, shared: &Shared) {
                 .label_of(r.key.tgid, r.key.avcl)
                 .unwrap_or("");
             labels.push(("stream", stream.to_string()));
+            labels.push((
+                "io",
+                shared
+                    .ios
+                    .label_of_context(r.key.tgid, r.key.avcl)
+                    .unwrap_or("")
+                    .to_string(),
+            ));
             labels.push(("pid", r.key.tgid.to_string()));
         }
         labels.push(("process", r.process.clone()));
@@ -522,6 +556,7 @@ fn daemon_families(f: &mut Families, shared: &Shared) {
         ("streams", c::STREAMS_FULL),
         ("ended_streams", c::ENDED_FULL),
         ("calls", c::CALLS_FULL),
+        ("ios", c::IOS_FULL),
     ] {
         f.add(
             "observer_kernel_map_full_total",
@@ -604,12 +639,297 @@ fn daemon_families(f: &mut Families, shared: &Shared) {
     );
 }
 
+/// Byte-size buckets for segment sizes: 1 KiB to 512 MiB (kernel-style log2 buckets of
+/// bytes; the exposition divides by 1e9 for seconds, so sizes use their own scale).
+const SEGMENT_BYTE_BUCKETS: (usize, usize) = (9, 28);
+
+/// Inputs and outputs: `media_io_*`, labelled `io`/`pid`/`process`/`direction`; the URL only
+/// on `media_io_info`.
+fn io_families(f: &mut Families, shared: &Shared) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    for (name, kind, help) in [
+        (
+            "media_io_bytes_total",
+            MetricType::COUNTER,
+            "Bytes read and written on an input's or output's sockets and files, by op",
+        ),
+        (
+            "media_io_last_activity_timestamp_seconds",
+            MetricType::GAUGE,
+            "Wall-clock time an input or output last moved a byte or a packet",
+        ),
+        (
+            "media_io_stalled",
+            MetricType::GAUGE,
+            "1 while an open input or output has moved nothing for --stall-after",
+        ),
+        (
+            "media_io_kernel_drops_total",
+            MetricType::COUNTER,
+            "Packets the kernel dropped at an input's or output's sockets, by the kernel's drop reason",
+        ),
+    ] {
+        f.declare(name, kind, help);
+    }
+    for r in shared.ios.records() {
+        let io = &r.io;
+        let mut labels: Vec<(&'static str, String)> = Vec::with_capacity(6);
+        if !shared.aggregate {
+            labels.push(("io", r.label.clone()));
+            labels.push(("pid", r.key.tgid.to_string()));
+        }
+        labels.push(("process", r.process.clone()));
+        labels.push(("direction", r.direction().into()));
+        if !shared.aggregate {
+            let mut l = labels.clone();
+            l.push(("url", r.url.clone()));
+            l.push(("protocol", r.protocol.clone()));
+            f.add(
+                "media_io_info",
+                MetricType::GAUGE,
+                "An input or output: its URL (credentials and secret parameters redacted) and protocol",
+                &l,
+                1.0,
+            );
+            f.add(
+                "media_io_last_activity_timestamp_seconds",
+                MetricType::GAUGE,
+                "",
+                &labels,
+                r.last_activity,
+            );
+            f.add(
+                "media_io_stalled",
+                MetricType::GAUGE,
+                "",
+                &labels,
+                if r.stalled(now, shared.stall_after) {
+                    1.0
+                } else {
+                    0.0
+                },
+            );
+        }
+        f.add(
+            "media_io_up",
+            MetricType::GAUGE,
+            "1 while the input or output is open, 0 in the grace period after it closed",
+            &labels,
+            if r.ended.is_none() { 1.0 } else { 0.0 },
+        );
+        use observer_common::io::{OP_READ, OP_WRITE};
+        for (op, i) in [("read", OP_READ), ("write", OP_WRITE)] {
+            let mut l = labels.clone();
+            l.push(("op", op.into()));
+            f.add(
+                "media_io_bytes_total",
+                MetricType::COUNTER,
+                "",
+                &l,
+                io.bytes[i] as f64,
+            );
+            f.add(
+                "media_io_syscalls_total",
+                MetricType::COUNTER,
+                "Read and write syscalls that moved bytes on the io's descriptors, by op",
+                &l,
+                io.syscalls[i] as f64,
+            );
+            if io.datagrams[i] > 0 {
+                f.add(
+                    "media_io_datagrams_total",
+                    MetricType::COUNTER,
+                    "UDP datagrams received and sent on the io's sockets, by op",
+                    &l,
+                    io.datagrams[i] as f64,
+                );
+            }
+        }
+        let scalars: [(&'static str, &'static str, u64, bool); 9] = [
+            (
+                "media_io_demuxed_packets_total",
+                "Packets av_read_frame returned from an input",
+                io.demux_packets,
+                io.direction == 1,
+            ),
+            (
+                "media_io_demuxed_bytes_total",
+                "Payload bytes of the packets in media_io_demuxed_packets_total",
+                io.demux_bytes,
+                io.direction == 1,
+            ),
+            (
+                "media_io_corrupt_packets_total",
+                "Packets the demuxer flagged corrupt (AV_PKT_FLAG_CORRUPT), e.g. after MPEG-TS loss",
+                io.corrupt_packets,
+                io.direction == 1,
+            ),
+            (
+                "media_io_muxed_packets_total",
+                "Packets written to an output (av_interleaved_write_frame / av_write_frame)",
+                io.mux_packets,
+                io.direction == 2,
+            ),
+            (
+                "media_io_muxed_bytes_total",
+                "Payload bytes of the packets in media_io_muxed_packets_total",
+                io.mux_bytes,
+                io.direction == 2,
+            ),
+            (
+                "media_io_mux_errors_total",
+                "Packet writes to an output that failed",
+                io.mux_errors,
+                io.direction == 2,
+            ),
+            (
+                "media_io_mpegts_packets_total",
+                "MPEG-TS packets in received datagrams (null packets excluded)",
+                io.ts_packets,
+                io.ts_packets > 0,
+            ),
+            (
+                "media_io_mpegts_continuity_errors_total",
+                "MPEG-TS continuity-counter errors in received datagrams, judged as FFmpeg's demuxer does",
+                io.ts_cc_errors,
+                io.ts_packets > 0,
+            ),
+            (
+                "media_io_tcp_retransmits_total",
+                "TCP segments the kernel retransmitted on the io's connections",
+                io.tcp_retransmits,
+                io.fds[2] > 0,
+            ),
+        ];
+        for (name, help, v, show) in scalars {
+            if show {
+                f.add(name, MetricType::COUNTER, help, &labels, v as f64);
+            }
+        }
+        for d in io.drops.iter().filter(|d| d.reason != 0 && d.count > 0) {
+            let reason = if d.reason == u32::MAX {
+                "OTHER".to_string()
+            } else {
+                shared
+                    .drop_reasons
+                    .get(&d.reason)
+                    .cloned()
+                    .unwrap_or_else(|| format!("reason_{}", d.reason))
+            };
+            let mut l = labels.clone();
+            l.push(("reason", reason));
+            f.add(
+                "media_io_kernel_drops_total",
+                MetricType::COUNTER,
+                "",
+                &l,
+                d.count as f64,
+            );
+        }
+        if io.rtp.received_total() > 0 {
+            let rtp = &io.rtp;
+            for (name, help, v) in [
+                (
+                    "media_io_rtp_packets_received_total",
+                    "Distinct RTP packets received",
+                    rtp.received_total(),
+                ),
+                (
+                    "media_io_rtp_packets_lost_total",
+                    "RTP packets lost: expected (from sequence numbers) minus received, RFC 3550",
+                    r.rtp_lost,
+                ),
+                (
+                    "media_io_rtp_packets_duplicated_total",
+                    "RTP packets received more than once",
+                    rtp.duplicates,
+                ),
+                (
+                    "media_io_rtp_packets_reordered_total",
+                    "RTP packets that arrived after a later sequence number",
+                    rtp.reordered,
+                ),
+            ] {
+                f.add(name, MetricType::COUNTER, help, &labels, v as f64);
+            }
+            if !shared.aggregate {
+                // 90 kHz: MPEG-TS over RTP (33), the static video types and the dynamic
+                // ones video senders use; other clocks are not known without the SDP.
+                let pt = rtp.payload_type;
+                if pt == 33 || pt == 32 || pt == 26 || pt == 34 || pt >= 96 {
+                    f.add(
+                        "media_io_rtp_jitter_seconds",
+                        MetricType::GAUGE,
+                        "RFC 3550 interarrival jitter, in a 90 kHz clock",
+                        &labels,
+                        rtp.jitter16 as f64 / 16.0 / 90_000.0,
+                    );
+                }
+            }
+        }
+        if r.files.segments > 0 || r.files.playlist_writes > 0 {
+            f.add(
+                "media_io_segments_total",
+                MetricType::COUNTER,
+                "Segment files an output wrote (HLS, DASH, segment muxer)",
+                &labels,
+                r.files.segments as f64,
+            );
+            f.add(
+                "media_io_playlist_writes_total",
+                MetricType::COUNTER,
+                "Playlist or manifest files an output wrote",
+                &labels,
+                r.files.playlist_writes as f64,
+            );
+            f.hist_scaled(
+                "media_io_segment_bytes",
+                "Size of each segment file written",
+                &labels,
+                &r.files.segment_bytes,
+                SEGMENT_BYTE_BUCKETS,
+                1.0,
+            );
+            f.hist(
+                "media_io_segment_write_seconds",
+                "Open to close of each segment file: the time to write or upload it",
+                &labels,
+                &r.files.segment_write,
+                CALL_BUCKETS,
+            );
+        }
+    }
+    f.declare(
+        "media_io_open_failures_total",
+        MetricType::COUNTER,
+        "Inputs and outputs that failed to open, by AVERROR name",
+    );
+    for ((process, direction, protocol, error), n) in &shared.ios.open_failures {
+        f.add(
+            "media_io_open_failures_total",
+            MetricType::COUNTER,
+            "",
+            &[
+                ("process", process.clone()),
+                ("direction", (*direction).into()),
+                ("protocol", protocol.clone()),
+                ("error", error.clone()),
+            ],
+            *n as f64,
+        );
+    }
+}
+
 /// Renders the whole exposition.
 pub fn render(shared: &Shared) -> String {
     let mut f = Families::default();
     let records: Vec<&Record> = shared.registry.exported_records().collect();
-    stream_families(&mut f, &records, shared.aggregate);
+    stream_families(&mut f, &records, shared.aggregate, &shared.ios);
     log_families(&mut f, shared);
+    io_families(&mut f, shared);
     daemon_families(&mut f, shared);
     let families = f.finish();
     let mut out = Vec::with_capacity(64 * 1024);

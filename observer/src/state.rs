@@ -5,11 +5,19 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::{logs::LogRegistry, streams::Registry, tracker::AttachedInfo};
+use crate::{
+    io::IoRegistry, kernel::IoProbes, logs::LogRegistry, streams::Registry, tracker::AttachedInfo,
+};
 
 pub struct Shared {
     pub registry: Registry,
     pub logs: LogRegistry,
+    pub ios: IoRegistry,
+    /// Which input/output probes loaded.
+    pub io_probes: IoProbes,
+    /// Names of the kernel's drop reasons, by number.
+    pub drop_reasons: HashMap<u32, String>,
+    pub stall_after: std::time::Duration,
     pub attached: Vec<AttachedInfo>,
     pub unsupported: BTreeMap<&'static str, usize>,
     pub kernel_counters: HashMap<u32, u64>,

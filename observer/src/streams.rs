@@ -80,17 +80,22 @@ fn boottime_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Kernel (boot-time) ns minus wall-clock ns: turns the kernel's timestamps into wall time.
+pub fn clock_offset_ns() -> i128 {
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    boottime_ns() as i128 - wall as i128
+}
+
 impl Registry {
     pub fn new(grace: Duration, max: usize) -> Self {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
         Registry {
             records: BTreeMap::new(),
             grace,
             max,
-            clock_offset_ns: boottime_ns() as i128 - wall as i128,
+            clock_offset_ns: clock_offset_ns(),
             stats: CollectStats::default(),
             evicted_total: 0,
             names: HashMap::new(),

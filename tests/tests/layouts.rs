@@ -35,7 +35,7 @@ fn include_dirs() -> Vec<(String, PathBuf)> {
 }
 
 const HEADERS: &str = "#include <stdio.h>\n#include <stddef.h>\n#include <libavcodec/avcodec.h>\n\
-                       #include <libavutil/frame.h>\n#include <libavfilter/avfilter.h>\n";
+                       #include <libavutil/frame.h>\n#include <libavfilter/avfilter.h>\n#include <libavformat/avformat.h>\n";
 
 /// Compiles and runs `body` against the headers in `inc`; `None` if it does not compile.
 fn c_program(inc: &Path, body: &str) -> Option<String> {

@@ -48,13 +48,13 @@ pub fn now_ns() -> u64 {
 }
 
 #[inline(always)]
-fn cookie(ctx: &impl EbpfContext) -> u64 {
+pub fn cookie(ctx: &impl EbpfContext) -> u64 {
     // SAFETY: the helper only reads the cookie of the link that ran this program.
     unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
 }
 
 #[inline(always)]
-fn layout(slot: u32) -> Option<&'static LibLayout> {
+pub fn layout(slot: u32) -> Option<&'static LibLayout> {
     let l = LIBS.get(slot)?;
     if l.valid == 0 { None } else { Some(l) }
 }
@@ -65,6 +65,18 @@ fn add(counter: &mut u64, v: u64) {
     // context (and on one filter graph), and a stream's probes run inside those calls, so
     // two writers never meet on one stream. The daemon's reads of aligned u64s are whole.
     *counter += v;
+}
+
+/// An atomic add, for counters that several threads can reach at once (an io's descriptors
+/// are read by FFmpeg's I/O threads while its demuxer runs elsewhere).
+#[inline(always)]
+pub fn add_shared(counter: &mut u64, v: u64) {
+    // SAFETY: a map value field, valid for this program run.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            counter, v,
+        )
+    };
 }
 
 #[inline(always)]
@@ -81,8 +93,12 @@ fn observe(h: &mut Histogram, ns: u64) {
 /// `int avformat_find_stream_info(AVFormatContext *ic, AVDictionary **options)`: decoders
 /// opened on this thread until it returns are throwaway probes, not the pipeline's streams.
 #[uprobe]
-pub fn find_stream_info_enter(_ctx: ProbeContext) -> u32 {
-    let key = CallKey::new(bpf_get_current_pid_tgid(), FIND_STREAM_INFO);
+pub fn find_stream_info_enter(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(ic) = ctx.arg::<u64>(0) {
+        super::io::working_on(pid_tgid, ic);
+    }
+    let key = CallKey::new(pid_tgid, FIND_STREAM_INFO);
     let state = CallState {
         start_ns: now_ns(),
         args: [0; 4],
@@ -96,8 +112,10 @@ pub fn find_stream_info_enter(_ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn find_stream_info_return(_ctx: RetProbeContext) -> u32 {
-    let key = CallKey::new(bpf_get_current_pid_tgid(), FIND_STREAM_INFO);
-    let _ = finish(&key);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if finish(&CallKey::new(pid_tgid, FIND_STREAM_INFO)).is_some() {
+        super::io::clear_current(pid_tgid);
+    }
     0
 }
 
@@ -114,7 +132,7 @@ fn in_probe_scope(pid_tgid: u64) -> bool {
 /// entry and one at return, and no insert or delete; the exit tracepoint removes the entries
 /// of threads that end.
 #[inline(always)]
-fn begin(key: &CallKey, state: &CallState) {
+pub fn begin(key: &CallKey, state: &CallState) {
     match CALLS.get_ptr_mut(key) {
         // SAFETY: map value pointer, valid for this program run.
         Some(p) => unsafe { *p = *state },
@@ -128,7 +146,7 @@ fn begin(key: &CallKey, state: &CallState) {
 
 /// Takes the state `begin` left, if the call is in progress.
 #[inline(always)]
-fn finish(key: &CallKey) -> Option<CallState> {
+pub fn finish(key: &CallKey) -> Option<CallState> {
     let p = CALLS.get_ptr_mut(key)?;
     // SAFETY: map value pointer, valid for this program run.
     let state = unsafe { *p };
@@ -591,6 +609,12 @@ fn submitted_packet(s: &mut Stream, l: &LibLayout, pkt: u64, at: u64) {
     add(&mut s.in_bytes, size as u64);
     s.last_ns = at;
     inflight(s, w.get::<i64>(l.pkt_pts).unwrap_or(NOPTS), at);
+    if s.io == 0
+        && let Some(data) = w.get::<u64>(l.pkt_data)
+        && let Some(io) = super::io::demuxed_by(s.tgid, data)
+    {
+        s.io = io;
+    }
 }
 
 #[inline(always)]
@@ -666,6 +690,11 @@ fn received_packet(s: &mut Stream, l: &LibLayout, pkt: u64, now: u64) {
     }
     if w.get::<i32>(l.pkt_flags).unwrap_or(0) & AV_PKT_FLAG_KEY != 0 {
         add(&mut s.keyframes, 1);
+    }
+    if s.io == 0
+        && let Some(data) = w.get::<u64>(l.pkt_data).filter(|d| *d != 0)
+    {
+        super::io::encoded(s.tgid, data, s.ctx);
     }
     pair(s, w.get::<i64>(l.pkt_pts), now);
 }

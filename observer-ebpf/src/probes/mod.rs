@@ -1,3 +1,5 @@
 pub mod codec;
+pub mod io;
 pub mod log;
+pub mod net;
 pub mod process;

@@ -49,6 +49,7 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> u32 {
     for call in CALL_KINDS {
         let _ = CALLS.remove(&CallKey::new(pid_tgid, call));
     }
+    super::net::thread_exit(pid_tgid);
     let (tgid, pid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if tgid == pid {
         send(EventKind::Exit, tgid);

@@ -1,0 +1,329 @@
+//! The daemon's view of every input and output: the kernel's counts per io, the URL (always
+//! redacted) from its open event, and the files it wrote (HLS/DASH segments and playlists)
+//! from close events. Kept like streams: an ended io stays for the grace period.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use observer_common::io::{FdKind, Io, IoDirection, IoEvent, IoKey};
+use observer_common::{event::EventKind, stream::Histogram};
+
+use crate::{kernel::Kernel, procfs, redact, streams, tracker::Tracker};
+
+/// Segments and playlists an output wrote, from the close of each of its files.
+#[derive(Clone, Debug)]
+pub struct Files {
+    pub segments: u64,
+    /// Segment sizes in log2 buckets of bytes (the kernel's histogram layout, so the same
+    /// exposition code serves).
+    pub segment_bytes: Histogram,
+    /// Open to close of each segment file: the time to write (or upload) it.
+    pub segment_write: Histogram,
+    pub playlist_writes: u64,
+}
+
+impl Default for Files {
+    fn default() -> Self {
+        let zero = Histogram {
+            buckets: [0; observer_common::stream::HIST_BUCKETS],
+            sum_ns: 0,
+        };
+        Files {
+            segments: 0,
+            segment_bytes: zero,
+            segment_write: zero,
+            playlist_writes: 0,
+        }
+    }
+}
+
+fn observe(h: &mut Histogram, v: u64) {
+    h.buckets[Histogram::bucket(v)] += 1;
+    h.sum_ns += v;
+}
+
+#[derive(Clone, Debug)]
+pub struct IoRecord {
+    /// The `io` label: `PID-GENERATION`, like a stream's.
+    pub label: String,
+    pub key: IoKey,
+    pub process: String,
+    /// Redacted.
+    pub url: String,
+    pub protocol: String,
+    pub io: Io,
+    pub ended: Option<Instant>,
+    pub last_activity: f64,
+    pub files: Files,
+    /// RFC 3550 cumulative loss, held monotonic: a packet counted lost that arrives late later
+    /// is counted reordered, not un-lost, so the series stays a counter.
+    pub rtp_lost: u64,
+    /// Wall-clock time of the open, seconds since the epoch.
+    pub opened_wall: f64,
+}
+
+impl IoRecord {
+    pub fn direction(&self) -> &'static str {
+        if self.io.direction == IoDirection::Output as u32 {
+            "output"
+        } else {
+            "input"
+        }
+    }
+
+    /// Whether the io is open and has moved nothing for `after`.
+    pub fn stalled(&self, now_wall: f64, after: Duration) -> bool {
+        if self.ended.is_some() || self.io.opened == 0 {
+            return false;
+        }
+        let since = if self.last_activity > 0.0 {
+            self.last_activity
+        } else {
+            self.opened_wall
+        };
+        now_wall - since > after.as_secs_f64()
+    }
+}
+
+pub struct IoRegistry {
+    records: BTreeMap<IoKey, IoRecord>,
+    /// Open events whose io the kernel map did not show yet: URL and protocol.
+    pending: HashMap<IoKey, (String, String)>,
+    /// Paths of files open for ios, by (pid, fd).
+    open_files: HashMap<(u32, i32), String>,
+    grace: Duration,
+    max: usize,
+    clock_offset_ns: i128,
+    /// Failed opens, by (process, direction, protocol, error).
+    pub open_failures: BTreeMap<(String, &'static str, String, String), u64>,
+}
+
+impl IoRegistry {
+    pub fn new(grace: Duration, max: usize) -> Self {
+        IoRegistry {
+            records: BTreeMap::new(),
+            pending: HashMap::new(),
+            open_files: HashMap::new(),
+            grace,
+            max,
+            clock_offset_ns: streams::clock_offset_ns(),
+            open_failures: BTreeMap::new(),
+        }
+    }
+
+    fn wall_secs(&self, ktime_ns: u64) -> f64 {
+        if ktime_ns == 0 {
+            return 0.0;
+        }
+        (ktime_ns as i128 - self.clock_offset_ns) as f64 / 1e9
+    }
+
+    /// An io event from the kernel's ring buffer.
+    pub fn event(&mut self, ev: &IoEvent) {
+        let key = IoKey {
+            tgid: ev.tgid,
+            _pad: 0,
+            id: ev.io,
+        };
+        match ev.kind {
+            k if k == EventKind::IoOpen as u32 => {
+                // Redacted before anything else sees it; the raw text is dropped here.
+                let raw = streams::cstr(&ev.text);
+                let url = redact::redact(&raw);
+                let protocol = redact::protocol(&raw);
+                match self.records.get_mut(&key) {
+                    Some(r) => {
+                        r.url = url;
+                        r.protocol = protocol;
+                    }
+                    None => {
+                        if self.pending.len() >= 65536 {
+                            self.pending.clear();
+                        }
+                        self.pending.insert(key, (url, protocol));
+                    }
+                }
+            }
+            k if k == EventKind::FileOpen as u32 => {
+                if self.open_files.len() >= 65536 {
+                    self.open_files.clear();
+                }
+                self.open_files
+                    .insert((ev.tgid, ev.fd), streams::cstr(&ev.text));
+            }
+            k if k == EventKind::FileClose as u32 => {
+                let path = self.open_files.remove(&(ev.tgid, ev.fd));
+                if ev.direction != FdKind::File as u32 {
+                    return;
+                }
+                let Some(r) = self.records.get_mut(&key) else {
+                    return;
+                };
+                let written = ev.bytes[observer_common::io::OP_WRITE];
+                if r.io.direction != IoDirection::Output as u32 || written == 0 {
+                    return;
+                }
+                let path = path.unwrap_or_default();
+                let main_file = r.url == path || r.url.strip_prefix("file:") == Some(&path);
+                if path.contains(".m3u8") || path.contains(".mpd") {
+                    r.files.playlist_writes += 1;
+                } else if !main_file {
+                    r.files.segments += 1;
+                    observe(&mut r.files.segment_bytes, written);
+                    observe(&mut r.files.segment_write, ev.duration_ns);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Reads the kernel's ios; closed ones and those of processes that are gone are taken
+    /// out of the kernel map after this last read.
+    pub fn collect(&mut self, kernel: &mut Kernel, tracker: &Tracker) {
+        let now = Instant::now();
+        let mut processes = streams::Liveness::default();
+        let mut seen = HashSet::new();
+        for (key, io) in kernel.ios() {
+            let closed = io.closed_ns != 0;
+            let gone = !processes.alive(key.tgid, io.opened_ns);
+            let io = if closed || gone {
+                match kernel.remove_io(&key) {
+                    Some(last) => last,
+                    None => io,
+                }
+            } else {
+                io
+            };
+            seen.insert(key);
+            self.upsert(key, io, (closed || gone).then_some(now), tracker);
+        }
+        for (key, r) in self.records.iter_mut() {
+            if r.ended.is_none() && !seen.contains(key) {
+                r.ended = Some(now);
+            }
+        }
+        let grace = self.grace;
+        self.records
+            .retain(|_, r| r.ended.is_none_or(|t| now.duration_since(t) < grace));
+        let over = self.records.len().saturating_sub(self.max);
+        if over > 0 {
+            let mut ended: Vec<(Instant, IoKey)> = self
+                .records
+                .iter()
+                .filter_map(|(k, r)| Some((r.ended?, *k)))
+                .collect();
+            ended.sort();
+            for (_, k) in ended.into_iter().take(over) {
+                self.records.remove(&k);
+            }
+        }
+        let live: HashSet<u32> = self.records.keys().map(|k| k.tgid).collect();
+        self.open_files.retain(|(tgid, _), _| live.contains(tgid));
+    }
+
+    fn upsert(&mut self, key: IoKey, io: Io, ended: Option<Instant>, tracker: &Tracker) {
+        let last_activity = self.wall_secs(io.last_ns);
+        if let Some(r) = self.records.get_mut(&key) {
+            if io.open_error != 0 && r.io.open_error == 0 {
+                let failure = (
+                    r.process.clone(),
+                    r.direction(),
+                    r.protocol.clone(),
+                    crate::ffmpeg::error_name(io.open_error),
+                );
+                *self.open_failures.entry(failure).or_default() += 1;
+            }
+            r.io = io;
+            r.last_activity = last_activity;
+            r.rtp_lost = r.rtp_lost.max(rtp_lost(&io));
+            if r.ended.is_none() {
+                r.ended = ended;
+            }
+            return;
+        }
+        let (url, protocol) = self.pending.remove(&key).unwrap_or_default();
+        let process = tracker
+            .process(key.tgid)
+            .map(|p| p.comm.clone())
+            .or_else(|| procfs::comm(key.tgid))
+            .unwrap_or_default();
+        if io.open_error != 0 {
+            let direction = if io.direction == IoDirection::Output as u32 {
+                "output"
+            } else {
+                "input"
+            };
+            *self
+                .open_failures
+                .entry((
+                    process.clone(),
+                    direction,
+                    protocol.clone(),
+                    crate::ffmpeg::error_name(io.open_error),
+                ))
+                .or_default() += 1;
+        }
+        self.records.insert(
+            key,
+            IoRecord {
+                label: format!("{}-{:x}", key.tgid, key.id),
+                key,
+                process,
+                url,
+                protocol,
+                io,
+                ended,
+                last_activity,
+                files: Files::default(),
+                rtp_lost: rtp_lost(&io),
+                opened_wall: self.wall_secs(io.opened_ns),
+            },
+        );
+    }
+
+    /// Ios to export: opened successfully (failed opens are counted, not listed), at most
+    /// `max`, live ones first.
+    pub fn records(&self) -> impl Iterator<Item = &IoRecord> {
+        let live = self.records.values().filter(|r| r.ended.is_none());
+        let ended = self.records.values().filter(|r| r.ended.is_some());
+        live.chain(ended)
+            .filter(|r| r.io.opened != 0)
+            .take(self.max)
+    }
+
+    /// The `io` label of an io, by process and id.
+    pub fn label_of(&self, tgid: u32, id: u64) -> Option<&str> {
+        self.records
+            .get(&IoKey { tgid, _pad: 0, id })
+            .map(|r| r.label.as_str())
+    }
+
+    /// The `io` label of the io whose format context is `ctx` (for log messages).
+    pub fn label_of_context(&self, tgid: u32, ctx: u64) -> Option<&str> {
+        if ctx == 0 {
+            return None;
+        }
+        self.records
+            .range(
+                IoKey {
+                    tgid,
+                    _pad: 0,
+                    id: 0,
+                }..=IoKey {
+                    tgid,
+                    _pad: 0,
+                    id: u64::MAX,
+                },
+            )
+            .rev()
+            .find(|(_, r)| r.io.ctx == ctx)
+            .map(|(_, r)| r.label.as_str())
+    }
+}
+
+/// RFC 3550 A.3: expected (extended highest minus base, plus one) minus received.
+fn rtp_lost(io: &Io) -> u64 {
+    io.rtp.expected().saturating_sub(io.rtp.received_total())
+}

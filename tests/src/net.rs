@@ -1,0 +1,133 @@
+//! A private network for transport tests: two network namespaces joined by a veth pair, a
+//! sender in one and a receiver in the other, and nftables in the receiver's namespace to
+//! count and drop packets with exact counters.
+
+use std::{
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct Link {
+    pub tx: String,
+    pub rx: String,
+    /// The receiver's address, as the sender reaches it.
+    pub rx_addr: String,
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Link {
+    /// A fresh pair of namespaces, unique per test process and call.
+    pub fn new() -> Link {
+        crate::require_root();
+        let n = std::process::id() % 10_000 * 16 + NEXT.fetch_add(1, Ordering::Relaxed) % 16;
+        let (tx, rx) = (format!("obs{n}tx"), format!("obs{n}rx"));
+        let subnet = format!("10.{}.{}", 100 + n % 100, n / 100 % 250);
+        let (vtx, vrx) = (format!("v{n}t"), format!("v{n}r"));
+        for ns in [&tx, &rx] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        sh(&[
+            "ip", "link", "add", &vtx, "netns", &tx, "type", "veth", "peer", "name", &vrx,
+            "netns", &rx,
+        ]);
+        sh(&["ip", "-n", &tx, "addr", "add", &format!("{subnet}.1/24"), "dev", &vtx]);
+        sh(&["ip", "-n", &rx, "addr", "add", &format!("{subnet}.2/24"), "dev", &vrx]);
+        sh(&["ip", "-n", &tx, "link", "set", &vtx, "up"]);
+        sh(&["ip", "-n", &rx, "link", "set", &vrx, "up"]);
+        Link {
+            tx,
+            rx,
+            rx_addr: format!("{subnet}.2"),
+        }
+    }
+
+    /// A command run inside namespace `ns`.
+    pub fn exec(ns: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, program]);
+        c
+    }
+
+    /// Loads an nftables ruleset (text) into the receiver's namespace.
+    pub fn nft_rx(&self, ruleset: &str) {
+        let mut child = Link::exec(&self.rx, "nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(ruleset.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "nft -f: {ruleset}");
+    }
+
+    /// The (packets, bytes) of the named counter object in the receiver's `inet obs` table.
+    pub fn counter(&self, name: &str) -> (u64, u64) {
+        let out = Link::exec(&self.rx, "nft")
+            .args(["list", "counter", "inet", "obs", name])
+            .output()
+            .expect("nft list counter");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let num = |key: &str| -> u64 {
+            let i = text
+                .find(&format!("{key} "))
+                .unwrap_or_else(|| panic!("no {key} in {text}"));
+            text[i + key.len() + 1..]
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("bad {key} in {text}"))
+        };
+        (num("packets"), num("bytes"))
+    }
+
+    /// A value of /proc/net/snmp (`Tcp`, `RetransSegs`) inside namespace `ns`.
+    pub fn snmp(ns: &str, group: &str, field: &str) -> u64 {
+        let out = Link::exec(ns, "cat")
+            .arg("/proc/net/snmp")
+            .output()
+            .expect("snmp");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines().filter(|l| l.starts_with(&format!("{group}:")));
+        let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+        let i = names
+            .split_whitespace()
+            .position(|n| n == field)
+            .unwrap_or_else(|| panic!("no {group} {field}"));
+        values.split_whitespace().nth(i).unwrap().parse().unwrap()
+    }
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Link::new()
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        for ns in [&self.tx, &self.rx] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
