@@ -71,6 +71,10 @@ pub struct Io {
     pub opened: u32,
     /// The `AVFormatContext` (0 for an io of its own AVIO), to attribute its log messages.
     pub ctx: u64,
+    /// The io whose call created this one (an HLS muxer's inner MPEG-TS muxer, an HLS
+    /// demuxer's per-segment demuxer), or 0. Inner ios are FFmpeg's plumbing: their files and
+    /// sockets count into the outer io, and they are not exported.
+    pub parent: u64,
     /// Bytes, calls and datagrams on the io's file descriptors, per [`OP_READ`]/[`OP_WRITE`].
     pub bytes: [u64; 2],
     pub syscalls: [u64; 2],

@@ -87,10 +87,11 @@ impl IoRecord {
     }
 }
 
+/// How long an ended io's kernel entry keeps counting (see `IoRegistry::collect`).
+const KERNEL_LINGER: Duration = Duration::from_secs(5);
+
 pub struct IoRegistry {
     records: BTreeMap<IoKey, IoRecord>,
-    /// Open events whose io the kernel map did not show yet: URL and protocol.
-    pending: HashMap<IoKey, (String, String)>,
     /// Paths of files open for ios, by (pid, fd).
     open_files: HashMap<(u32, i32), String>,
     grace: Duration,
@@ -104,7 +105,6 @@ impl IoRegistry {
     pub fn new(grace: Duration, max: usize) -> Self {
         IoRegistry {
             records: BTreeMap::new(),
-            pending: HashMap::new(),
             open_files: HashMap::new(),
             grace,
             max,
@@ -139,10 +139,16 @@ impl IoRegistry {
                         r.protocol = protocol;
                     }
                     None => {
-                        if self.pending.len() >= 65536 {
-                            self.pending.clear();
-                        }
-                        self.pending.insert(key, (url, protocol));
+                        // The record exists from the open on, so the files an output writes
+                        // before the next collection land on it.
+                        // SAFETY: Io is plain integers; all-zero is a valid value.
+                        let mut io: Io = unsafe { std::mem::zeroed() };
+                        io.tgid = key.tgid;
+                        io.opened_ns = key.id;
+                        io.direction = ev.direction;
+                        let process = procfs::comm(key.tgid).unwrap_or_default();
+                        let record = self.new_record(key, io, url, protocol, process);
+                        self.records.insert(key, record);
                     }
                 }
             }
@@ -186,18 +192,21 @@ impl IoRegistry {
         let mut processes = streams::Liveness::default();
         let mut seen = HashSet::new();
         for (key, io) in kernel.ios() {
-            let closed = io.closed_ns != 0;
-            let gone = !processes.alive(key.tgid, io.opened_ns);
-            let io = if closed || gone {
-                match kernel.remove_io(&key) {
-                    Some(last) => last,
-                    None => io,
-                }
+            let ended = io.closed_ns != 0 || !processes.alive(key.tgid, io.opened_ns);
+            // An ended io stays in the kernel map a little longer: its TCP sockets still
+            // retransmit the last data and the FIN after the close (or the process's exit).
+            let lingered = self
+                .records
+                .get(&key)
+                .and_then(|r| r.ended)
+                .is_some_and(|t| now.duration_since(t) >= KERNEL_LINGER);
+            let io = if lingered {
+                kernel.remove_io(&key).unwrap_or(io)
             } else {
+                seen.insert(key);
                 io
             };
-            seen.insert(key);
-            self.upsert(key, io, (closed || gone).then_some(now), tracker);
+            self.upsert(key, io, ended.then_some(now), tracker);
         }
         for (key, r) in self.records.iter_mut() {
             if r.ended.is_none() && !seen.contains(key) {
@@ -223,73 +232,88 @@ impl IoRegistry {
         self.open_files.retain(|(tgid, _), _| live.contains(tgid));
     }
 
-    fn upsert(&mut self, key: IoKey, io: Io, ended: Option<Instant>, tracker: &Tracker) {
-        let last_activity = self.wall_secs(io.last_ns);
-        if let Some(r) = self.records.get_mut(&key) {
-            if io.open_error != 0 && r.io.open_error == 0 {
-                let failure = (
-                    r.process.clone(),
-                    r.direction(),
-                    r.protocol.clone(),
-                    crate::ffmpeg::error_name(io.open_error),
-                );
-                *self.open_failures.entry(failure).or_default() += 1;
-            }
-            r.io = io;
-            r.last_activity = last_activity;
-            r.rtp_lost = r.rtp_lost.max(rtp_lost(&io));
-            if r.ended.is_none() {
-                r.ended = ended;
-            }
-            return;
-        }
-        let (url, protocol) = self.pending.remove(&key).unwrap_or_default();
-        let process = tracker
-            .process(key.tgid)
-            .map(|p| p.comm.clone())
-            .or_else(|| procfs::comm(key.tgid))
-            .unwrap_or_default();
-        if io.open_error != 0 {
-            let direction = if io.direction == IoDirection::Output as u32 {
-                "output"
-            } else {
-                "input"
-            };
-            *self
-                .open_failures
-                .entry((
-                    process.clone(),
-                    direction,
-                    protocol.clone(),
-                    crate::ffmpeg::error_name(io.open_error),
-                ))
-                .or_default() += 1;
-        }
-        self.records.insert(
+    fn new_record(
+        &self,
+        key: IoKey,
+        io: Io,
+        url: String,
+        protocol: String,
+        process: String,
+    ) -> IoRecord {
+        IoRecord {
+            label: format!("{}-{:x}", key.tgid, key.id),
             key,
-            IoRecord {
-                label: format!("{}-{:x}", key.tgid, key.id),
-                key,
-                process,
-                url,
-                protocol,
-                io,
-                ended,
-                last_activity,
-                files: Files::default(),
-                rtp_lost: rtp_lost(&io),
-                opened_wall: self.wall_secs(io.opened_ns),
-            },
-        );
+            process,
+            url,
+            protocol,
+            io,
+            ended: None,
+            last_activity: self.wall_secs(io.last_ns),
+            files: Files::default(),
+            rtp_lost: rtp_lost(&io),
+            opened_wall: self.wall_secs(io.opened_ns),
+        }
     }
 
-    /// Ios to export: opened successfully (failed opens are counted, not listed), at most
-    /// `max`, live ones first.
+    fn upsert(&mut self, key: IoKey, io: Io, ended: Option<Instant>, tracker: &Tracker) {
+        let record = match self.records.entry(key) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                // Its open event was lost (ring buffer full): no URL.
+                let process = tracker
+                    .process(key.tgid)
+                    .map(|p| p.comm.clone())
+                    .or_else(|| procfs::comm(key.tgid))
+                    .unwrap_or_default();
+                let mut zero = io;
+                zero.open_error = 0;
+                let r = IoRecord {
+                    label: format!("{}-{:x}", key.tgid, key.id),
+                    key,
+                    process,
+                    url: String::new(),
+                    protocol: String::new(),
+                    io: zero,
+                    ended: None,
+                    last_activity: 0.0,
+                    files: Files::default(),
+                    rtp_lost: 0,
+                    opened_wall: 0.0,
+                };
+                e.insert(r)
+            }
+        };
+        if io.open_error != 0 && record.io.open_error == 0 {
+            let failure = (
+                record.process.clone(),
+                if io.direction == IoDirection::Output as u32 {
+                    "output"
+                } else {
+                    "input"
+                },
+                record.protocol.clone(),
+                crate::ffmpeg::error_name(io.open_error),
+            );
+            *self.open_failures.entry(failure).or_default() += 1;
+        }
+        record.io = io;
+        record.last_activity = (io.last_ns != 0)
+            .then(|| (io.last_ns as i128 - self.clock_offset_ns) as f64 / 1e9)
+            .unwrap_or(0.0);
+        record.opened_wall = (io.opened_ns as i128 - self.clock_offset_ns) as f64 / 1e9;
+        record.rtp_lost = record.rtp_lost.max(rtp_lost(&io));
+        if record.ended.is_none() {
+            record.ended = ended;
+        }
+    }
+
+    /// Ios to export: opened successfully (failed opens are counted, not listed), not inner
+    /// ios of another, at most `max`, live ones first.
     pub fn records(&self) -> impl Iterator<Item = &IoRecord> {
         let live = self.records.values().filter(|r| r.ended.is_none());
         let ended = self.records.values().filter(|r| r.ended.is_some());
         live.chain(ended)
-            .filter(|r| r.io.opened != 0)
+            .filter(|r| r.io.opened != 0 && r.io.parent == 0)
             .take(self.max)
     }
 

@@ -386,6 +386,8 @@ fn attach_io_tracepoints(ebpf: &mut Ebpf, btf: Option<&Btf>) -> IoProbes {
                 "sys_enter_write",
                 "sys_enter_pwrite64",
                 "sys_enter_sendto",
+                // connect moves no bytes; it gives the TCP socket to `sock_state`.
+                "sys_enter_connect",
             ],
         ),
         ("io_enter_msg", &["sys_enter_recvmsg", "sys_enter_sendmsg"]),
@@ -408,6 +410,7 @@ fn attach_io_tracepoints(ebpf: &mut Ebpf, btf: Option<&Btf>) -> IoProbes {
                 "sys_exit_sendto",
                 "sys_exit_sendmsg",
                 "sys_exit_writev",
+                "sys_exit_connect",
             ],
         ),
         ("fd_enter_open", &["sys_enter_openat"]),
@@ -451,6 +454,10 @@ fn attach_io_tracepoints(ebpf: &mut Ebpf, btf: Option<&Btf>) -> IoProbes {
     };
     probes.sockets = btf_program("sock_recv", "sock_recv_length").is_some()
         & btf_program("sock_send", "sock_send_length").is_some();
+    // Without these, a SYN retransmission is missed and a destroyed socket's entry ages out
+    // of its LRU map instead of leaving at once.
+    let _ = btf_program("sock_state", "inet_sock_set_state");
+    let _ = btf_program("tcp_destroy", "tcp_destroy_sock");
     probes.drops = probes.sockets && btf_program("skb_drop", "kfree_skb").is_some();
     probes.retransmits =
         probes.sockets && btf_program("tcp_retransmit", "tcp_retransmit_skb").is_some();

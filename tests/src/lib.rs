@@ -6,6 +6,7 @@
 //! the assets they use.
 
 pub mod media;
+pub mod net;
 pub mod prom;
 
 use std::{

@@ -14,6 +14,8 @@ pub struct Link {
     pub rx: String,
     /// The receiver's address, as the sender reaches it.
     pub rx_addr: String,
+    /// The sender's end of the veth pair.
+    pub tx_dev: String,
 }
 
 fn sh(args: &[&str]) {
@@ -43,17 +45,36 @@ impl Link {
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
         sh(&[
-            "ip", "link", "add", &vtx, "netns", &tx, "type", "veth", "peer", "name", &vrx,
-            "netns", &rx,
+            "ip", "link", "add", &vtx, "netns", &tx, "type", "veth", "peer", "name", &vrx, "netns",
+            &rx,
         ]);
-        sh(&["ip", "-n", &tx, "addr", "add", &format!("{subnet}.1/24"), "dev", &vtx]);
-        sh(&["ip", "-n", &rx, "addr", "add", &format!("{subnet}.2/24"), "dev", &vrx]);
+        sh(&[
+            "ip",
+            "-n",
+            &tx,
+            "addr",
+            "add",
+            &format!("{subnet}.1/24"),
+            "dev",
+            &vtx,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &rx,
+            "addr",
+            "add",
+            &format!("{subnet}.2/24"),
+            "dev",
+            &vrx,
+        ]);
         sh(&["ip", "-n", &tx, "link", "set", &vtx, "up"]);
         sh(&["ip", "-n", &rx, "link", "set", &vrx, "up"]);
         Link {
             tx,
             rx,
             rx_addr: format!("{subnet}.2"),
+            tx_dev: vtx,
         }
     }
 

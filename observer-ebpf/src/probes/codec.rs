@@ -95,14 +95,15 @@ fn observe(h: &mut Histogram, ns: u64) {
 #[uprobe]
 pub fn find_stream_info_enter(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if let Some(ic) = ctx.arg::<u64>(0) {
-        super::io::working_on(pid_tgid, ic);
-    }
+    let owns_io = ctx
+        .arg::<u64>(0)
+        .is_some_and(|ic| super::io::working_on(pid_tgid, ic));
     let key = CallKey::new(pid_tgid, FIND_STREAM_INFO);
     let state = CallState {
         start_ns: now_ns(),
         args: [0; 4],
-        pts: 0,
+        // Whether this call marked the thread's current io (see `probes::io`).
+        pts: owns_io as i64,
         slot: 0,
         _pad: 0,
     };
@@ -113,7 +114,7 @@ pub fn find_stream_info_enter(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn find_stream_info_return(_ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if finish(&CallKey::new(pid_tgid, FIND_STREAM_INFO)).is_some() {
+    if finish(&CallKey::new(pid_tgid, FIND_STREAM_INFO)).is_some_and(|s| s.pts != 0) {
         super::io::clear_current(pid_tgid);
     }
     0

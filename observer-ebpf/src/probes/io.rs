@@ -21,7 +21,7 @@ use observer_common::{
     io::{IoDirection, IoEvent, IoKey, MAX_IOS, PacketKey, TEXT_LEN},
     layout::{cookie_call, cookie_slot},
     stream::{
-        NOPTS, StreamKey, counter,
+        StreamKey, counter,
         hook::{ALLOC_OUTPUT, AVIO_OPEN, CLOSE_INPUT, OPEN_INPUT, READ_FRAME},
     },
 };
@@ -108,7 +108,7 @@ fn send_open(key: &IoKey, direction: IoDirection, url: u64) {
 
 /// Creates an io for the calling process.
 #[inline(always)]
-fn new_io(tgid: u32, direction: IoDirection, url: u64) -> Option<IoKey> {
+fn new_io(tgid: u32, direction: IoDirection, url: u64, parent: u64) -> Option<IoKey> {
     let key = IoKey {
         tgid,
         _pad: 0,
@@ -123,14 +123,22 @@ fn new_io(tgid: u32, direction: IoDirection, url: u64) -> Option<IoKey> {
     io.opened_ns = key.id;
     io.tgid = tgid;
     io.direction = direction as u32;
+    io.parent = parent;
     send_open(&key, direction, url);
     Some(key)
 }
 
+/// Marks the thread as working on `io`, unless it already works on one: calls nest (an HLS
+/// muxer writes each packet through an inner MPEG-TS muxer; an HLS demuxer opens an inner
+/// demuxer per segment) and the outermost io is the one the user asked for. Returns whether
+/// this call set it, so only that call clears it.
 #[inline(always)]
-fn set_current(pid_tgid: u64, io: &IoKey) {
-    let _ = CURRENT_IO.insert(&pid_tgid, io, 0);
+fn set_current(pid_tgid: u64, io: &IoKey) -> bool {
+    CURRENT_IO.insert(&pid_tgid, io, BPF_NOEXIST).is_ok()
 }
+
+/// `CallState::pts` of the calls here: whether the call set `CURRENT_IO`.
+const OWNS_CURRENT: i64 = 1;
 
 #[inline(always)]
 pub fn clear_current(pid_tgid: u64) {
@@ -140,11 +148,9 @@ pub fn clear_current(pid_tgid: u64) {
 /// The thread works on format context `fmt` (inside `avformat_find_stream_info`, which reads
 /// packets, and HLS segments, without `av_read_frame`).
 #[inline(always)]
-pub fn working_on(pid_tgid: u64, fmt: u64) {
+pub fn working_on(pid_tgid: u64, fmt: u64) -> bool {
     let tgid = (pid_tgid >> 32) as u32;
-    if let Some(io) = copied(CONTEXT_IO.get_ptr(&context_key(tgid, fmt))) {
-        set_current(pid_tgid, &io);
-    }
+    copied(CONTEXT_IO.get_ptr(&context_key(tgid, fmt))).is_some_and(|io| set_current(pid_tgid, &io))
 }
 
 // --- opens -------------------------------------------------------------------------------
@@ -161,9 +167,20 @@ pub fn io_open_enter(ctx: ProbeContext) -> u32 {
     let Some(ps) = ctx.arg::<u64>(0) else {
         return 0;
     };
+    let parent = copied(CURRENT_IO.get_ptr(&pid_tgid)).map_or(0, |p| p.id);
     let io = match kind {
-        OPEN_INPUT => new_io(tgid, IoDirection::Input, ctx.arg::<u64>(1).unwrap_or(0)),
-        ALLOC_OUTPUT => new_io(tgid, IoDirection::Output, ctx.arg::<u64>(3).unwrap_or(0)),
+        OPEN_INPUT => new_io(
+            tgid,
+            IoDirection::Input,
+            ctx.arg::<u64>(1).unwrap_or(0),
+            parent,
+        ),
+        ALLOC_OUTPUT => new_io(
+            tgid,
+            IoDirection::Output,
+            ctx.arg::<u64>(3).unwrap_or(0),
+            parent,
+        ),
         AVIO_OPEN => {
             // `avio_open2(&oc->pb, ...)` opens the AVIO of an output context we know: its
             // bytes are that output's. Anything else is an io of its own.
@@ -179,18 +196,18 @@ pub fn io_open_enter(ctx: ProbeContext) -> u32 {
                     } else {
                         IoDirection::Input
                     };
-                    new_io(tgid, dir, ctx.arg::<u64>(1).unwrap_or(0))
+                    new_io(tgid, dir, ctx.arg::<u64>(1).unwrap_or(0), parent)
                 }
             }
         }
         _ => None,
     };
     let Some(io) = io else { return 0 };
-    set_current(pid_tgid, &io);
+    let owns = set_current(pid_tgid, &io);
     let state = CallState {
         start_ns: now_ns(),
         args: [ps, io.id, 0, 0],
-        pts: NOPTS,
+        pts: if owns { OWNS_CURRENT } else { 0 },
         slot: cookie_slot(c),
         _pad: 0,
     };
@@ -205,14 +222,17 @@ pub fn io_open_return(ctx: RetProbeContext) -> u32 {
     let Some(state) = finish(&CallKey::new(pid_tgid, kind)) else {
         return 0;
     };
-    clear_current(pid_tgid);
+    if state.pts == OWNS_CURRENT {
+        clear_current(pid_tgid);
+    }
     let tgid = (pid_tgid >> 32) as u32;
     let key = IoKey {
         tgid,
         _pad: 0,
         id: state.args[1],
     };
-    let ret: i64 = ctx.ret();
+    // An `int` return: the upper half of rax is not part of it.
+    let ret = ctx.ret::<i64>() as i32;
     let Some(io) = io_of(&key) else { return 0 };
     if ret < 0 {
         io.open_error = ret as i32;
@@ -275,12 +295,12 @@ pub fn io_call_enter(ctx: ProbeContext) -> u32 {
     let Some(io) = copied(CONTEXT_IO.get_ptr(&context_key(tgid, fmt))) else {
         return 0;
     };
-    set_current(pid_tgid, &io);
+    let owns = set_current(pid_tgid, &io);
     let pkt = ctx.arg::<u64>(1).unwrap_or(0);
     let mut state = CallState {
         start_ns: now_ns(),
         args: [fmt, io.id, pkt, 0],
-        pts: NOPTS,
+        pts: if owns { OWNS_CURRENT } else { 0 },
         slot: cookie_slot(c),
         _pad: 0,
     };
@@ -308,7 +328,9 @@ pub fn io_call_return(ctx: RetProbeContext) -> u32 {
     let Some(state) = finish(&CallKey::new(pid_tgid, kind)) else {
         return 0;
     };
-    clear_current(pid_tgid);
+    if state.pts == OWNS_CURRENT {
+        clear_current(pid_tgid);
+    }
     let tgid = (pid_tgid >> 32) as u32;
     let key = IoKey {
         tgid,
@@ -316,7 +338,8 @@ pub fn io_call_return(ctx: RetProbeContext) -> u32 {
         id: state.args[1],
     };
     let Some(io) = io_of(&key) else { return 0 };
-    let ret: i64 = ctx.ret();
+    // An `int` return: the upper half of rax is not part of it.
+    let ret = ctx.ret::<i64>() as i32;
     let pkt = state.args[2];
     if kind == READ_FRAME {
         if ret < 0 {

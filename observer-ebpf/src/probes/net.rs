@@ -524,7 +524,9 @@ pub fn fd_close(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = FDS.remove(&key);
-    if entry.sk != 0 {
+    // A TCP socket outlives its descriptor (FIN, retransmissions of the last data): it is
+    // forgotten when the kernel destroys it (`tcp_destroy`).
+    if entry.sk != 0 && entry.kind == FdKind::Datagram as u32 {
         let _ = SOCKETS.remove(&entry.sk);
     }
     send_file(
@@ -622,6 +624,22 @@ pub fn sock_recv(ctx: BtfTracePointContext) -> u32 {
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send(ctx: BtfTracePointContext) -> u32 {
     learn_socket(&ctx);
+    0
+}
+
+/// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`: a TCP connect
+/// on an io's descriptor (SYN_SENT, inside `connect`), so a retransmitted SYN counts too.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn sock_state(ctx: BtfTracePointContext) -> u32 {
+    learn_socket(&ctx);
+    0
+}
+
+/// `tcp_destroy_sock(struct sock *sk)`: the socket is gone; its address may be reused.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy(ctx: BtfTracePointContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    let _ = SOCKETS.remove(&sk);
     0
 }
 

@@ -1,0 +1,629 @@
+//! Inputs and outputs over a real network: two namespaces joined by a veth pair, a real
+//! ffmpeg sender and receiver, nftables dropping packets with exact counters. Every number
+//! observer reports is checked against a count observer did not make: nftables' counters,
+//! FFmpeg's own log, the kernel's per-socket and per-namespace counters, ffprobe, the files
+//! on disk.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use observer_tests::{
+    Daemon, ffmpeg,
+    media::fixture,
+    net::Link,
+    prom::{Sample, Scrape},
+    run, tempdir,
+};
+
+/// Six seconds of 640x360 H.264 in MPEG-TS at 1.5 Mbit/s: about 1,000 datagrams of 1316 bytes.
+fn ingest_ts() -> PathBuf {
+    fixture(
+        "ingest.ts",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=25:duration=6",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-b:v",
+            "1500k",
+            "-g",
+            "25",
+            "-f",
+            "mpegts",
+            "{out}",
+        ],
+    )
+}
+
+/// IPv4 and UDP headers: what nftables counts in a datagram beyond its payload.
+const UDP_OVERHEAD: u64 = 28;
+const SECS: Duration = Duration::from_secs(30);
+
+/// An ffmpeg in namespace `ns`, its stderr in `log`.
+fn spawn_ffmpeg(ns: &str, args: &[&str], log: &std::path::Path) -> Child {
+    Link::exec(ns, "ffmpeg")
+        .args(["-nostdin", "-hide_banner"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("ffmpeg")
+}
+
+fn send(link: &Link, url: &str, format: &str) -> Child {
+    let input = ingest_ts();
+    let dir = tempdir("tx");
+    spawn_ffmpeg(
+        &link.tx,
+        &[
+            "-loglevel",
+            "error",
+            "-re",
+            "-i",
+            input.to_str().unwrap(),
+            "-c",
+            "copy",
+            "-f",
+            format,
+            url,
+        ],
+        &dir.join(format!("tx-{}.log", std::process::id())),
+    )
+}
+
+/// The series of `name` for the io of `pid` in `direction`.
+fn io_sample<'a>(s: &'a Scrape, name: &str, pid: u32, direction: &str) -> Option<&'a Sample> {
+    let p = pid.to_string();
+    s.all(name)
+        .find(|x| x.has(&[("pid", &p), ("direction", direction)]))
+}
+
+fn io_value(s: &Scrape, name: &str, pid: u32, direction: &str) -> Option<f64> {
+    io_sample(s, name, pid, direction).map(|x| x.value)
+}
+
+fn io_label(s: &Scrape, pid: u32, direction: &str) -> String {
+    io_sample(s, "media_io_info", pid, direction)
+        .and_then(|x| x.label("io").cloned())
+        .unwrap_or_else(|| panic!("no {direction} io for {pid}"))
+}
+
+/// The pid of the ffprobe process that read `input` (Command::output hides it).
+fn probe_pid(d: &Daemon, input: &std::path::Path) -> u32 {
+    let url = input.to_str().unwrap();
+    d.wait_for("ffprobe's input", SECS, |s| {
+        s.all("media_io_info")
+            .find(|x| {
+                x.label("process").map(String::as_str) == Some("ffprobe")
+                    && x.label("url").map(String::as_str) == Some(url)
+            })
+            .and_then(|x| x.label("pid")?.parse().ok())
+    })
+}
+
+/// Waits until every io of `pid` has ended and returns the scrape.
+fn wait_io_ended(d: &Daemon, pid: u32) -> Scrape {
+    let p = pid.to_string();
+    d.wait_for(&format!("the ios of {pid} to end"), SECS, |s| {
+        let up: Vec<_> = s
+            .all("media_io_up")
+            .filter(|x| x.label("pid") == Some(&p))
+            .collect();
+        (!up.is_empty() && up.iter().all(|x| x.value == 0.0)).then(|| s.clone())
+    })
+}
+
+fn wait_exit(child: &mut Child, within: Duration) {
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < within, "process {} did not end", child.id());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: plain kill(2) on a child we started.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+#[test]
+fn udp_mpegts_bytes_datagrams_and_continuity_match_the_network_and_ffmpeg() {
+    let link = Link::new();
+    link.nft_rx(
+        "table inet obs {
+           counter dropped {}
+           counter passed {}
+           chain input {
+             type filter hook input priority 0;
+             udp dport 5000 numgen random mod 100 < 4 counter name dropped drop
+             udp dport 5000 counter name passed
+           }
+         }",
+    );
+    let d = Daemon::start(&[]);
+    let dir = tempdir("udp-rx");
+    let rx_log = dir.join("rx.log");
+    // Debug level: FFmpeg prints its "Continuity check failed" messages only there.
+    let mut rx = spawn_ffmpeg(
+        &link.rx,
+        &[
+            "-loglevel",
+            "debug",
+            "-timeout",
+            "2000000",
+            "-i",
+            "udp://0.0.0.0:5000?overrun_nonfatal=1",
+            "-f",
+            "null",
+            "-",
+        ],
+        &rx_log,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut tx = send(
+        &link,
+        &format!("udp://{}:5000?pkt_size=1316", link.rx_addr),
+        "mpegts",
+    );
+    let tx_pid = tx.id();
+    wait_exit(&mut tx, SECS);
+    wait_exit(&mut rx, SECS);
+    let rx_pid = rx.id();
+    let (passed, passed_bytes) = link.counter("passed");
+    let (dropped, dropped_bytes) = link.counter("dropped");
+    assert!(dropped > 10, "the loss should show: {dropped}");
+    let log = std::fs::read_to_string(&rx_log).unwrap();
+    let truth = log.matches("Continuity check failed").count() as f64;
+    assert!(truth > 0.0);
+
+    let s = d.wait_for("the receiver's final counts", SECS, |s| {
+        let up = io_value(s, "media_io_up", rx_pid, "input")?;
+        (up == 0.0).then(|| s.clone())
+    });
+    let v = |name| io_value(&s, name, rx_pid, "input").unwrap_or(-1.0);
+    assert_eq!(v("media_io_mpegts_continuity_errors_total"), truth);
+    let read = |name| {
+        s.value(
+            name,
+            &[
+                ("pid", &rx_pid.to_string()),
+                ("direction", "input"),
+                ("op", "read"),
+            ],
+        )
+    };
+    assert_eq!(read("media_io_datagrams_total"), Some(passed as f64));
+    assert_eq!(
+        read("media_io_bytes_total"),
+        Some((passed_bytes - UDP_OVERHEAD * passed) as f64)
+    );
+    assert!(v("media_io_corrupt_packets_total") > 0.0);
+    // What the sender wrote is what arrived plus what nftables dropped.
+    let sent = s
+        .value(
+            "media_io_bytes_total",
+            &[
+                ("pid", &tx_pid.to_string()),
+                ("direction", "output"),
+                ("op", "write"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        sent,
+        (passed_bytes + dropped_bytes - UDP_OVERHEAD * (passed + dropped)) as f64
+    );
+    let info = io_sample(&s, "media_io_info", rx_pid, "input").unwrap();
+    assert_eq!(info.label("protocol").map(String::as_str), Some("udp"));
+    // The decoder is fed by this input, and FFmpeg's continuity messages land on it.
+    let input = io_label(&s, rx_pid, "input");
+    let decoder = s
+        .one(
+            "media_stream_info",
+            &[
+                ("pid", &rx_pid.to_string()),
+                ("direction", "decode"),
+                ("codec", "h264"),
+            ],
+        )
+        .expect("the decoder");
+    assert_eq!(decoder.label("io"), Some(&input));
+    let logged = s.sum(
+        "media_log_messages_total",
+        &[
+            ("pid", &rx_pid.to_string()),
+            ("io", &input),
+            (
+                "template",
+                "Continuity check failed for pid %d expected %d got %d",
+            ),
+        ],
+    );
+    assert_eq!(logged, truth);
+}
+
+#[test]
+fn rtp_lost_packets_equal_the_nftables_drop_count() {
+    let link = Link::new();
+    link.nft_rx(
+        "table inet obs {
+           counter dropped {}
+           chain input { type filter hook input priority 0; }
+         }",
+    );
+    let d = Daemon::start(&[]);
+    let dir = tempdir("rtp-rx");
+    let mut rx = spawn_ffmpeg(
+        &link.rx,
+        &[
+            "-loglevel",
+            "error",
+            "-i",
+            "rtp://0.0.0.0:5004",
+            "-c",
+            "copy",
+            "-f",
+            "null",
+            "-",
+        ],
+        &dir.join("rx.log"),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut tx = send(&link, &format!("rtp://{}:5004", link.rx_addr), "rtp_mpegts");
+    let rx_pid = rx.id();
+    // FFmpeg's RTP demuxer reads its first packet on a throwaway socket and opens the real one
+    // after; drop only once that one receives, so every drop has packets on both sides.
+    d.wait_for("RTP on the receiver's socket", SECS, |s| {
+        (io_value(s, "media_io_rtp_packets_received_total", rx_pid, "input")? > 100.0).then_some(())
+    });
+    // 30 drops of 1356-byte datagrams, at random, then none.
+    link.nft_rx(
+        "add rule inet obs input udp dport 5004 numgen random mod 100 < 5 \
+         quota until 40680 bytes counter name dropped drop",
+    );
+    wait_exit(&mut tx, SECS);
+    std::thread::sleep(Duration::from_secs(1));
+    signal(rx_pid, libc::SIGINT);
+    wait_exit(&mut rx, SECS);
+    let (dropped, _) = link.counter("dropped");
+    assert!(dropped > 0);
+    let s = d.wait_for("the receiver's final counts", SECS, |s| {
+        (io_value(s, "media_io_up", rx_pid, "input")? == 0.0).then(|| s.clone())
+    });
+    let v = |name| io_value(&s, name, rx_pid, "input").unwrap_or(-1.0);
+    assert_eq!(v("media_io_rtp_packets_lost_total"), dropped as f64);
+    assert_eq!(v("media_io_rtp_packets_duplicated_total"), 0.0);
+    assert_eq!(v("media_io_rtp_packets_reordered_total"), 0.0);
+    let jitter = v("media_io_rtp_jitter_seconds");
+    assert!((0.0..0.5).contains(&jitter), "jitter {jitter}");
+}
+
+#[test]
+fn receive_buffer_drops_equal_the_sockets_own_drop_counter() {
+    let link = Link::new();
+    let d = Daemon::start(&[]);
+    let dir = tempdir("rcvbuf");
+    let mut rx = spawn_ffmpeg(
+        &link.rx,
+        &[
+            "-loglevel",
+            "error",
+            "-timeout",
+            "3000000",
+            "-i",
+            "udp://0.0.0.0:5006?buffer_size=16384&overrun_nonfatal=1",
+            "-c",
+            "copy",
+            "-f",
+            "null",
+            "-",
+        ],
+        &dir.join("rx.log"),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let rx_pid = rx.id();
+    let mut tx = send(
+        &link,
+        &format!("udp://{}:5006?pkt_size=1316", link.rx_addr),
+        "mpegts",
+    );
+    // A receiver that stops reading: its small socket buffer overflows.
+    std::thread::sleep(Duration::from_secs(1));
+    signal(rx_pid, libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(rx_pid, libc::SIGCONT);
+    wait_exit(&mut tx, SECS);
+    std::thread::sleep(Duration::from_millis(500));
+    // The kernel's own per-socket drop counter (last column of /proc/net/udp, port 5006).
+    let udp = std::fs::read_to_string(format!("/proc/{rx_pid}/net/udp")).unwrap();
+    let truth: u64 = udp
+        .lines()
+        .find(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|a| a.ends_with(":138E"))
+        })
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or_else(|| panic!("no socket on port 5006:\n{udp}"));
+    assert!(truth > 0, "the receiver should have dropped");
+    d.wait_for("the socket's drops", SECS, |s| {
+        let v = s.value(
+            "media_io_kernel_drops_total",
+            &[("pid", &rx_pid.to_string()), ("reason", "SOCKET_RCVBUFF")],
+        )?;
+        (v == truth as f64).then_some(())
+    });
+    wait_exit(&mut rx, SECS);
+}
+
+#[test]
+fn tcp_output_through_loss_shows_the_kernels_retransmissions() {
+    let link = Link::new();
+    // One segment per packet, so the kernel's segment count and its retransmitted packets
+    // are the same number.
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &link.tx,
+            "link",
+            "set",
+            &link.tx_dev,
+            "gso_max_segs",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let d = Daemon::start(&[]);
+    let dir = tempdir("tcp");
+    let mut rx = spawn_ffmpeg(
+        &link.rx,
+        &[
+            "-loglevel",
+            "error",
+            "-i",
+            "tcp://0.0.0.0:5008?listen=1",
+            "-c",
+            "copy",
+            "-f",
+            "null",
+            "-",
+        ],
+        &dir.join("rx.log"),
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    link.nft_rx(
+        "table inet obs {
+           counter dropped {}
+           chain input {
+             type filter hook input priority 0;
+             tcp dport 5008 numgen random mod 100 < 3 counter name dropped drop
+           }
+         }",
+    );
+    let before = Link::snmp(&link.tx, "Tcp", "RetransSegs");
+    let mut tx = send(&link, &format!("tcp://{}:5008", link.rx_addr), "mpegts");
+    let tx_pid = tx.id();
+    wait_exit(&mut tx, SECS);
+    wait_exit(&mut rx, SECS);
+    // A lost FIN is retransmitted after the sender exited: let the connection finish.
+    std::thread::sleep(Duration::from_secs(2));
+    let truth = Link::snmp(&link.tx, "Tcp", "RetransSegs") - before;
+    assert!(truth > 0, "3% loss should cause retransmissions");
+    let s = d.wait_for("the sender's retransmissions", SECS, |s| {
+        let ended = io_value(s, "media_io_up", tx_pid, "output")? == 0.0;
+        let n = io_value(s, "media_io_tcp_retransmits_total", tx_pid, "output")?;
+        (ended && n == truth as f64).then(|| s.clone())
+    });
+    let input = ingest_ts();
+    assert_eq!(
+        s.value(
+            "media_io_bytes_total",
+            &[
+                ("pid", &tx_pid.to_string()),
+                ("direction", "output"),
+                ("op", "write")
+            ]
+        ),
+        Some(std::fs::metadata(input).unwrap().len() as f64),
+        "a stream copy of a TS file writes the file's bytes"
+    );
+}
+
+#[test]
+fn a_stalled_input_is_reported_stalled_and_a_planted_secret_never_leaves() {
+    let link = Link::new();
+    // The test daemon logs at debug level: nothing it logs may carry the secret either.
+    let d = Daemon::start(&["--stall-after", "2s"]);
+    let dir = tempdir("stall");
+    let mut rx = spawn_ffmpeg(
+        &link.rx,
+        &[
+            "-loglevel",
+            "error",
+            "-i",
+            "udp://viewer:PLANTEDPASSWORD@0.0.0.0:5010?token=PLANTEDTOKEN&overrun_nonfatal=1",
+            "-c",
+            "copy",
+            "-f",
+            "null",
+            "-",
+        ],
+        &dir.join("rx.log"),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let rx_pid = rx.id();
+    let mut tx = send(
+        &link,
+        &format!("udp://{}:5010?pkt_size=1316", link.rx_addr),
+        "mpegts",
+    );
+    d.wait_for("data flowing, not stalled", SECS, |s| {
+        let bytes = s.value(
+            "media_io_bytes_total",
+            &[("pid", &rx_pid.to_string()), ("op", "read")],
+        )?;
+        let stalled = io_value(s, "media_io_stalled", rx_pid, "input")?;
+        (bytes > 0.0 && stalled == 0.0).then_some(())
+    });
+    signal(tx.id(), libc::SIGSTOP);
+    d.wait_for("the input stalled", SECS, |s| {
+        (io_value(s, "media_io_stalled", rx_pid, "input")? == 1.0).then_some(())
+    });
+    signal(tx.id(), libc::SIGCONT);
+    d.wait_for("the input flowing again", SECS, |s| {
+        (io_value(s, "media_io_stalled", rx_pid, "input")? == 0.0).then_some(())
+    });
+    let s = d.scrape();
+    // The raw exposition: the parser splits label values at '='.
+    let want = "url=\"udp://REDACTED@0.0.0.0:5010?token=REDACTED&overrun_nonfatal=1\"";
+    assert!(
+        s.text.lines().any(|l| l.starts_with("media_io_info{")
+            && l.contains(&format!("pid=\"{rx_pid}\""))
+            && l.contains(want)),
+        "{}",
+        s.text
+    );
+    wait_exit(&mut tx, SECS);
+    // A UDP input without a timeout waits for more data; it is not the subject here.
+    signal(rx_pid, libc::SIGKILL);
+    wait_exit(&mut rx, SECS);
+    let outputs = [
+        d.get("/metrics").unwrap().1,
+        d.get("/streams").unwrap().1,
+        d.log_text(),
+    ];
+    for text in outputs {
+        for secret in ["PLANTEDPASSWORD", "PLANTEDTOKEN"] {
+            assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn hls_segments_equal_the_files_written() {
+    let d = Daemon::start(&[]);
+    let dir = tempdir("hls");
+    let (pid, _) = run(ffmpeg()
+        .arg("-i")
+        .arg(ingest_ts())
+        .args([
+            "-c",
+            "copy",
+            "-f",
+            "hls",
+            "-hls_time",
+            "1",
+            "-hls_list_size",
+            "0",
+        ])
+        .arg(dir.join("index.m3u8")));
+    let segments: Vec<u64> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "ts"))
+        .map(|e| e.metadata().unwrap().len())
+        .collect();
+    assert!(segments.len() >= 4, "{segments:?}");
+    let s = wait_io_ended(&d, pid);
+    let p = pid.to_string();
+    let labels = [("pid", p.as_str()), ("direction", "output")];
+    assert_eq!(
+        s.value("media_io_segments_total", &labels),
+        Some(segments.len() as f64)
+    );
+    assert_eq!(
+        s.value("media_io_segment_bytes_sum", &labels),
+        Some(segments.iter().sum::<u64>() as f64)
+    );
+    assert_eq!(
+        s.value("media_io_segment_write_seconds_count", &labels),
+        Some(segments.len() as f64)
+    );
+    assert!(s.value("media_io_playlist_writes_total", &labels).unwrap() >= 1.0);
+}
+
+#[test]
+fn corrupt_packets_equal_ffprobes_corrupt_flags() {
+    // One TS packet in 40 removed: the demuxer flags the PES packets that lost data.
+    let data = std::fs::read(ingest_ts()).unwrap();
+    let bad: Vec<u8> = data
+        .chunks(188)
+        .enumerate()
+        .filter(|(i, _)| i % 40 != 17)
+        .flat_map(|(_, p)| p.to_vec())
+        .collect();
+    let dir = tempdir("corrupt");
+    let input = dir.join("damaged.ts");
+    std::fs::write(&input, bad).unwrap();
+    let d = Daemon::start(&[]);
+    // FFmpeg's own count: the CLI warns once per packet flagged corrupt ("repeat" keeps
+    // identical lines from being folded into "Last message repeated").
+    let out = dir.join("copy.ts");
+    let (pid, stderr) = run(ffmpeg()
+        .args(["-loglevel", "repeat+warning", "-i"])
+        .arg(&input)
+        .args(["-c", "copy", "-f", "mpegts"])
+        .arg(&out));
+    let truth = stderr.matches("corrupt input packet").count();
+    assert!(truth > 5, "{truth}");
+    let s = wait_io_ended(&d, pid);
+    assert_eq!(
+        io_value(&s, "media_io_corrupt_packets_total", pid, "input"),
+        Some(truth as f64)
+    );
+    // An MPEG-TS output is written front to back, never rewritten: its bytes are the file's.
+    assert_eq!(
+        s.value(
+            "media_io_bytes_total",
+            &[
+                ("pid", &pid.to_string()),
+                ("direction", "output"),
+                ("op", "write")
+            ]
+        ),
+        Some(std::fs::metadata(&out).unwrap().len() as f64),
+    );
+    // ffprobe, observed too, prints every packet av_read_frame gives it.
+    let probe = std::process::Command::new("ffprobe")
+        .args(["-v", "quiet", "-show_packets"])
+        .arg(&input)
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&probe.stdout)
+        .lines()
+        .filter(|l| *l == "[PACKET]")
+        .count();
+    let pid = probe_pid(&d, &input);
+    let s = wait_io_ended(&d, pid);
+    assert_eq!(
+        io_value(&s, "media_io_demuxed_packets_total", pid, "input"),
+        Some(printed as f64)
+    );
+    // The demuxer probes, seeks back and reads the end for the duration: at least the whole
+    // file, not more than a few times over.
+    let read = s
+        .value(
+            "media_io_bytes_total",
+            &[
+                ("pid", &pid.to_string()),
+                ("direction", "input"),
+                ("op", "read"),
+            ],
+        )
+        .unwrap();
+    let size = std::fs::metadata(&input).unwrap().len() as f64;
+    assert!(
+        read >= size && read < 4.0 * size,
+        "{read} bytes read of {size}"
+    );
+}
