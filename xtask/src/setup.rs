@@ -110,6 +110,9 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     // the benchmarks' probe accounting (BPF run statistics)
     "bpftool",
+    // the transport tests' private network: namespaces, veth, exact drop counters
+    "iproute2",
+    "nftables",
 ];
 
 fn missing_packages(pkgs: &[&str]) -> Vec<String> {
