@@ -94,6 +94,9 @@ pub struct Io {
     /// them (counted exactly as FFmpeg's demuxer does).
     pub ts_packets: u64,
     pub ts_cc_errors: u64,
+    /// Continuity state of the io's first [`CC_SLOTS`] PIDs, inline: a map lookup per
+    /// transport packet would be most of the cost of a datagram. More PIDs go to a map.
+    pub cc: [CcSlot; CC_SLOTS],
     pub rtp: Rtp,
     pub drops: [DropCount; DROP_SLOTS],
     pub tcp_retransmits: u64,
@@ -168,7 +171,20 @@ pub struct IoEvent {
     pub text: [u8; TEXT_LEN],
 }
 
-/// Key of the per-PID continuity state of an io's MPEG-TS.
+/// PIDs whose continuity state sits inline in an [`Io`]: PAT, PMT, SDT, PCR, and a few
+/// elementary streams.
+pub const CC_SLOTS: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CcSlot {
+    pub pid: u16,
+    pub last: u8,
+    /// 1 once the slot holds a PID.
+    pub used: u8,
+}
+
+/// Key of the per-PID continuity state of an io's MPEG-TS, for PIDs beyond the inline slots.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct CcKey {

@@ -128,9 +128,10 @@ pub struct Kernel {
 /// daemon.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IoProbes {
-    /// Bytes on descriptors (syscall tracepoints).
+    /// Descriptors tied to ios, and bytes on files (syscall tracepoints).
     pub syscalls: bool,
-    /// Which socket backs a descriptor (sock_recv_length/sock_send_length, Linux 6.5 on).
+    /// Bytes, datagrams and payload headers on sockets (sock_recv_length/sock_send_length,
+    /// Linux 6.5 on, and bpf_task_pt_regs).
     pub sockets: bool,
     /// Drops with their reason at the receiving socket (kfree_skb with rx_sk, Linux 6.12 on).
     pub drops: bool,
@@ -376,42 +377,25 @@ fn attach_mmap_tracepoints(ebpf: &mut Ebpf) -> bool {
 /// The syscall and socket tracepoints behind per-io bytes, drops and retransmissions.
 fn attach_io_tracepoints(ebpf: &mut Ebpf, btf: Option<&Btf>) -> IoProbes {
     ensure_tracefs();
+    // Files only: socket bytes are counted by the socket tracepoints, whatever the syscall.
     const SYSCALLS: &[(&str, &[&str])] = &[
         (
             "io_enter_buf",
             &[
                 "sys_enter_read",
                 "sys_enter_pread64",
-                "sys_enter_recvfrom",
                 "sys_enter_write",
                 "sys_enter_pwrite64",
-                "sys_enter_sendto",
-                // connect moves no bytes; it gives the TCP socket to `sock_state`.
-                "sys_enter_connect",
             ],
         ),
-        ("io_enter_msg", &["sys_enter_recvmsg", "sys_enter_sendmsg"]),
         ("io_enter_vec", &["sys_enter_readv", "sys_enter_writev"]),
         (
             "io_exit_read",
-            &[
-                "sys_exit_read",
-                "sys_exit_pread64",
-                "sys_exit_recvfrom",
-                "sys_exit_recvmsg",
-                "sys_exit_readv",
-            ],
+            &["sys_exit_read", "sys_exit_pread64", "sys_exit_readv"],
         ),
         (
             "io_exit_write",
-            &[
-                "sys_exit_write",
-                "sys_exit_pwrite64",
-                "sys_exit_sendto",
-                "sys_exit_sendmsg",
-                "sys_exit_writev",
-                "sys_exit_connect",
-            ],
+            &["sys_exit_write", "sys_exit_pwrite64", "sys_exit_writev"],
         ),
         ("fd_enter_open", &["sys_enter_openat"]),
         ("fd_enter_socket", &["sys_enter_socket"]),
@@ -434,7 +418,7 @@ fn attach_io_tracepoints(ebpf: &mut Ebpf, btf: Option<&Btf>) -> IoProbes {
             Ok(())
         });
         if let Err(e) = result {
-            tracing::warn!(error = %e, "syscall tracepoints unavailable: no bytes per input/output");
+            tracing::warn!(error = %e, "syscall tracepoints unavailable: no descriptors or file bytes per input/output");
             probes.syscalls = false;
         }
     }

@@ -458,6 +458,8 @@ fn ingest(
             .spawn()
             .context("starting the receiver")?;
         std::thread::sleep(Duration::from_millis(500));
+        // -muxrate again: a stream copy drops the input's padding, and the receiver must see
+        // the full 50 Mbit/s.
         ffmpeg(&[
             "-re",
             "-i",
@@ -466,6 +468,8 @@ fn ingest(
             "copy",
             "-f",
             "mpegts",
+            "-muxrate",
+            "50M",
             &format!("udp://127.0.0.1:{udp_port}?pkt_size=1316"),
         ])?;
         let mut status = 0;

@@ -49,6 +49,11 @@ static ZERO_IO: Array<Io> = Array::with_max_entries(1, 0);
 #[map]
 pub static CONTEXT_IO: LruHashMap<PacketKey, IoKey> = LruHashMap::with_max_entries(MAX_IOS, 0);
 
+/// Processes that have ios (value unused): the socket programs, which run for every socket
+/// message on the node, look no further for any other process. Removed at exit.
+#[map]
+pub static IO_PROCESSES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_IOS, 0);
+
 /// The io a thread is opening, reading or writing right now, by `pid_tgid`.
 #[map]
 pub static CURRENT_IO: HashMap<u64, IoKey> = HashMap::with_max_entries(MAX_FDS, 0);
@@ -119,6 +124,7 @@ fn new_io(tgid: u32, direction: IoDirection, url: u64, parent: u64) -> Option<Io
         bump(counter::IOS_FULL);
         return None;
     }
+    let _ = IO_PROCESSES.insert(&tgid, &1, 0);
     let io = io_of(&key)?;
     io.opened_ns = key.id;
     io.tgid = tgid;

@@ -9,23 +9,28 @@
 //! that fails fast for descriptors and threads that are not ours.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_str_bytes},
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user_str_bytes, generated,
+    },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use observer_common::{
     event::EventKind,
     io::{
-        CcKey, DROP_SLOTS, FdEntry, FdKind, Io, IoEvent, IoKey, MAX_FDS, OP_READ, OP_WRITE, Rtp,
-        TEXT_LEN,
+        CC_SLOTS, CcKey, CcSlot, DROP_SLOTS, FdEntry, FdKind, Io, IoEvent, IoKey, MAX_FDS, OP_READ,
+        OP_WRITE, Rtp, TEXT_LEN,
     },
     stream::counter,
 };
 
+use core::ffi::c_void;
+
 use super::{
     codec::{add_shared, now_ns},
-    io::{CURRENT_IO, io_of},
+    io::{CURRENT_IO, IO_PROCESSES, io_of},
 };
 use crate::maps::{EVENTS, bump, copied};
 
@@ -48,7 +53,6 @@ pub struct SyscallArgs {
 }
 
 const MODE_BUF: u32 = 0;
-const MODE_MSG: u32 = 1;
 const MODE_VEC: u32 = 2;
 const MODE_OPEN: u32 = 3;
 const MODE_SOCKET: u32 = 4;
@@ -58,7 +62,20 @@ pub static SYSCALLS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(MAX_F
 
 /// Kernel sockets (`struct sock *`) of io descriptors.
 #[map]
-static SOCKETS: LruHashMap<u64, IoKey> = LruHashMap::with_max_entries(MAX_FDS, 0);
+static SOCKETS: LruHashMap<u64, SockEntry> = LruHashMap::with_max_entries(MAX_FDS, 0);
+
+/// What the socket programs need of an io descriptor, by its kernel socket: one lookup per
+/// message.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockEntry {
+    pub io: IoKey,
+    /// The descriptor's open time (see `Rtp::socket`).
+    pub generation: u64,
+    /// [`FdKind`]
+    pub kind: u32,
+    pub _pad: u32,
+}
 
 /// Last continuity counter per io and MPEG-TS PID.
 #[map]
@@ -93,6 +110,10 @@ fn io_enter(ctx: &TracePointContext, mode: u32) {
     let Some(fd) = copied(FDS.get_ptr(&key)) else {
         return;
     };
+    if fd.kind != FdKind::File as u32 {
+        // Sockets are counted by `sock_recv`/`sock_send`, whatever syscall moves their bytes.
+        return;
+    }
     let args = SyscallArgs {
         fd_key: key,
         buf: arg(ctx, ARG1),
@@ -103,17 +124,10 @@ fn io_enter(ctx: &TracePointContext, mode: u32) {
     let _ = SYSCALLS.insert(&pid_tgid, &args, 0);
 }
 
-/// `read`, `pread64`, `recvfrom`, `write`, `pwrite64`, `sendto` entries: `(fd, buf, ...)`.
+/// `read`, `pread64`, `write`, `pwrite64` entries: `(fd, buf, ...)`, for files.
 #[tracepoint]
 pub fn io_enter_buf(ctx: TracePointContext) -> u32 {
     io_enter(&ctx, MODE_BUF);
-    0
-}
-
-/// `recvmsg`, `sendmsg` entries: `(fd, struct msghdr *msg, flags)`.
-#[tracepoint]
-pub fn io_enter_msg(ctx: TracePointContext) -> u32 {
-    io_enter(&ctx, MODE_MSG);
     0
 }
 
@@ -152,44 +166,29 @@ fn io_exit(ctx: &TracePointContext, op: usize) {
         return;
     }
     let n = ret as u64;
-    // The descriptor's identity over time: its number is reused after a close.
-    let mut fd_generation = 0;
     if let Some(fd) = FDS.get_ptr_mut(&args.fd_key) {
         // SAFETY: map value pointer, valid for this program run.
-        let fd = unsafe { &mut *fd };
-        fd_generation = fd.opened_ns;
-        if let Some(b) = fd.bytes.get_mut(op) {
+        if let Some(b) = unsafe { (*fd).bytes.get_mut(op) } {
             add_shared(b, n);
         }
     }
     let Some(io) = io_of(&args.io) else { return };
+    count(io, op, n, false);
+}
+
+/// Bytes and calls into an io.
+#[inline(always)]
+fn count(io: &mut Io, op: usize, n: u64, datagram: bool) {
     if let Some(b) = io.bytes.get_mut(op) {
         add_shared(b, n);
     }
     if let Some(c) = io.syscalls.get_mut(op) {
         add_shared(c, 1);
     }
-    let now = now_ns();
-    io.last_ns = now;
-    if args.kind != FdKind::Datagram as u32 {
-        return;
-    }
-    if let Some(d) = io.datagrams.get_mut(op) {
+    if datagram && let Some(d) = io.datagrams.get_mut(op) {
         add_shared(d, 1);
     }
-    if op != OP_READ {
-        return;
-    }
-    let buf = match args.mode {
-        MODE_BUF => args.buf,
-        // msghdr.msg_iov (offset 16) -> iov[0].iov_base
-        MODE_MSG => match read_user::<u64>(args.buf + 16).and_then(read_user::<u64>) {
-            Some(b) => b,
-            None => return,
-        },
-        _ => return,
-    };
-    parse_datagram(io, &args.io, fd_generation, buf, n, now);
+    io.last_ns = now_ns();
 }
 
 #[tracepoint]
@@ -218,7 +217,6 @@ fn read_user<T: Copy>(addr: u64) -> Option<T> {
 const TS_PACKET: u64 = 188;
 const TS_SYNC: u8 = 0x47;
 const TS_NULL_PID: u32 = 0x1fff;
-const NO_CC: u32 = 0xff;
 const RTP_WINDOW: i64 = 64;
 
 #[inline(always)]
@@ -234,35 +232,112 @@ fn be32(b: &[u8], i: usize) -> u32 {
     (be16(b, i) << 16) | be16(b, i + 2)
 }
 
+/// Bytes of a datagram read in one go: an RTP header without extensions and seven
+/// transport packets, the layout of nearly every MPEG-TS over UDP/RTP sender.
+const SCRATCH: usize = RTP_HEADER + TS_PER_DATAGRAM as usize * TS_PACKET as usize;
+const RTP_HEADER: usize = 12;
+
+#[map]
+static PAYLOAD: PerCpuArray<[u8; SCRATCH]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Parses a received datagram: an RTP header (if any), then the MPEG-TS packets behind it.
-/// Reads only the few header bytes it needs, straight from the process's buffer.
+/// Reads the datagram's first bytes in one copy (the receive buffer is always larger than a
+/// datagram); a buffer too short for that, or an RTP header with extensions, is read header
+/// by header instead.
 #[inline(always)]
 fn parse_datagram(io: &mut Io, key: &IoKey, fd_generation: u64, buf: u64, len: u64, now: u64) {
-    let Some(h) = read_user::<[u8; 12]>(buf) else {
+    let Some(p) = PAYLOAD.get_ptr_mut(0) else {
         return;
     };
-    let mut ts_at = 0u64;
-    let b0 = h[0];
-    if b0 != TS_SYNC {
-        // RTP version 2; RTCP shares the first bits, and its packet types 200-204 read as
-        // payload types 72-76 (RFC 5761).
-        let pt = (h[1] & 0x7f) as u32;
-        if b0 >> 6 != 2 || (72..=76).contains(&pt) {
-            return;
-        }
-        let mut hdr = 12 + 4 * (b0 & 0x0f) as u64;
-        if b0 & 0x10 != 0 {
-            let Some(ext) = read_user::<[u8; 4]>(buf + hdr) else {
-                return;
-            };
-            hdr += 4 + 4 * be16(&ext, 2) as u64;
-        }
-        rtp_packet(&mut io.rtp, fd_generation, &h, pt, now);
-        ts_at = hdr;
+    // SAFETY: copies SCRATCH bytes into the per-CPU scratch buffer, fault-tolerantly.
+    let rc =
+        unsafe { generated::bpf_probe_read_user(p.cast(), SCRATCH as u32, buf as *const c_void) };
+    if rc != 0 {
+        parse_slowly(io, key, fd_generation, buf, len, now);
+        return;
     }
+    // SAFETY: the per-CPU scratch buffer; nothing else on this CPU runs while we do.
+    let p = unsafe { &*p };
+    let counted = if p[0] == TS_SYNC {
+        ts_run::<0>(io, key, p, len)
+    } else {
+        let mut h = [0u8; RTP_HEADER];
+        h.copy_from_slice(&p[..RTP_HEADER]);
+        let Some(pt) = rtp_payload_type(&h) else {
+            return;
+        };
+        rtp_packet(&mut io.rtp, fd_generation, &h, pt, now);
+        if h[0] & 0x1f != 0 {
+            // CSRCs or an extension: the transport packets start further in.
+            ts_slowly(io, key, buf, rtp_header_len(&h, buf), len)
+        } else {
+            ts_run::<RTP_HEADER>(io, key, p, len)
+        }
+    };
+    if counted > 0 {
+        add_shared(&mut io.ts_packets, counted);
+    }
+}
+
+/// The RTP payload type, if `h` is an RTP (version 2) header and not RTCP, whose packet
+/// types 200-204 read as payload types 72-76 (RFC 5761).
+#[inline(always)]
+fn rtp_payload_type(h: &[u8; RTP_HEADER]) -> Option<u32> {
+    let pt = (h[1] & 0x7f) as u32;
+    (h[0] >> 6 == 2 && !(72..=76).contains(&pt)).then_some(pt)
+}
+
+#[inline(always)]
+fn rtp_header_len(h: &[u8; RTP_HEADER], buf: u64) -> u64 {
+    let mut hdr = RTP_HEADER as u64 + 4 * (h[0] & 0x0f) as u64;
+    if h[0] & 0x10 != 0 {
+        hdr += 4 + 4 * read_user::<[u8; 4]>(buf + hdr).map_or(0, |e| be16(&e, 2) as u64);
+    }
+    hdr
+}
+
+/// The transport packets at offset `AT` of the scratch copy: constant offsets, so the
+/// verifier sees every index in bounds.
+#[inline(always)]
+fn ts_run<const AT: usize>(io: &mut Io, key: &IoKey, p: &[u8; SCRATCH], len: u64) -> u64 {
+    let mut counted = 0;
+    macro_rules! packet {
+        ($i:expr) => {
+            let off = AT + $i * TS_PACKET as usize;
+            if off + TS_PACKET as usize > SCRATCH
+                || (off + TS_PACKET as usize) as u64 > len
+                || p[off] != TS_SYNC
+            {
+                return counted;
+            }
+            counted += ts_packet(
+                io,
+                key,
+                p[off + 1],
+                p[off + 2],
+                p[off + 3],
+                p[off + 4],
+                p[off + 5],
+            );
+        };
+    }
+    packet!(0);
+    packet!(1);
+    packet!(2);
+    packet!(3);
+    packet!(4);
+    packet!(5);
+    packet!(6);
+    counted
+}
+
+/// The same, reading each transport packet's header from the process.
+#[inline(always)]
+fn ts_slowly(io: &mut Io, key: &IoKey, buf: u64, at: u64, len: u64) -> u64 {
+    let mut counted = 0;
     let mut i = 0;
     while i < TS_PER_DATAGRAM {
-        let off = ts_at + i * TS_PACKET;
+        let off = at + i * TS_PACKET;
         if off + TS_PACKET > len {
             break;
         }
@@ -272,26 +347,77 @@ fn parse_datagram(io: &mut Io, key: &IoKey, fd_generation: u64, buf: u64, len: u
         if p[0] != TS_SYNC {
             break;
         }
-        ts_packet(io, key, &p);
+        counted += ts_packet(io, key, p[1], p[2], p[3], p[4], p[5]);
         i += 1;
+    }
+    counted
+}
+
+#[inline(always)]
+fn parse_slowly(io: &mut Io, key: &IoKey, fd_generation: u64, buf: u64, len: u64, now: u64) {
+    let Some(h) = read_user::<[u8; RTP_HEADER]>(buf) else {
+        return;
+    };
+    let at = if h[0] == TS_SYNC {
+        0
+    } else {
+        let Some(pt) = rtp_payload_type(&h) else {
+            return;
+        };
+        rtp_packet(&mut io.rtp, fd_generation, &h, pt, now);
+        rtp_header_len(&h, buf)
+    };
+    let counted = ts_slowly(io, key, buf, at, len);
+    if counted > 0 {
+        add_shared(&mut io.ts_packets, counted);
     }
 }
 
-/// One MPEG-TS packet's continuity counter, judged exactly as FFmpeg's demuxer does
-/// (`libavformat/mpegts.c`, `handle_packet`): the counter advances only with a payload, a
-/// repeat without one is fine, a discontinuity indicator or the null PID excuses anything.
+/// One MPEG-TS packet's continuity counter (header bytes 1-5), judged exactly as FFmpeg's
+/// demuxer does (`libavformat/mpegts.c`, `handle_packet`): the counter advances only with a
+/// payload, a repeat without one is fine, a discontinuity indicator or the null PID excuses
+/// anything. Returns 1 if the packet counts (not null, not reserved).
 #[inline(always)]
-fn ts_packet(io: &mut Io, key: &IoKey, p: &[u8; 6]) {
-    let pid = ((p[1] as u32 & 0x1f) << 8) | p[2] as u32;
-    let b3 = p[3];
+fn ts_packet(io: &mut Io, key: &IoKey, b1: u8, b2: u8, b3: u8, b4: u8, b5: u8) -> u64 {
+    let pid = ((b1 as u32 & 0x1f) << 8) | b2 as u32;
     let afc = (b3 >> 4) & 3;
     if afc == 0 || pid == TS_NULL_PID {
-        return;
+        return 0;
     }
-    add_shared(&mut io.ts_packets, 1);
     let has_payload = afc & 1 != 0;
-    let discontinuity = afc & 2 != 0 && p[4] != 0 && p[5] & 0x80 != 0;
-    let cc = (b3 & 0x0f) as u32;
+    let discontinuity = afc & 2 != 0 && b4 != 0 && b5 & 0x80 != 0;
+    let cc = b3 & 0x0f;
+    let check = |io: &mut Io, last: u8| {
+        if !discontinuity {
+            let expected = if has_payload { (last + 1) & 0x0f } else { last };
+            if expected != cc {
+                add_shared(&mut io.ts_cc_errors, 1);
+            }
+        }
+    };
+    let mut i = 0;
+    while i < CC_SLOTS {
+        if let Some(slot) = io.cc.get(i).copied() {
+            if slot.used == 0 {
+                if let Some(s) = io.cc.get_mut(i) {
+                    *s = CcSlot {
+                        pid: pid as u16,
+                        last: cc,
+                        used: 1,
+                    };
+                }
+                return 1;
+            }
+            if slot.pid as u32 == pid {
+                check(io, slot.last);
+                if let Some(s) = io.cc.get_mut(i) {
+                    s.last = cc;
+                }
+                return 1;
+            }
+        }
+        i += 1;
+    }
     let ck = CcKey {
         io: *key,
         pid,
@@ -301,22 +427,14 @@ fn ts_packet(io: &mut Io, key: &IoKey, p: &[u8; 6]) {
         Some(last) => {
             // SAFETY: map value pointer, valid for this program run.
             let last = unsafe { &mut *last };
-            if *last != NO_CC && !discontinuity {
-                let expected = if has_payload {
-                    (*last + 1) & 0x0f
-                } else {
-                    *last
-                };
-                if expected != cc {
-                    add_shared(&mut io.ts_cc_errors, 1);
-                }
-            }
-            *last = cc;
+            check(io, *last as u8);
+            *last = cc as u32;
         }
         None => {
-            let _ = CONTINUITY.insert(&ck, &cc, 0);
+            let _ = CONTINUITY.insert(&ck, &(cc as u32), 0);
         }
     }
+    1
 }
 
 /// RFC 3550 receive statistics: extended sequence numbers, distinct packets, duplicates and
@@ -586,44 +704,135 @@ fn send_file(
 
 // --- kernel sockets: drops and retransmissions ----------------------------------------------
 
-/// `sock_recv_length(struct sock *sk, int ret, int flags)` and `sock_send_length(...)`: they
-/// fire inside the recv/send syscalls the programs above track, which gives the socket behind
-/// the descriptor.
+// x86-64 syscall numbers: the socket tracepoints below learn which syscall they fire in
+// from the thread's saved user registers.
+const SYS_READ: u64 = 0;
+const SYS_WRITE: u64 = 1;
+const SYS_READV: u64 = 19;
+const SYS_WRITEV: u64 = 20;
+const SYS_CONNECT: u64 = 42;
+const SYS_SENDTO: u64 = 44;
+const SYS_RECVFROM: u64 = 45;
+const SYS_SENDMSG: u64 = 46;
+const SYS_RECVMSG: u64 = 47;
+const SYS_RECVMMSG: u64 = 299;
+const SYS_SENDMMSG: u64 = 307;
+const MSG_PEEK: i32 = 2;
+
+/// The syscall this thread is in: (number, first argument, second argument), from its saved
+/// user registers (`orig_rax`, `rdi`, `rsi`: the x86-64 syscall ABI, stable like ptrace's).
 #[inline(always)]
-fn learn_socket(ctx: &BtfTracePointContext) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(args) = copied(SYSCALLS.get_ptr(&pid_tgid)) else {
-        return;
-    };
-    if args.kind == 0 || args.mode > MODE_VEC {
-        return;
+fn current_syscall() -> Option<(u64, u64, u64)> {
+    // SAFETY: helpers on the current task; the registers are read fault-tolerantly.
+    unsafe {
+        let regs = generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) as u64;
+        if regs == 0 {
+            return None;
+        }
+        let at = regs + core::mem::offset_of!(pt_regs, rsi) as u64;
+        // rsi, rdi and orig_rax are adjacent.
+        let r = bpf_probe_read_kernel(at as *const [u64; 3]).ok()?;
+        Some((r[2], r[1], r[0]))
     }
-    let Some(fd) = FDS.get_ptr_mut(&args.fd_key) else {
-        return;
-    };
-    // SAFETY: map value pointer, valid for this program run.
-    let fd = unsafe { &mut *fd };
-    if fd.sk != 0 {
-        return;
-    }
-    // The tracepoint's first argument is the socket.
-    let sk: u64 = ctx.arg(0);
-    if sk == 0 {
-        return;
-    }
-    fd.sk = sk;
-    let _ = SOCKETS.insert(&sk, &fd.io, 0);
 }
 
+#[inline(always)]
+fn socket_syscall(nr: u64) -> bool {
+    matches!(
+        nr,
+        SYS_READ
+            | SYS_READV
+            | SYS_RECVFROM
+            | SYS_RECVMSG
+            | SYS_RECVMMSG
+            | SYS_WRITE
+            | SYS_WRITEV
+            | SYS_SENDTO
+            | SYS_SENDMSG
+            | SYS_SENDMMSG
+            | SYS_CONNECT
+    )
+}
+
+/// The io behind kernel socket `sk`. Known sockets cost one lookup; an unknown one is looked
+/// up by the descriptor its syscall works on, only in processes that have ios (every other
+/// socket on the node costs one more lookup and nothing else).
+#[inline(always)]
+fn socket_entry(sk: u64) -> Option<SockEntry> {
+    if let Some(e) = copied(SOCKETS.get_ptr(&sk)) {
+        return Some(e);
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    IO_PROCESSES.get_ptr(&((pid_tgid >> 32) as u32))?;
+    let (nr, fd, _) = current_syscall()?;
+    if !socket_syscall(nr) {
+        return None;
+    }
+    let e = FDS.get_ptr_mut(&fd_key(pid_tgid, fd))?;
+    // SAFETY: map value pointer, valid for this program run.
+    let e = unsafe { &mut *e };
+    if e.kind == FdKind::File as u32 || sk == 0 {
+        return None;
+    }
+    e.sk = sk;
+    let entry = SockEntry {
+        io: e.io,
+        generation: e.opened_ns,
+        kind: e.kind,
+        _pad: 0,
+    };
+    let _ = SOCKETS.insert(&sk, &entry, 0);
+    Some(entry)
+}
+
+/// `sock_recv_length(struct sock *sk, int ret, int flags)`: every message a socket syscall
+/// returns (`recv*`, `read`, one per message of `recvmmsg`), in the receiving thread. One
+/// program per datagram: bytes, and the payload's RTP and MPEG-TS headers.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv(ctx: BtfTracePointContext) -> u32 {
-    learn_socket(&ctx);
+    let (sk, ret, flags): (u64, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    if ret <= 0 || flags & MSG_PEEK != 0 {
+        return 0;
+    }
+    let Some(e) = socket_entry(sk) else {
+        return 0;
+    };
+    let datagram = e.kind == FdKind::Datagram as u32;
+    let Some(io) = io_of(&e.io) else { return 0 };
+    let n = ret as u64;
+    count(io, OP_READ, n, datagram);
+    if !datagram {
+        return 0;
+    }
+    let Some((nr, _, arg1)) = current_syscall() else {
+        return 0;
+    };
+    let buf = match nr {
+        SYS_READ | SYS_RECVFROM => arg1,
+        // msghdr.msg_iov (offset 16) -> iov[0].iov_base
+        SYS_RECVMSG => match read_user::<u64>(arg1 + 16).and_then(read_user::<u64>) {
+            Some(b) => b,
+            None => return 0,
+        },
+        _ => return 0,
+    };
+    parse_datagram(io, &e.io, e.generation, buf, n, io.last_ns);
     0
 }
 
+/// `sock_send_length(struct sock *sk, int ret, int flags)`: every message a socket syscall
+/// sends.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send(ctx: BtfTracePointContext) -> u32 {
-    learn_socket(&ctx);
+    let (sk, ret): (u64, i32) = (ctx.arg(0), ctx.arg(1));
+    if ret <= 0 {
+        return 0;
+    }
+    if let Some(e) = socket_entry(sk)
+        && let Some(io) = io_of(&e.io)
+    {
+        count(io, OP_WRITE, ret as u64, e.kind == FdKind::Datagram as u32);
+    }
     0
 }
 
@@ -631,7 +840,8 @@ pub fn sock_send(ctx: BtfTracePointContext) -> u32 {
 /// on an io's descriptor (SYN_SENT, inside `connect`), so a retransmitted SYN counts too.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn sock_state(ctx: BtfTracePointContext) -> u32 {
-    learn_socket(&ctx);
+    // Inside connect, an unknown socket of a process with ios is looked up by descriptor.
+    let _ = socket_entry(ctx.arg(0));
     0
 }
 
@@ -653,7 +863,7 @@ pub fn skb_drop(ctx: BtfTracePointContext) -> u32 {
     if sk == 0 {
         return 0;
     }
-    let Some(key) = copied(SOCKETS.get_ptr(&sk)) else {
+    let Some(key) = copied(SOCKETS.get_ptr(&sk)).map(|e| e.io) else {
         return 0;
     };
     // Tracepoint arguments by position, as declared above.
@@ -684,8 +894,8 @@ pub fn tcp_retransmit(ctx: BtfTracePointContext) -> u32 {
     if err != 0 {
         return 0;
     }
-    if let Some(key) = copied(SOCKETS.get_ptr(&sk))
-        && let Some(io) = io_of(&key)
+    if let Some(e) = copied(SOCKETS.get_ptr(&sk))
+        && let Some(io) = io_of(&e.io)
     {
         add_shared(&mut io.tcp_retransmits, 1);
     }

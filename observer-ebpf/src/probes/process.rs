@@ -52,6 +52,7 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> u32 {
     super::net::thread_exit(pid_tgid);
     let (tgid, pid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if tgid == pid {
+        let _ = super::io::IO_PROCESSES.remove(&tgid);
         send(EventKind::Exit, tgid);
     }
     0
