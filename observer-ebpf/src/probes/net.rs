@@ -10,9 +10,7 @@
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user_str_bytes, generated,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_str_bytes, generated},
     macros::{btf_tracepoint, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::{BtfTracePointContext, TracePointContext},
@@ -723,16 +721,16 @@ const MSG_PEEK: i32 = 2;
 /// user registers (`orig_rax`, `rdi`, `rsi`: the x86-64 syscall ABI, stable like ptrace's).
 #[inline(always)]
 fn current_syscall() -> Option<(u64, u64, u64)> {
-    // SAFETY: helpers on the current task; the registers are read fault-tolerantly.
+    // SAFETY: helpers on the current task. The helper returns a BTF-typed pointer, so these
+    // are plain loads the verifier checks against the kernel's `struct pt_regs` (and turns
+    // into fault-tolerant ones): no probe-read call, which costs about 100 ns here.
     unsafe {
-        let regs = generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) as u64;
-        if regs == 0 {
+        let regs =
+            generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) as *const pt_regs;
+        if regs.is_null() {
             return None;
         }
-        let at = regs + core::mem::offset_of!(pt_regs, rsi) as u64;
-        // rsi, rdi and orig_rax are adjacent.
-        let r = bpf_probe_read_kernel(at as *const [u64; 3]).ok()?;
-        Some((r[2], r[1], r[0]))
+        Some(((*regs).orig_rax, (*regs).rdi, (*regs).rsi))
     }
 }
 
