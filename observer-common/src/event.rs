@@ -23,6 +23,9 @@ pub enum EventKind {
     FileOpen = 7,
     /// A descriptor tied to an io was closed ([`crate::io::IoEvent`] with its bytes).
     FileClose = 8,
+    /// A log message at or above the configured level, with its arguments
+    /// ([`crate::log::LogEvent`]).
+    LogMessage = 9,
 }
 
 #[repr(C)]

@@ -33,3 +33,38 @@ pub struct LogEntry {
 }
 
 crate::user_pod!(LogKey, LogEntry);
+
+/// Arguments of a message kept for its structured event: the `va_list`'s registers and
+/// stack, and a string read at each of the first [`LOG_STRINGS`] integer-class arguments
+/// (the kernel cannot tell a `%s` from a `%d`; reading an integer as a pointer fails
+/// harmlessly, and the string then starts with 0xff). The daemon formats the message from the
+/// template, as FFmpeg would.
+pub const LOG_STRINGS: usize = 4;
+pub const LOG_STRING_LEN: usize = 64;
+/// Bytes of the stack part of the `va_list` (arguments beyond the registers) kept.
+pub const LOG_OVERFLOW_LEN: usize = 64;
+
+/// One message at or above the configured level, sent through the ring buffer
+/// (`EventKind::LogMessage`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LogEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub ktime_ns: u64,
+    pub avcl: u64,
+    pub level: i32,
+    /// x86-64 `va_list`: offsets into the register save area of the next integer and
+    /// floating-point argument.
+    pub gp_offset: u32,
+    pub fp_offset: u32,
+    pub _pad: u32,
+    /// The register save area: 6 integer registers (48 bytes), then 8 SSE registers of 16.
+    pub regs: [u8; 176],
+    pub overflow: [u8; LOG_OVERFLOW_LEN],
+    pub strings: [[u8; LOG_STRING_LEN]; LOG_STRINGS],
+    pub template: [u8; TEMPLATE_LEN],
+}
+
+crate::user_pod!(LogEvent);
+const _: () = assert!(core::mem::size_of::<LogEvent>().is_multiple_of(8));

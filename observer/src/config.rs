@@ -16,6 +16,34 @@ pub enum LogFormat {
     Json,
 }
 
+/// The least severe FFmpeg log level sent as structured events (`--ffmpeg-log-events`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogEvents {
+    None,
+    Fatal,
+    Error,
+    Warning,
+    Info,
+    Verbose,
+    Debug,
+}
+
+impl LogEvents {
+    /// The `AV_LOG_*` threshold; negative for none.
+    pub fn av_level(self) -> i32 {
+        match self {
+            LogEvents::None => -1,
+            LogEvents::Fatal => 8,
+            LogEvents::Error => 16,
+            LogEvents::Warning => 24,
+            LogEvents::Info => 32,
+            LogEvents::Verbose => 40,
+            LogEvents::Debug => 48,
+        }
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "observer",
@@ -78,6 +106,17 @@ pub struct Options {
     #[arg(long, env = "OBSERVER_FFMPEG_LOGS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub ffmpeg_logs: bool,
 
+    /// Also emit FFmpeg's messages of this level and more severe as structured events in the
+    /// daemon's log (target `ffmpeg`), formatted with their arguments, URLs redacted.
+    /// `none` turns it off; `debug` can mean thousands of events a second.
+    #[arg(
+        long,
+        env = "OBSERVER_FFMPEG_LOG_EVENTS",
+        value_enum,
+        default_value = "warning"
+    )]
+    pub ffmpeg_log_events: LogEvents,
+
     /// Follow every input and output: URLs, bytes and datagrams on their sockets and files,
     /// kernel drops, TCP retransmissions, RTP and MPEG-TS loss. Costs a hash lookup per
     /// read/write syscall on the node and two probe hits per demuxed and muxed packet.
@@ -114,6 +153,7 @@ struct FileOptions {
     detach_linger: Option<Duration>,
     library_dirs: Option<Vec<String>>,
     ffmpeg_logs: Option<bool>,
+    ffmpeg_log_events: Option<LogEvents>,
     io_stats: Option<bool>,
     #[serde(default, with = "opt_duration")]
     stall_after: Option<Duration>,
@@ -189,6 +229,7 @@ impl Options {
             detach_linger,
             library_dirs,
             ffmpeg_logs,
+            ffmpeg_log_events,
             io_stats,
             stall_after,
             empty_probes

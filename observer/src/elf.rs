@@ -192,7 +192,8 @@ pub fn inspect_bytes(data: &[u8]) -> Result<Option<FfmpegFile>, InspectError> {
 /// rest out of line, which costs a second trap: `av_vlog` starts with `sub $0x18,%rsp`, and
 /// a probe there costs four times one on a `push`. So the probe goes on the first emulated
 /// instruction of the function's straight-line start, provided nothing before it writes the
-/// argument registers the program reads (rdi, rsi, rdx) and every call passes it. `None`:
+/// argument registers the program reads (rdi, rsi, rdx, and rcx: the `va_list` of a message
+/// sent as a structured event) and every call passes it. `None`:
 /// the start itself.
 pub fn cheap_entry(code: &[u8], address: u64) -> Option<u64> {
     use iced_x86::{
@@ -205,7 +206,7 @@ pub fn cheap_entry(code: &[u8], address: u64) -> Option<u64> {
         DecoderOptions::NONE,
     );
     let mut info = InstructionInfoFactory::new();
-    let args = [Register::RDI, Register::RSI, Register::RDX];
+    let args = [Register::RDI, Register::RSI, Register::RDX, Register::RCX];
     for insn in decoder.iter().take(16) {
         if insn.is_invalid() {
             return None;

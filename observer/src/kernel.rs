@@ -13,9 +13,9 @@ use aya::{
 };
 use observer_common::{
     event::{EventKind, ProcessEvent},
-    io::{Io, IoEvent, IoKey},
+    io::{Io, IoEvent, IoKey, PacketKey},
     layout::{LibLayout, MAX_LIBS, cookie},
-    log::{LogEntry, LogKey},
+    log::{LogEntry, LogEvent, LogKey},
     stream::{EndedKey, Stream, StreamKey, counter},
 };
 
@@ -116,12 +116,26 @@ pub struct Kernel {
     pub life: LifeProbes,
     pub io: IoProbes,
     ios: HashMap<MapData, IoKey, Io>,
+    context_io: HashMap<MapData, PacketKey, IoKey>,
     /// Attach do-nothing programs instead of the real ones (the benchmarks' floor).
     empty_probes: bool,
     /// Probe `av_vlog`.
     ffmpeg_logs: bool,
     /// Probe libavformat's input/output calls.
     io_stats: bool,
+}
+
+/// What to load.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Attach do-nothing programs (the benchmarks' floor).
+    pub empty_probes: bool,
+    /// Probe `av_vlog`.
+    pub ffmpeg_logs: bool,
+    /// Follow inputs and outputs.
+    pub io_stats: bool,
+    /// Messages at this `AV_LOG_*` level or more severe are sent as events; -1 for none.
+    pub log_event_level: i32,
 }
 
 /// Which input/output probes are active: each missing one costs some metrics, never the
@@ -152,14 +166,19 @@ fn map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 impl Kernel {
     /// Loads every program. Process-life probes that this kernel lacks are reported in
     /// [`Kernel::life`] and the daemon falls back to periodic /proc scans for them.
-    pub fn load(
-        empty_probes: bool,
-        ffmpeg_logs: bool,
-        io_stats: bool,
-    ) -> Result<(Self, RingBuf<MapData>), KernelError> {
+    pub fn load(opts: LoadOptions) -> Result<(Self, RingBuf<MapData>), KernelError> {
+        let LoadOptions {
+            empty_probes,
+            ffmpeg_logs,
+            io_stats,
+            log_event_level,
+        } = opts;
         raise_memlock_limit();
         let btf = Btf::from_sys_fs().ok();
-        let mut ebpf = EbpfLoader::new().btf(btf.as_ref()).load(PROGRAMS)?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(btf.as_ref())
+            .set_global("LOG_EVENT_LEVEL", &log_event_level, true)
+            .load(PROGRAMS)?;
         for name in UPROBE_PROGRAMS {
             let p: &mut UProbe = program(&mut ebpf, name)?;
             p.load()
@@ -209,6 +228,7 @@ impl Kernel {
             counters: map(&mut ebpf, "COUNTERS")?,
             free_slots: (0..MAX_LIBS).rev().collect(),
             ios: map(&mut ebpf, "IOS")?,
+            context_io: map(&mut ebpf, "CONTEXT_IO")?,
             ebpf,
             life,
             io,
@@ -299,6 +319,26 @@ impl Kernel {
     /// Failed sanity checks of reads through this slot since it was filled.
     pub fn read_failures(&self, slot: u32) -> u64 {
         self.lib_failures.get(&slot, 0).unwrap_or(0)
+    }
+
+    /// The `stream` label of a live stream the registry may not have collected yet.
+    pub fn stream_label(&self, tgid: u32, ctx: u64) -> Option<String> {
+        let s = self
+            .streams
+            .get(&StreamKey { tgid, _pad: 0, ctx }, 0)
+            .ok()?;
+        Some(format!("{tgid}-{:x}", s.opened_ns))
+    }
+
+    /// The `io` label of the io whose format context is `ctx`, from the kernel's own map.
+    pub fn io_label(&self, tgid: u32, ctx: u64) -> Option<String> {
+        let key = PacketKey {
+            tgid,
+            _pad: 0,
+            data: ctx,
+        };
+        let io = self.context_io.get(&key, 0).ok()?;
+        Some(format!("{tgid}-{:x}", io.id))
     }
 
     pub fn live_streams(&self) -> Vec<(StreamKey, Stream)> {
@@ -536,6 +576,7 @@ fn raise_memlock_limit() {
 pub enum Event {
     Process(ProcessEvent),
     Io(Box<IoEvent>),
+    Log(Box<LogEvent>),
 }
 
 /// Decodes one ring buffer record by its leading kind.
@@ -554,6 +595,9 @@ pub fn parse_event(bytes: &[u8]) -> Option<Event> {
             || k == EventKind::FileClose as u32 =>
         {
             read::<IoEvent>(bytes).map(|e| Event::Io(Box::new(e)))
+        }
+        k if k == EventKind::LogMessage as u32 => {
+            read::<LogEvent>(bytes).map(|e| Event::Log(Box::new(e)))
         }
         _ => read::<ProcessEvent>(bytes).map(Event::Process),
     }

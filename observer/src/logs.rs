@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use observer_common::log::{LogEntry, LogKey, TEMPLATE_LEN};
+use observer_common::log::{LogEntry, LogEvent, LogKey, TEMPLATE_LEN};
 
 use crate::{kernel::Kernel, procfs, streams, tracker::Tracker};
 
@@ -124,6 +124,58 @@ impl LogRegistry {
 mod tests {
     use super::*;
 
+    fn event(ints: &[u64], doubles: &[f64], strings: &[(usize, &str)]) -> LogEvent {
+        // SAFETY: LogEvent is plain integers; all-zero is a valid value.
+        let mut ev: LogEvent = unsafe { std::mem::zeroed() };
+        // As av_log's caller leaves it: avcl, level, fmt in the first three registers.
+        ev.gp_offset = 24;
+        ev.fp_offset = 48;
+        let mut gp = 24;
+        let mut stack = 0;
+        for v in ints {
+            if gp < 48 {
+                ev.regs[gp..gp + 8].copy_from_slice(&v.to_ne_bytes());
+                gp += 8;
+            } else {
+                ev.overflow[stack..stack + 8].copy_from_slice(&v.to_ne_bytes());
+                stack += 8;
+            }
+        }
+        for (i, d) in doubles.iter().enumerate() {
+            ev.regs[48 + 16 * i..56 + 16 * i].copy_from_slice(&d.to_bits().to_ne_bytes());
+        }
+        for s in ev.strings.iter_mut() {
+            s[0] = 0xff;
+        }
+        for (i, s) in strings {
+            ev.strings[*i][..s.len()].copy_from_slice(s.as_bytes());
+            ev.strings[*i][s.len()] = 0;
+        }
+        ev
+    }
+
+    #[test]
+    fn messages_format_like_printf() {
+        let ev = event(
+            &[188, 7, 0x1234, 0x7f00_0000_1000, 5],
+            &[2.5],
+            &[(3, "h264")],
+        );
+        let (msg, args) = format_message("pid %d cc %02d flags 0x%08X %s x%d at %.2f%%", &ev);
+        assert_eq!(msg, "pid 188 cc 07 flags 0x00001234 h264 x5 at 2.50%");
+        assert_eq!(args, ["188", "07", "00001234", "h264", "5", "2.50"]);
+        // Integer arguments beyond the registers come from the stack part.
+        let ev = event(&[1, 2, 3, 4, 5], &[], &[]);
+        assert_eq!(format_message("%d %d %d %d %d", &ev).0, "1 2 3 4 5");
+        // What the capture did not reach reads as "?", never as garbage.
+        let ev = event(&[1], &[], &[]);
+        assert_eq!(format_message("%s", &ev).0, "?");
+        assert_eq!(
+            format_message("%ld %lld %zu", &event(&[u64::MAX, 3, 4], &[], &[])).0,
+            "-1 3 4"
+        );
+    }
+
     #[test]
     fn templates_become_one_line_labels() {
         assert_eq!(
@@ -131,5 +183,199 @@ mod tests {
             "Continuity check failed for pid %d expected %d got %d"
         );
         assert_eq!(clean("a\tb\r\n"), "a b");
+    }
+}
+
+/// Emits one captured message as a structured event of the daemon's own log (JSON with
+/// `--log-format json`): target `ffmpeg`, the message formatted with its arguments, its
+/// template, level, process, and the stream or io that logged it. URLs in it are redacted.
+pub fn emit(ev: &LogEvent, process: &str, stream: &str, io: &str) {
+    let template = clean(&streams::cstr(&ev.template));
+    let (message, args) = format_message(&template, ev);
+    let message = crate::redact::redact_text(&message);
+    let args: Vec<String> = args.iter().map(|a| crate::redact::redact_text(a)).collect();
+    let level = crate::ffmpeg::log_level_name(ev.level);
+    macro_rules! at {
+        ($lvl:expr) => {
+            tracing::event!(
+                target: "ffmpeg",
+                $lvl,
+                pid = ev.tgid,
+                process,
+                stream,
+                io,
+                ffmpeg_level = level,
+                template = %template,
+                args = ?args,
+                "{message}"
+            )
+        };
+    }
+    match ev.level {
+        i32::MIN..=23 => at!(tracing::Level::ERROR),
+        24..=31 => at!(tracing::Level::WARN),
+        32..=39 => at!(tracing::Level::INFO),
+        _ => at!(tracing::Level::DEBUG),
+    }
+}
+
+/// Formats a message from its template and the arguments the kernel captured, as FFmpeg's
+/// `vsnprintf` would: integer-class arguments from the `va_list`'s register save area and
+/// stack part, doubles from its SSE area, strings from the kernel's copies. Returns the
+/// message and each argument as text. Arguments the capture did not reach read as `?`.
+pub fn format_message(template: &str, ev: &LogEvent) -> (String, Vec<String>) {
+    let mut args = Args {
+        ev,
+        gp: ev.gp_offset as usize,
+        fp: ev.fp_offset as usize,
+        stack: 0,
+        ints: 0,
+    };
+    let mut out = String::new();
+    let mut shown = Vec::new();
+    let mut chars = template.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let mut flags = String::new();
+        while let Some(&f) = chars.peek().filter(|f| "-+ #0".contains(**f)) {
+            flags.push(f);
+            chars.next();
+        }
+        let mut number = |chars: &mut std::iter::Peekable<std::str::Chars>, args: &mut Args| {
+            if chars.peek() == Some(&'*') {
+                chars.next();
+                return args.int().map(|v| v as i32 as i64 as usize);
+            }
+            let mut n = String::new();
+            while let Some(&d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                n.push(d);
+                chars.next();
+            }
+            n.parse().ok()
+        };
+        let width = number(&mut chars, &mut args);
+        let precision = if chars.peek() == Some(&'.') {
+            chars.next();
+            Some(number(&mut chars, &mut args).unwrap_or(0))
+        } else {
+            None
+        };
+        let mut long = false;
+        while let Some(&l) = chars.peek().filter(|l| "hlLqjzt".contains(**l)) {
+            long |= l != 'h';
+            chars.next();
+        }
+        let Some(conv) = chars.next() else { break };
+        let text = match conv {
+            '%' => {
+                out.push('%');
+                continue;
+            }
+            'd' | 'i' => args.int().map(|v| {
+                let v = if long { v as i64 } else { v as i32 as i64 };
+                v.to_string()
+            }),
+            'u' | 'x' | 'X' | 'o' | 'c' => args.int().map(|v| {
+                let v = if long { v } else { v as u32 as u64 };
+                match conv {
+                    'u' => v.to_string(),
+                    'x' => format!("{}{v:x}", if flags.contains('#') { "0x" } else { "" }),
+                    'X' => format!("{}{v:X}", if flags.contains('#') { "0X" } else { "" }),
+                    'o' => format!("{v:o}"),
+                    _ => char::from_u32(v as u32)
+                        .map(String::from)
+                        .unwrap_or_default(),
+                }
+            }),
+            'p' => args.int().map(|v| format!("{v:#x}")),
+            's' => args.string().map(|s| match precision {
+                Some(p) => s.chars().take(p).collect(),
+                None => s,
+            }),
+            'f' | 'F' | 'e' | 'E' | 'g' | 'G' | 'a' | 'A' => args.double().map(|v| {
+                let p = precision.unwrap_or(6);
+                match conv {
+                    'e' | 'E' => format!("{v:.p$e}"),
+                    'g' | 'G' => format!("{v}"),
+                    _ => format!("{v:.p$}"),
+                }
+            }),
+            // An unknown conversion: stop here rather than misread every argument after it.
+            _ => {
+                out.push('%');
+                out.push(conv);
+                break;
+            }
+        };
+        let mut text = text.unwrap_or_else(|| "?".into());
+        if matches!(conv, 'd' | 'i' | 'u' | 'x' | 'X' | 'o')
+            && let Some(p) = precision
+            && text.len() < p
+        {
+            text = format!("{}{text}", "0".repeat(p - text.len()));
+        }
+        if let Some(w) = width
+            && text.chars().count() < w
+        {
+            let pad = w - text.chars().count();
+            if flags.contains('-') {
+                text.push_str(&" ".repeat(pad));
+            } else if flags.contains('0') && conv != 's' {
+                text = format!("{}{text}", "0".repeat(pad));
+            } else {
+                text = format!("{}{text}", " ".repeat(pad));
+            }
+        }
+        out.push_str(&text);
+        shown.push(text.trim().to_string());
+    }
+    (out, shown)
+}
+
+/// Walks a captured x86-64 `va_list` the way `va_arg` does.
+struct Args<'a> {
+    ev: &'a LogEvent,
+    gp: usize,
+    fp: usize,
+    stack: usize,
+    /// Integer-class arguments taken so far: the kernel read a string at the first few.
+    ints: usize,
+}
+
+impl Args<'_> {
+    fn word(bytes: &[u8], at: usize) -> Option<u64> {
+        Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+    }
+
+    fn int(&mut self) -> Option<u64> {
+        self.ints += 1;
+        if self.gp + 8 <= 48 {
+            self.gp += 8;
+            return Args::word(&self.ev.regs, self.gp - 8);
+        }
+        self.stack += 8;
+        Args::word(&self.ev.overflow, self.stack - 8)
+    }
+
+    fn double(&mut self) -> Option<f64> {
+        if self.fp + 16 <= 176 {
+            self.fp += 16;
+            return Args::word(&self.ev.regs, self.fp - 16).map(f64::from_bits);
+        }
+        self.stack += 8;
+        Args::word(&self.ev.overflow, self.stack - 8).map(f64::from_bits)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let i = self.ints;
+        let ptr = self.int()?;
+        if ptr == 0 {
+            return Some("(null)".into());
+        }
+        let s = self.ev.strings.get(i)?;
+        (s[0] != 0xff).then(|| streams::cstr(s))
     }
 }

@@ -14,8 +14,8 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use observer::{
     config::{LogFormat, Options},
     io::IoRegistry,
-    kernel::{self, Event, Kernel},
-    logs::LogRegistry,
+    kernel::{self, Event, Kernel, LoadOptions},
+    logs::{self, LogRegistry},
     procfs, server,
     state::{Shared, SharedState},
     streams::Registry,
@@ -56,11 +56,16 @@ fn init_logging(opts: &Options) {
 }
 
 async fn run(opts: Options) -> anyhow::Result<()> {
-    let (mut kernel, events) = Kernel::load(opts.empty_probes, opts.ffmpeg_logs, opts.io_stats)
-        .context(
-            "cannot load the kernel programs; observer needs root or CAP_BPF, CAP_PERFMON and \
+    let (mut kernel, events) = Kernel::load(LoadOptions {
+        empty_probes: opts.empty_probes,
+        ffmpeg_logs: opts.ffmpeg_logs,
+        io_stats: opts.io_stats,
+        log_event_level: opts.ffmpeg_log_events.av_level(),
+    })
+    .context(
+        "cannot load the kernel programs; observer needs root or CAP_BPF, CAP_PERFMON and \
          CAP_SYS_PTRACE, and a kernel with uprobes and BTF",
-        )?;
+    )?;
     tracing::info!(
         exec = kernel.life.exec,
         exit = kernel.life.exit,
@@ -139,6 +144,31 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                         Some(Event::Io(ev)) => {
                             if let Ok(mut s) = shared.lock() {
                                 s.ios.event(&ev);
+                            }
+                            continue;
+                        }
+                        Some(Event::Log(ev)) => {
+                            if let Ok(s) = shared.lock() {
+                                let process = tracker
+                                    .process(ev.tgid)
+                                    .map(|p| p.comm.clone())
+                                    .or_else(|| procfs::comm(ev.tgid))
+                                    .unwrap_or_default();
+                                // The message may come before the collection that shows its
+                                // stream or io: the kernel's maps know them already.
+                                let stream = s
+                                    .registry
+                                    .label_of(ev.tgid, ev.avcl)
+                                    .map(str::to_string)
+                                    .or_else(|| kernel.stream_label(ev.tgid, ev.avcl))
+                                    .unwrap_or_default();
+                                let io = s
+                                    .ios
+                                    .label_of_context(ev.tgid, ev.avcl)
+                                    .map(str::to_string)
+                                    .or_else(|| kernel.io_label(ev.tgid, ev.avcl))
+                                    .unwrap_or_default();
+                                logs::emit(&ev, &process, &stream, &io);
                             }
                             continue;
                         }

@@ -174,3 +174,48 @@ mod tests {
         assert_eq!(protocol("C"), "file");
     }
 }
+
+/// Redacts every URL-looking token (anything with `://`, or `user:password@host`) in free
+/// text, such as a log message that names its input.
+pub fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, token) in text.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        // A trailing ':' or ',' belongs to the sentence, not the URL.
+        let inner = token.trim_start_matches(['\'', '"', '(']);
+        let head = &token[..token.len() - inner.len()];
+        let core = inner.trim_end_matches([':', ',', ';', '\'', '"', ')']);
+        let tail = &inner[core.len()..];
+        let credentials = core
+            .split_once('@')
+            .is_some_and(|(user, _)| user.contains(':') && !user.contains('/'));
+        if core.contains("://") || credentials {
+            out.push_str(head);
+            out.push_str(&redact(core));
+            out.push_str(tail);
+        } else {
+            out.push_str(token);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    #[test]
+    fn urls_in_messages_are_redacted() {
+        assert_eq!(
+            redact_text("http://u:hunter2@h:1/x?token=abc: Connection refused"),
+            "http://REDACTED@h:1/x?token=REDACTED: Connection refused"
+        );
+        assert_eq!(
+            redact_text("Opening 'rtmp://live/app/sk_123' for writing"),
+            "Opening 'rtmp://live/app/REDACTED' for writing"
+        );
+        assert_eq!(redact_text("no urls: a:b here"), "no urls: a:b here");
+    }
+}

@@ -120,3 +120,100 @@ fn log_capture_can_be_turned_off() {
         0
     );
 }
+
+/// The daemon's JSON log lines from target `ffmpeg` for `pid`.
+fn events_of(d: &Daemon, pid: u32) -> Vec<serde_json::Value> {
+    d.log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "ffmpeg" && v["pid"] == pid)
+        .collect()
+}
+
+#[test]
+fn warnings_and_errors_become_structured_events_formatted_like_ffmpegs_own() {
+    let dir = tempdir("log-events");
+    let (bad, corrupted) = observer_tests::media::damaged_png_nut(&dir, |n| n % 3 == 1);
+    let d = Daemon::start(&["--log-format", "json"]);
+    // FFmpeg's own rendering of the same messages ("repeat": no folding of equal lines).
+    let (pid, stderr) = run(ffmpeg()
+        .args(["-loglevel", "repeat+error", "-threads", "1", "-i"])
+        .arg(&bad)
+        .args(["-f", "null", "-"]));
+    let truth: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.split_once("] ").map(|(_, m)| m))
+        .filter(|m| m.starts_with("Invalid PNG signature"))
+        .collect();
+    assert_eq!(truth.len(), corrupted, "{stderr}");
+    d.wait_ended(pid);
+    let events = events_of(&d, pid);
+    let ours: Vec<&str> = events
+        .iter()
+        .filter(|e| {
+            e["template"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("Invalid PNG signature"))
+        })
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(ours, truth, "{events:#?}");
+    let e = events
+        .iter()
+        .find(|e| {
+            e["template"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("Invalid PNG"))
+        })
+        .unwrap();
+    assert_eq!(e["ffmpeg_level"], "error");
+    assert_eq!(e["process"], "ffmpeg");
+    assert!(
+        e["stream"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(&format!("{pid}-")))
+    );
+
+    // A failed open names its URL: the event carries it redacted, never the secret.
+    let url = "http://viewer:PLANTEDPASSWORD@127.0.0.1:9/live.m3u8?token=PLANTEDTOKEN";
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-i", url])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("Connection refused"), "{said}");
+    let want = "http://REDACTED@127.0.0.1:9/live.m3u8?token=REDACTED: Connection refused";
+    let t0 = std::time::Instant::now();
+    loop {
+        let log = d.log_text();
+        if log.contains(want) {
+            for secret in ["PLANTEDPASSWORD", "PLANTEDTOKEN"] {
+                assert!(!log.contains(secret), "{secret} leaked:\n{log}");
+            }
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 20, "no redacted event in:\n{log}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn log_events_can_be_turned_off() {
+    let dir = tempdir("log-events-off");
+    let (bad, _) = observer_tests::media::damaged_png_nut(&dir, |n| n == 2);
+    let d = Daemon::start(&["--log-format", "json", "--ffmpeg-log-events", "none"]);
+    let (pid, _) = run(ffmpeg()
+        .args(["-loglevel", "quiet", "-i"])
+        .arg(&bad)
+        .args(["-f", "null", "-"]));
+    let s = d.wait_ended(pid);
+    // Still counted, not sent.
+    assert!(
+        s.sum(
+            "media_log_messages_total",
+            &[("pid", &pid.to_string()), ("level", "error")]
+        ) >= 1.0
+    );
+    assert!(events_of(&d, pid).is_empty());
+}

@@ -225,6 +225,11 @@ fn account(bin: &Path, port: u16, args: &[String]) -> anyhow::Result<(u64, u64)>
         "find_stream_info_return",
         "stream_end",
         "log_message",
+        "io_open_enter",
+        "io_open_return",
+        "io_call_enter",
+        "io_call_return",
+        "io_close",
     ];
     let (mut hits, mut ns) = (0, 0);
     for p in progs

@@ -67,6 +67,10 @@ static DEMUXED: LruHashMap<PacketKey, u64> = LruHashMap::with_max_entries(8192, 
 #[map]
 pub static ENCODED: LruHashMap<PacketKey, u64> = LruHashMap::with_max_entries(8192, 0);
 
+/// Packets of an input whose data pointers are remembered for linking decoders: enough for
+/// every stream of an input to have sent its first packets.
+const LINK_PACKETS: u64 = 512;
+
 /// Packet fields: pts (8) to flags (40 + 4) in every major.
 type PacketWindow = Window<40>;
 
@@ -140,7 +144,25 @@ fn new_io(tgid: u32, direction: IoDirection, url: u64, parent: u64) -> Option<Io
 /// this call set it, so only that call clears it.
 #[inline(always)]
 fn set_current(pid_tgid: u64, io: &IoKey) -> bool {
-    CURRENT_IO.insert(&pid_tgid, io, BPF_NOEXIST).is_ok()
+    // A thread's entry is reused (id 0 marks it idle): an insert and a delete per demuxed
+    // packet would cost more than the rest of the probe.
+    match CURRENT_IO.get_ptr_mut(&pid_tgid) {
+        // SAFETY: map value pointer, valid for this program run.
+        Some(p) => unsafe {
+            if (*p).id != 0 {
+                return false;
+            }
+            *p = *io;
+            true
+        },
+        None => CURRENT_IO.insert(&pid_tgid, io, BPF_NOEXIST).is_ok(),
+    }
+}
+
+/// The io the thread works on, if any.
+#[inline(always)]
+pub fn current_io(pid_tgid: u64) -> Option<IoKey> {
+    copied(CURRENT_IO.get_ptr(&pid_tgid)).filter(|io| io.id != 0)
 }
 
 /// `CallState::pts` of the calls here: whether the call set `CURRENT_IO`.
@@ -148,7 +170,10 @@ const OWNS_CURRENT: i64 = 1;
 
 #[inline(always)]
 pub fn clear_current(pid_tgid: u64) {
-    let _ = CURRENT_IO.remove(&pid_tgid);
+    if let Some(p) = CURRENT_IO.get_ptr_mut(&pid_tgid) {
+        // SAFETY: map value pointer, valid for this program run.
+        unsafe { (*p).id = 0 };
+    }
 }
 
 /// The thread works on format context `fmt` (inside `avformat_find_stream_info`, which reads
@@ -173,7 +198,7 @@ pub fn io_open_enter(ctx: ProbeContext) -> u32 {
     let Some(ps) = ctx.arg::<u64>(0) else {
         return 0;
     };
-    let parent = copied(CURRENT_IO.get_ptr(&pid_tgid)).map_or(0, |p| p.id);
+    let parent = current_io(pid_tgid).map_or(0, |p| p.id);
     let io = match kind {
         OPEN_INPUT => new_io(
             tgid,
@@ -366,7 +391,11 @@ pub fn io_call_return(ctx: RetProbeContext) -> u32 {
             add_shared(&mut io.corrupt_packets, 1);
         }
         io.last_ns = now_ns();
-        if let Some(data) = w.get::<u64>(l.pkt_data).filter(|d| *d != 0) {
+        // Decoders are linked by their first packets; an LRU insert per packet for the
+        // whole run would cost a microsecond a packet.
+        if io.demux_packets <= LINK_PACKETS
+            && let Some(data) = w.get::<u64>(l.pkt_data).filter(|d| *d != 0)
+        {
             let pk = PacketKey {
                 tgid,
                 _pad: 0,

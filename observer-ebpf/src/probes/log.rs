@@ -5,19 +5,22 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_str_bytes},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_probe_read_user_str_bytes,
+    },
     macros::{map, uprobe},
     maps::HashMap,
     programs::ProbeContext,
 };
 use observer_common::{
     event::EventKind,
-    log::{LogEntry, LogKey, MAX_LOG_KEYS, TEMPLATE_LEN},
+    log::{LOG_OVERFLOW_LEN, LOG_STRINGS, LogEntry, LogEvent, LogKey, MAX_LOG_KEYS, TEMPLATE_LEN},
     stream::counter,
 };
 
 use super::{codec::now_ns, process::send_addr};
-use crate::maps::bump;
+use crate::maps::{EVENTS, bump};
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 const BPF_NOEXIST: u64 = 1;
@@ -25,6 +28,11 @@ const BPF_NOEXIST: u64 = 1;
 #[map]
 pub static LOGS: HashMap<LogKey, LogEntry> =
     HashMap::with_max_entries(MAX_LOG_KEYS, BPF_F_NO_PREALLOC);
+
+/// Messages at this `AV_LOG_*` level or more severe are also sent whole, with their
+/// arguments, as structured events; a negative value sends none. Set by the loader.
+#[unsafe(no_mangle)]
+static LOG_EVENT_LEVEL: i32 = -1;
 
 #[uprobe]
 pub fn log_message(ctx: ProbeContext) -> u32 {
@@ -34,6 +42,17 @@ pub fn log_message(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: a constant the loader may have set; volatile so it is not folded at build time.
+    // Negative levels (AV_LOG_QUIET) are never printed: not messages.
+    if (0..=unsafe { core::ptr::read_volatile(&LOG_EVENT_LEVEL) }).contains(&(level as i32)) {
+        send_message(
+            tgid,
+            avcl,
+            level as i32,
+            fmt,
+            ctx.arg::<u64>(3).unwrap_or(0),
+        );
+    }
     let key = LogKey {
         tgid,
         level: level as i32,
@@ -72,4 +91,92 @@ pub fn log_message(ctx: ProbeContext) -> u32 {
         send_addr(EventKind::LogTemplate, tgid, fmt);
     }
     0
+}
+
+/// Sends one message with the raw material to format it: the `va_list` (x86-64: gp_offset,
+/// fp_offset, overflow_arg_area, reg_save_area), its register save area and stack part, and
+/// a string read at each of the next integer-class arguments.
+#[inline(always)]
+fn send_message(tgid: u32, avcl: u64, level: i32, fmt: u64, vl: u64) {
+    let Some(mut entry) = EVENTS.reserve::<LogEvent>(0) else {
+        bump(counter::EVENTS_LOST);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: the reservation is sized for a LogEvent; every field is written before submit,
+    // and every read from the process is fault-tolerant and bounded by its buffer.
+    unsafe {
+        (*ev).kind = EventKind::LogMessage as u32;
+        (*ev).tgid = tgid;
+        (*ev).ktime_ns = now_ns();
+        (*ev).avcl = avcl;
+        (*ev).level = level;
+        (*ev)._pad = 0;
+        let list = if vl == 0 {
+            None
+        } else {
+            bpf_probe_read_user(vl as *const [u64; 3]).ok()
+        };
+        let [offsets, overflow, save] = list.unwrap_or([0; 3]);
+        (*ev).gp_offset = offsets as u32;
+        (*ev).fp_offset = (offsets >> 32) as u32;
+        if save == 0 || bpf_probe_read_user_buf(save as *const u8, &mut (*ev).regs).is_err() {
+            (*ev).regs = [0; 176];
+        }
+        if overflow == 0
+            || bpf_probe_read_user_buf(overflow as *const u8, &mut (*ev).overflow).is_err()
+        {
+            (*ev).overflow = [0; LOG_OVERFLOW_LEN];
+        }
+        // The next integer-class arguments: registers from gp_offset on, then the stack.
+        let first = ((*ev).gp_offset / 8) as usize;
+        let mut i = 0;
+        while i < LOG_STRINGS {
+            let arg = integer_arg(&*ev, first + i);
+            if let Some(s) = (*ev).strings.get_mut(i) {
+                // 0xff first: no string there (an integer, or unreadable).
+                s[0] = 0xff;
+                s[1] = 0;
+                if arg > 4096 && bpf_probe_read_user_str_bytes(arg as *const u8, s).is_err() {
+                    s[0] = 0xff;
+                    s[1] = 0;
+                }
+            }
+            i += 1;
+        }
+        (*ev).template[0] = 0;
+        let _ = bpf_probe_read_user_str_bytes(fmt as *const u8, &mut (*ev).template);
+    }
+    entry.submit(0);
+}
+
+/// Integer-class argument slot `n` of a captured `va_list`: the six registers, then the
+/// stack. Constant offsets only, so the verifier sees every access in bounds.
+#[inline(always)]
+fn integer_arg(ev: &LogEvent, n: usize) -> u64 {
+    match n {
+        0 => read_u64(&ev.regs, 0),
+        1 => read_u64(&ev.regs, 8),
+        2 => read_u64(&ev.regs, 16),
+        3 => read_u64(&ev.regs, 24),
+        4 => read_u64(&ev.regs, 32),
+        5 => read_u64(&ev.regs, 40),
+        6 => read_u64(&ev.overflow, 0),
+        7 => read_u64(&ev.overflow, 8),
+        8 => read_u64(&ev.overflow, 16),
+        9 => read_u64(&ev.overflow, 24),
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+fn read_u64<const N: usize>(b: &[u8; N], at: usize) -> u64 {
+    match b.get(at..at + 8) {
+        Some(s) => {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(s);
+            u64::from_ne_bytes(v)
+        }
+        None => 0,
+    }
 }

@@ -28,7 +28,7 @@ use core::ffi::c_void;
 
 use super::{
     codec::{add_shared, now_ns},
-    io::{CURRENT_IO, IO_PROCESSES, io_of},
+    io::{CURRENT_IO, IO_PROCESSES, current_io, io_of},
 };
 use crate::maps::{EVENTS, bump, copied};
 
@@ -499,7 +499,7 @@ const SOCK_DGRAM: u64 = 2;
 #[tracepoint]
 pub fn fd_enter_open(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(io) = copied(CURRENT_IO.get_ptr(&pid_tgid)) else {
+    let Some(io) = current_io(pid_tgid) else {
         return 0;
     };
     let args = SyscallArgs {
@@ -517,7 +517,7 @@ pub fn fd_enter_open(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn fd_enter_socket(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(io) = copied(CURRENT_IO.get_ptr(&pid_tgid)) else {
+    let Some(io) = current_io(pid_tgid) else {
         return 0;
     };
     let kind = if arg(&ctx, ARG1) & 0xf == SOCK_DGRAM {
@@ -620,7 +620,7 @@ fn system_file(path: u64) -> bool {
 pub fn fd_exit_accept(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let fd = arg(&ctx, RET) as i64;
-    match copied(CURRENT_IO.get_ptr(&pid_tgid)) {
+    match current_io(pid_tgid) {
         Some(io) if fd >= 0 => {
             tie(pid_tgid, fd, io, FdKind::Stream as u32);
         }
