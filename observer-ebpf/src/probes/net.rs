@@ -1,12 +1,14 @@
-//! The file descriptors of ios, seen from the kernel: syscall tracepoints tie descriptors
-//! created while a thread works on an io (`probes::io::CURRENT_IO`) to that io, count the
-//! bytes every read and write moves on them, and parse received datagrams for RTP sequence
-//! gaps, jitter and MPEG-TS continuity errors. Socket tracepoints learn which kernel socket
-//! backs a descriptor, so drops (`skb:kfree_skb`, with the kernel's own reason) and TCP
-//! retransmissions, which happen outside the process, are charged to the right io.
+//! The file descriptors of ios, seen from the kernel. Syscall tracepoints tie descriptors
+//! created while a thread works on an io (`probes::io::CURRENT_IO`) to that io and count the
+//! bytes read and written on its files. Sockets are followed by the socket tracepoints
+//! `sock_recv_length`/`sock_send_length`, which fire once per message inside whatever
+//! syscall moved it: one program a datagram counts its bytes and parses its RTP header and
+//! MPEG-TS packet headers (sequence gaps, jitter, continuity errors). Knowing the kernel
+//! socket of each io descriptor also charges drops (`skb:kfree_skb`, with the kernel's own
+//! reason) and TCP retransmissions, which happen outside the process, to the right io.
 //!
-//! Every program here runs for every process on the node; each starts with one hash lookup
-//! that fails fast for descriptors and threads that are not ours.
+//! Every program here runs for every process on the node; each starts with one lookup that
+//! fails fast for descriptors, sockets and threads that are not ours.
 
 use aya_ebpf::{
     bindings::pt_regs,
