@@ -256,6 +256,7 @@ impl IoRegistry {
     }
 
     fn upsert(&mut self, key: IoKey, io: Io, ended: Option<Instant>, tracker: &Tracker) {
+        let (last, opened) = (self.wall_secs(io.last_ns), self.wall_secs(io.opened_ns));
         let record = match self.records.entry(key) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
@@ -297,10 +298,8 @@ impl IoRegistry {
             *self.open_failures.entry(failure).or_default() += 1;
         }
         record.io = io;
-        record.last_activity = (io.last_ns != 0)
-            .then(|| (io.last_ns as i128 - self.clock_offset_ns) as f64 / 1e9)
-            .unwrap_or(0.0);
-        record.opened_wall = (io.opened_ns as i128 - self.clock_offset_ns) as f64 / 1e9;
+        record.last_activity = last;
+        record.opened_wall = opened;
         record.rtp_lost = record.rtp_lost.max(rtp_lost(&io));
         if record.ended.is_none() {
             record.ended = ended;

@@ -177,7 +177,7 @@ impl Kernel {
         let btf = Btf::from_sys_fs().ok();
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
-            .set_global("LOG_EVENT_LEVEL", &log_event_level, true)
+            .override_global("LOG_EVENT_LEVEL", &log_event_level, true)
             .load(PROGRAMS)?;
         for name in UPROBE_PROGRAMS {
             let p: &mut UProbe = program(&mut ebpf, name)?;

@@ -120,72 +120,6 @@ impl LogRegistry {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(ints: &[u64], doubles: &[f64], strings: &[(usize, &str)]) -> LogEvent {
-        // SAFETY: LogEvent is plain integers; all-zero is a valid value.
-        let mut ev: LogEvent = unsafe { std::mem::zeroed() };
-        // As av_log's caller leaves it: avcl, level, fmt in the first three registers.
-        ev.gp_offset = 24;
-        ev.fp_offset = 48;
-        let mut gp = 24;
-        let mut stack = 0;
-        for v in ints {
-            if gp < 48 {
-                ev.regs[gp..gp + 8].copy_from_slice(&v.to_ne_bytes());
-                gp += 8;
-            } else {
-                ev.overflow[stack..stack + 8].copy_from_slice(&v.to_ne_bytes());
-                stack += 8;
-            }
-        }
-        for (i, d) in doubles.iter().enumerate() {
-            ev.regs[48 + 16 * i..56 + 16 * i].copy_from_slice(&d.to_bits().to_ne_bytes());
-        }
-        for s in ev.strings.iter_mut() {
-            s[0] = 0xff;
-        }
-        for (i, s) in strings {
-            ev.strings[*i][..s.len()].copy_from_slice(s.as_bytes());
-            ev.strings[*i][s.len()] = 0;
-        }
-        ev
-    }
-
-    #[test]
-    fn messages_format_like_printf() {
-        let ev = event(
-            &[188, 7, 0x1234, 0x7f00_0000_1000, 5],
-            &[2.5],
-            &[(3, "h264")],
-        );
-        let (msg, args) = format_message("pid %d cc %02d flags 0x%08X %s x%d at %.2f%%", &ev);
-        assert_eq!(msg, "pid 188 cc 07 flags 0x00001234 h264 x5 at 2.50%");
-        assert_eq!(args, ["188", "07", "00001234", "h264", "5", "2.50"]);
-        // Integer arguments beyond the registers come from the stack part.
-        let ev = event(&[1, 2, 3, 4, 5], &[], &[]);
-        assert_eq!(format_message("%d %d %d %d %d", &ev).0, "1 2 3 4 5");
-        // What the capture did not reach reads as "?", never as garbage.
-        let ev = event(&[1], &[], &[]);
-        assert_eq!(format_message("%s", &ev).0, "?");
-        assert_eq!(
-            format_message("%ld %lld %zu", &event(&[u64::MAX, 3, 4], &[], &[])).0,
-            "-1 3 4"
-        );
-    }
-
-    #[test]
-    fn templates_become_one_line_labels() {
-        assert_eq!(
-            clean("Continuity check failed for pid %d expected %d got %d\n"),
-            "Continuity check failed for pid %d expected %d got %d"
-        );
-        assert_eq!(clean("a\tb\r\n"), "a b");
-    }
-}
-
 /// Emits one captured message as a structured event of the daemon's own log (JSON with
 /// `--log-format json`): target `ffmpeg`, the message formatted with its arguments, its
 /// template, level, process, and the stream or io that logged it. URLs in it are redacted.
@@ -244,7 +178,7 @@ pub fn format_message(template: &str, ev: &LogEvent) -> (String, Vec<String>) {
             flags.push(f);
             chars.next();
         }
-        let mut number = |chars: &mut std::iter::Peekable<std::str::Chars>, args: &mut Args| {
+        let number = |chars: &mut std::iter::Peekable<std::str::Chars>, args: &mut Args| {
             if chars.peek() == Some(&'*') {
                 chars.next();
                 return args.int().map(|v| v as i32 as i64 as usize);
@@ -377,5 +311,71 @@ impl Args<'_> {
         }
         let s = self.ev.strings.get(i)?;
         (s[0] != 0xff).then(|| streams::cstr(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(ints: &[u64], doubles: &[f64], strings: &[(usize, &str)]) -> LogEvent {
+        // SAFETY: LogEvent is plain integers; all-zero is a valid value.
+        let mut ev: LogEvent = unsafe { std::mem::zeroed() };
+        // As av_log's caller leaves it: avcl, level, fmt in the first three registers.
+        ev.gp_offset = 24;
+        ev.fp_offset = 48;
+        let mut gp = 24;
+        let mut stack = 0;
+        for v in ints {
+            if gp < 48 {
+                ev.regs[gp..gp + 8].copy_from_slice(&v.to_ne_bytes());
+                gp += 8;
+            } else {
+                ev.overflow[stack..stack + 8].copy_from_slice(&v.to_ne_bytes());
+                stack += 8;
+            }
+        }
+        for (i, d) in doubles.iter().enumerate() {
+            ev.regs[48 + 16 * i..56 + 16 * i].copy_from_slice(&d.to_bits().to_ne_bytes());
+        }
+        for s in ev.strings.iter_mut() {
+            s[0] = 0xff;
+        }
+        for (i, s) in strings {
+            ev.strings[*i][..s.len()].copy_from_slice(s.as_bytes());
+            ev.strings[*i][s.len()] = 0;
+        }
+        ev
+    }
+
+    #[test]
+    fn messages_format_like_printf() {
+        let ev = event(
+            &[188, 7, 0x1234, 0x7f00_0000_1000, 5],
+            &[2.5],
+            &[(3, "h264")],
+        );
+        let (msg, args) = format_message("pid %d cc %02d flags 0x%08X %s x%d at %.2f%%", &ev);
+        assert_eq!(msg, "pid 188 cc 07 flags 0x00001234 h264 x5 at 2.50%");
+        assert_eq!(args, ["188", "07", "00001234", "h264", "5", "2.50"]);
+        // Integer arguments beyond the registers come from the stack part.
+        let ev = event(&[1, 2, 3, 4, 5], &[], &[]);
+        assert_eq!(format_message("%d %d %d %d %d", &ev).0, "1 2 3 4 5");
+        // What the capture did not reach reads as "?", never as garbage.
+        let ev = event(&[1], &[], &[]);
+        assert_eq!(format_message("%s", &ev).0, "?");
+        assert_eq!(
+            format_message("%ld %lld %zu", &event(&[u64::MAX, 3, 4], &[], &[])).0,
+            "-1 3 4"
+        );
+    }
+
+    #[test]
+    fn templates_become_one_line_labels() {
+        assert_eq!(
+            clean("Continuity check failed for pid %d expected %d got %d\n"),
+            "Continuity check failed for pid %d expected %d got %d"
+        );
+        assert_eq!(clean("a\tb\r\n"), "a b");
     }
 }

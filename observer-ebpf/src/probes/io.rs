@@ -266,7 +266,7 @@ pub fn io_open_return(ctx: RetProbeContext) -> u32 {
     let ret = ctx.ret::<i64>() as i32;
     let Some(io) = io_of(&key) else { return 0 };
     if ret < 0 {
-        io.open_error = ret as i32;
+        io.open_error = ret;
         io.closed_ns = now_ns();
         return 0;
     }
