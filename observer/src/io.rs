@@ -208,26 +208,14 @@ impl IoRegistry {
             };
             self.upsert(key, io, ended.then_some(now), tracker);
         }
-        for (key, r) in self.records.iter_mut() {
-            if r.ended.is_none() && !seen.contains(key) {
-                r.ended = Some(now);
-            }
-        }
-        let grace = self.grace;
-        self.records
-            .retain(|_, r| r.ended.is_none_or(|t| now.duration_since(t) < grace));
-        let over = self.records.len().saturating_sub(self.max);
-        if over > 0 {
-            let mut ended: Vec<(Instant, IoKey)> = self
-                .records
-                .iter()
-                .filter_map(|(k, r)| Some((r.ended?, *k)))
-                .collect();
-            ended.sort();
-            for (_, k) in ended.into_iter().take(over) {
-                self.records.remove(&k);
-            }
-        }
+        streams::expire(
+            &mut self.records,
+            |k| seen.contains(k),
+            |r| &mut r.ended,
+            now,
+            self.grace,
+            self.max,
+        );
         let live: HashSet<u32> = self.records.keys().map(|k| k.tgid).collect();
         self.open_files.retain(|(tgid, _), _| live.contains(tgid));
     }

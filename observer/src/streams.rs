@@ -210,29 +210,14 @@ impl Registry {
         }
         // Live streams the kernel no longer holds and did not hand over as ended (its ended
         // map was full): end them with their last known counts.
-        for (id, r) in self.records.iter_mut() {
-            if r.ended.is_none() && !seen_live.contains(id) {
-                r.ended = Some(now);
-            }
-        }
-        let grace = self.grace;
-        self.records
-            .retain(|_, r| r.ended.is_none_or(|t| now.duration_since(t) < grace));
-        let over = self.records.len().saturating_sub(self.max);
-        if over > 0 {
-            // Oldest ended streams go first; live streams are never dropped from the registry,
-            // only from the export (see `exported_records`).
-            let mut ended: Vec<(Instant, StreamId)> = self
-                .records
-                .iter()
-                .filter_map(|(id, r)| Some((r.ended?, *id)))
-                .collect();
-            ended.sort();
-            for (_, id) in ended.into_iter().take(over) {
-                self.records.remove(&id);
-                self.evicted_total += 1;
-            }
-        }
+        self.evicted_total += expire(
+            &mut self.records,
+            |id| seen_live.contains(id),
+            |r| &mut r.ended,
+            now,
+            self.grace,
+            self.max,
+        );
         let live = self.records.values().filter(|r| r.ended.is_none()).count();
         self.stats = CollectStats {
             live,
@@ -257,6 +242,42 @@ impl Registry {
         let ended = self.records.values().filter(|r| r.ended.is_some());
         live.chain(ended).take(self.max)
     }
+}
+
+/// The end of a collection, for any registry of things that end (streams, ios): records
+/// not `seen` in the kernel any more are ended now, ended ones past the grace period go, and
+/// beyond `max` the oldest ended ones go first (live ones never, they are only left out of
+/// the export). Returns how many were pushed out early by the cap.
+pub fn expire<K: Ord + Copy, R>(
+    records: &mut BTreeMap<K, R>,
+    seen: impl Fn(&K) -> bool,
+    ended: impl Fn(&mut R) -> &mut Option<Instant>,
+    now: Instant,
+    grace: Duration,
+    max: usize,
+) -> u64 {
+    for (k, r) in records.iter_mut() {
+        let e = ended(r);
+        if e.is_none() && !seen(k) {
+            *e = Some(now);
+        }
+    }
+    records.retain(|_, r| ended(r).is_none_or(|t| now.duration_since(t) < grace));
+    let over = records.len().saturating_sub(max);
+    if over == 0 {
+        return 0;
+    }
+    let mut old: Vec<(Instant, K)> = records
+        .iter_mut()
+        .filter_map(|(k, r)| Some(((*ended(r))?, *k)))
+        .collect();
+    old.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut evicted = 0;
+    for (_, k) in old.into_iter().take(over) {
+        records.remove(&k);
+        evicted += 1;
+    }
+    evicted
 }
 
 /// Streams that carry a pipeline's work: not probe decoders, not misread, and used.

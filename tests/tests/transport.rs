@@ -58,6 +58,13 @@ fn spawn_ffmpeg(ns: &str, args: &[&str], log: &std::path::Path) -> Child {
         .expect("ffmpeg")
 }
 
+/// A receiver in the receiving namespace that copies `url` to nowhere.
+fn receive(link: &Link, before: &[&str], url: &str, log: &std::path::Path) -> Child {
+    let mut args = before.to_vec();
+    args.extend(["-i", url, "-c", "copy", "-f", "null", "-"]);
+    spawn_ffmpeg(&link.rx, &args, log)
+}
+
 fn send(link: &Link, url: &str, format: &str) -> Child {
     let input = ingest_ts();
     let dir = tempdir("tx");
@@ -261,19 +268,10 @@ fn rtp_lost_packets_equal_the_nftables_drop_count() {
     );
     let d = Daemon::start(&[]);
     let dir = tempdir("rtp-rx");
-    let mut rx = spawn_ffmpeg(
-        &link.rx,
-        &[
-            "-loglevel",
-            "error",
-            "-i",
-            "rtp://0.0.0.0:5004",
-            "-c",
-            "copy",
-            "-f",
-            "null",
-            "-",
-        ],
+    let mut rx = receive(
+        &link,
+        &["-loglevel", "error"],
+        "rtp://0.0.0.0:5004",
         &dir.join("rx.log"),
     );
     std::thread::sleep(Duration::from_millis(1500));
@@ -311,21 +309,10 @@ fn receive_buffer_drops_equal_the_sockets_own_drop_counter() {
     let link = Link::new();
     let d = Daemon::start(&[]);
     let dir = tempdir("rcvbuf");
-    let mut rx = spawn_ffmpeg(
-        &link.rx,
-        &[
-            "-loglevel",
-            "error",
-            "-timeout",
-            "3000000",
-            "-i",
-            "udp://0.0.0.0:5006?buffer_size=16384&overrun_nonfatal=1",
-            "-c",
-            "copy",
-            "-f",
-            "null",
-            "-",
-        ],
+    let mut rx = receive(
+        &link,
+        &["-loglevel", "error", "-timeout", "3000000"],
+        "udp://0.0.0.0:5006?buffer_size=16384&overrun_nonfatal=1",
         &dir.join("rx.log"),
     );
     std::thread::sleep(Duration::from_millis(1500));
@@ -384,19 +371,10 @@ fn tcp_output_through_loss_shows_the_kernels_retransmissions() {
     assert!(out.status.success());
     let d = Daemon::start(&[]);
     let dir = tempdir("tcp");
-    let mut rx = spawn_ffmpeg(
-        &link.rx,
-        &[
-            "-loglevel",
-            "error",
-            "-i",
-            "tcp://0.0.0.0:5008?listen=1",
-            "-c",
-            "copy",
-            "-f",
-            "null",
-            "-",
-        ],
+    let mut rx = receive(
+        &link,
+        &["-loglevel", "error"],
+        "tcp://0.0.0.0:5008?listen=1",
         &dir.join("rx.log"),
     );
     std::thread::sleep(Duration::from_millis(1000));
@@ -444,19 +422,10 @@ fn a_stalled_input_is_reported_stalled_and_a_planted_secret_never_leaves() {
     // The test daemon logs at debug level: nothing it logs may carry the secret either.
     let d = Daemon::start(&["--stall-after", "2s"]);
     let dir = tempdir("stall");
-    let mut rx = spawn_ffmpeg(
-        &link.rx,
-        &[
-            "-loglevel",
-            "error",
-            "-i",
-            "udp://viewer:PLANTEDPASSWORD@0.0.0.0:5010?token=PLANTEDTOKEN&overrun_nonfatal=1",
-            "-c",
-            "copy",
-            "-f",
-            "null",
-            "-",
-        ],
+    let mut rx = receive(
+        &link,
+        &["-loglevel", "error"],
+        "udp://viewer:PLANTEDPASSWORD@0.0.0.0:5010?token=PLANTEDTOKEN&overrun_nonfatal=1",
         &dir.join("rx.log"),
     );
     std::thread::sleep(Duration::from_millis(1500));

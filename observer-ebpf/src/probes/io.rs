@@ -246,25 +246,33 @@ pub fn io_open_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
-#[uretprobe]
-pub fn io_open_return(ctx: RetProbeContext) -> u32 {
-    let kind = cookie_call(cookie(&ctx));
+/// The common start of the return probes here: the call's state, the io it worked on, the
+/// thread's current io given back (if this call set it), and the `int` return value.
+#[inline(always)]
+fn returned(ctx: &RetProbeContext) -> Option<(CallState, IoKey, &'static mut Io, i32)> {
+    let kind = cookie_call(cookie(ctx));
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(state) = finish(&CallKey::new(pid_tgid, kind)) else {
-        return 0;
-    };
+    let state = finish(&CallKey::new(pid_tgid, kind))?;
     if state.pts == OWNS_CURRENT {
         clear_current(pid_tgid);
     }
-    let tgid = (pid_tgid >> 32) as u32;
     let key = IoKey {
-        tgid,
+        tgid: (pid_tgid >> 32) as u32,
         _pad: 0,
         id: state.args[1],
     };
-    // An `int` return: the upper half of rax is not part of it.
+    // The upper half of rax is not part of an `int` return.
     let ret = ctx.ret::<i64>() as i32;
-    let Some(io) = io_of(&key) else { return 0 };
+    Some((state, key, io_of(&key)?, ret))
+}
+
+#[uretprobe]
+pub fn io_open_return(ctx: RetProbeContext) -> u32 {
+    let kind = cookie_call(cookie(&ctx));
+    let Some((state, key, io, ret)) = returned(&ctx) else {
+        return 0;
+    };
+    let tgid = key.tgid;
     if ret < 0 {
         io.open_error = ret;
         io.closed_ns = now_ns();
@@ -355,22 +363,10 @@ pub fn io_call_enter(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn io_call_return(ctx: RetProbeContext) -> u32 {
     let kind = cookie_call(cookie(&ctx));
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(state) = finish(&CallKey::new(pid_tgid, kind)) else {
+    let Some((state, key, io, ret)) = returned(&ctx) else {
         return 0;
     };
-    if state.pts == OWNS_CURRENT {
-        clear_current(pid_tgid);
-    }
-    let tgid = (pid_tgid >> 32) as u32;
-    let key = IoKey {
-        tgid,
-        _pad: 0,
-        id: state.args[1],
-    };
-    let Some(io) = io_of(&key) else { return 0 };
-    // An `int` return: the upper half of rax is not part of it.
-    let ret = ctx.ret::<i64>() as i32;
+    let tgid = key.tgid;
     let pkt = state.args[2];
     if kind == READ_FRAME {
         if ret < 0 {
