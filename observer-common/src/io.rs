@@ -130,7 +130,7 @@ pub struct Rtp {
     pub transit: i64,
 }
 
-crate::user_pod!(IoKey, Io, FdEntry, IoEvent, PacketKey);
+crate::user_pod!(IoKey, Io, FdEntry, IoEvent, PacketKey, CcKey);
 const _: () = assert!(core::mem::size_of::<Io>().is_multiple_of(8));
 
 /// A file descriptor tied to an io, keyed by `tgid << 32 | fd` in the `FDS` map.

@@ -13,7 +13,7 @@ use aya::{
 };
 use observer_common::{
     event::{EventKind, ProcessEvent},
-    io::{Io, IoEvent, IoKey, PacketKey},
+    io::{CcKey, FdEntry, Io, IoEvent, IoKey, PacketKey},
     layout::{LibLayout, MAX_LIBS, cookie},
     log::{LogEntry, LogEvent, LogKey},
     stream::{EndedKey, Stream, StreamKey, counter},
@@ -117,6 +117,13 @@ pub struct Kernel {
     pub io: IoProbes,
     ios: HashMap<MapData, IoKey, Io>,
     context_io: HashMap<MapData, PacketKey, IoKey>,
+    /// The per-process io maps the kernel cannot clean when a process dies without closing
+    /// (LRU maps would age the entries out; the daemon removes them at once).
+    fds: HashMap<MapData, u64, FdEntry>,
+    sockets: HashMap<MapData, u64, [u8; 32]>,
+    continuity: HashMap<MapData, CcKey, u32>,
+    demuxed: HashMap<MapData, PacketKey, u64>,
+    encoded: HashMap<MapData, PacketKey, u64>,
     /// Attach do-nothing programs instead of the real ones (the benchmarks' floor).
     empty_probes: bool,
     /// Probe `av_vlog`.
@@ -229,6 +236,11 @@ impl Kernel {
             free_slots: (0..MAX_LIBS).rev().collect(),
             ios: map(&mut ebpf, "IOS")?,
             context_io: map(&mut ebpf, "CONTEXT_IO")?,
+            fds: map(&mut ebpf, "FDS")?,
+            sockets: map(&mut ebpf, "SOCKETS")?,
+            continuity: map(&mut ebpf, "CONTINUITY")?,
+            demuxed: map(&mut ebpf, "DEMUXED")?,
+            encoded: map(&mut ebpf, "ENCODED")?,
             ebpf,
             life,
             io,
@@ -385,6 +397,45 @@ impl Kernel {
         let io = self.ios.get(key, 0).ok();
         let _ = self.ios.remove(key);
         io
+    }
+
+    /// Removes what the io maps still hold for a process that is gone: descriptors, sockets,
+    /// continuity state, packet links and format contexts of a process killed before it
+    /// closed them. Returns how many entries went.
+    pub fn forget_process(&mut self, tgid: u32) -> usize {
+        fn purge<K: aya::Pod, V: aya::Pod>(
+            map: &mut HashMap<MapData, K, V>,
+            mine: impl Fn(&K, &V) -> bool,
+        ) -> usize {
+            let gone: Vec<K> = map
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, v)| mine(k, v))
+                .map(|(k, _)| k)
+                .collect();
+            gone.iter().filter(|k| map.remove(k).is_ok()).count()
+        }
+        purge(&mut self.fds, |k, _| (k >> 32) as u32 == tgid)
+            // SockEntry: its IoKey first (tgid first), the descriptor kind at 24. A TCP socket
+            // outlives its process (FIN, last retransmissions) and leaves at its destruction.
+            + purge(&mut self.sockets, |_, v| {
+                u32::from_ne_bytes([v[0], v[1], v[2], v[3]]) == tgid
+                    && u32::from_ne_bytes([v[24], v[25], v[26], v[27]])
+                        == observer_common::io::FdKind::Datagram as u32
+            })
+            + purge(&mut self.continuity, |k, _| k.io.tgid == tgid)
+            + purge(&mut self.demuxed, |k, _| k.tgid == tgid)
+            + purge(&mut self.encoded, |k, _| k.tgid == tgid)
+            + purge(&mut self.context_io, |k, _| k.tgid == tgid)
+    }
+
+    /// Entries in the io maps: (ios, descriptors, sockets).
+    pub fn io_map_entries(&self) -> (usize, usize, usize) {
+        (
+            self.ios.keys().count(),
+            self.fds.keys().count(),
+            self.sockets.keys().count(),
+        )
     }
 
     /// The kernel side's own health counters, summed over CPUs.

@@ -87,6 +87,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         attached: Vec::new(),
         unsupported: BTreeMap::new(),
         kernel_counters: HashMap::new(),
+        io_map_entries: (0, 0, 0),
         processes: 0,
         scans: 0,
         ready: false,
@@ -205,10 +206,11 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                 if !exited.is_empty() {
                     // Collect now, so a process's final counts are read before its pid can be
                     // reused.
+                    publish(&shared, &mut kernel, &tracker, scans, true);
                     for pid in exited.drain(..) {
                         tracker.exited(pid);
+                        kernel.forget_process(pid);
                     }
-                    publish(&shared, &mut kernel, &tracker, scans, true);
                 }
             }
             _ = collect.tick() => {
@@ -245,6 +247,7 @@ fn publish(shared: &SharedState, kernel: &mut Kernel, tracker: &Tracker, scans: 
     s.attached = tracker.attached();
     s.unsupported = tracker.unsupported();
     s.kernel_counters = kernel.counters();
+    s.io_map_entries = kernel.io_map_entries();
     s.processes = tracker.pids().len();
     s.scans = scans;
     s.ready = ready;

@@ -616,6 +616,16 @@ fn daemon_families(f: &mut Families, shared: &Shared) {
         &[("map", "streams".into())],
         st.kernel_streams as f64,
     );
+    let (ios, fds, sockets) = shared.io_map_entries;
+    for (map, n) in [("ios", ios), ("fds", fds), ("sockets", sockets)] {
+        f.add(
+            "observer_kernel_map_entries",
+            MetricType::GAUGE,
+            "",
+            &[("map", map.into())],
+            n as f64,
+        );
+    }
     f.add(
         "observer_processes",
         MetricType::GAUGE,

@@ -21,6 +21,8 @@ pub struct Shared {
     pub attached: Vec<AttachedInfo>,
     pub unsupported: BTreeMap<&'static str, usize>,
     pub kernel_counters: HashMap<u32, u64>,
+    /// Entries in the kernel's io maps after the last collection: ios, descriptors, sockets.
+    pub io_map_entries: (usize, usize, usize),
     pub processes: usize,
     pub scans: u64,
     pub ready: bool,

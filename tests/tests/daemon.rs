@@ -217,10 +217,16 @@ fn kernel_state_returns_to_baseline_when_pipelines_exit() {
     let _quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
     let input = media::h264_aac_mp4();
     let d = Daemon::start(&[]);
-    let baseline = d
-        .scrape()
-        .value("observer_kernel_map_entries", &[("map", "streams")])
-        .unwrap();
+    let maps = ["streams", "ios", "fds", "sockets"];
+    let first = d.scrape();
+    let baseline: Vec<f64> = maps
+        .iter()
+        .map(|m| {
+            first
+                .value("observer_kernel_map_entries", &[("map", m)])
+                .unwrap()
+        })
+        .collect();
     // One pipeline killed mid-stream, which frees nothing itself.
     let mut child = ffmpeg()
         .args(["-re", "-i"])
@@ -241,6 +247,11 @@ fn kernel_state_returns_to_baseline_when_pipelines_exit() {
                 .then_some(())
         },
     );
+    // The running pipeline holds an io and its input file's descriptor in the kernel.
+    d.wait_for("the pipeline's io state", Duration::from_secs(10), |s| {
+        let v = |m| s.value("observer_kernel_map_entries", &[("map", m)]);
+        (v("ios")? > baseline[1] && v("fds")? > baseline[2]).then_some(())
+    });
     // SAFETY: killing our own child.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let _ = child.wait();
@@ -252,11 +263,18 @@ fn kernel_state_returns_to_baseline_when_pipelines_exit() {
         )
         .unwrap();
     assert!(frames > 10.0, "final counts kept after SIGKILL: {frames}");
+    // Ios linger five seconds in the kernel after they end (their TCP sockets may still
+    // retransmit), then go with everything else the process left.
     d.wait_for(
-        "the kernel's stream map back to its baseline",
-        Duration::from_secs(10),
+        "the kernel's stream and io maps back to their baseline",
+        Duration::from_secs(15),
         |s| {
-            (s.value("observer_kernel_map_entries", &[("map", "streams")])? <= baseline)
+            maps.iter()
+                .zip(&baseline)
+                .all(|(m, b)| {
+                    s.value("observer_kernel_map_entries", &[("map", m)])
+                        .is_some_and(|v| v <= *b)
+                })
                 .then_some(())
         },
     );
