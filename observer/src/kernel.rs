@@ -471,15 +471,16 @@ fn attach_io_tracepoints(ebpf: &mut Ebpf, btf: Option<&Btf>) -> IoProbes {
     // Files only: socket bytes are counted by the socket tracepoints, whatever the syscall.
     const SYSCALLS: &[(&str, &[&str])] = &[
         (
-            "io_enter_buf",
+            "io_enter_file",
             &[
                 "sys_enter_read",
                 "sys_enter_pread64",
+                "sys_enter_readv",
                 "sys_enter_write",
                 "sys_enter_pwrite64",
+                "sys_enter_writev",
             ],
         ),
-        ("io_enter_vec", &["sys_enter_readv", "sys_enter_writev"]),
         (
             "io_exit_read",
             &["sys_exit_read", "sys_exit_pread64", "sys_exit_readv"],

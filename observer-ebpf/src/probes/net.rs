@@ -44,7 +44,7 @@ pub static FDS: LruHashMap<u64, FdEntry> = LruHashMap::with_max_entries(MAX_FDS,
 #[derive(Clone, Copy)]
 pub struct SyscallArgs {
     pub fd_key: u64,
-    /// The buffer (read/write), `struct msghdr *` (recvmsg/sendmsg) or path (openat).
+    /// The path (openat).
     pub buf: u64,
     pub io: IoKey,
     /// [`FdKind`]; 0 marks the entry consumed.
@@ -52,10 +52,12 @@ pub struct SyscallArgs {
     pub mode: u32,
 }
 
-const MODE_BUF: u32 = 0;
-const MODE_VEC: u32 = 2;
-const MODE_OPEN: u32 = 3;
-const MODE_SOCKET: u32 = 4;
+/// A read or write on a file descriptor of an io.
+const MODE_IO: u32 = 0;
+/// An `openat` on a thread working on an io (`buf` is the path).
+const MODE_OPEN: u32 = 1;
+/// A `socket` on a thread working on an io.
+const MODE_SOCKET: u32 = 2;
 
 #[map]
 pub static SYSCALLS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(MAX_FDS, 0);
@@ -124,17 +126,11 @@ fn io_enter(ctx: &TracePointContext, mode: u32) {
     let _ = SYSCALLS.insert(&pid_tgid, &args, 0);
 }
 
-/// `read`, `pread64`, `write`, `pwrite64` entries: `(fd, buf, ...)`, for files.
+/// `read`, `pread64`, `readv`, `write`, `pwrite64`, `writev` entries: `(fd, ...)`, for
+/// files.
 #[tracepoint]
-pub fn io_enter_buf(ctx: TracePointContext) -> u32 {
-    io_enter(&ctx, MODE_BUF);
-    0
-}
-
-/// `readv`, `writev` entries: `(fd, const struct iovec *vec, vlen)`; payloads not parsed.
-#[tracepoint]
-pub fn io_enter_vec(ctx: TracePointContext) -> u32 {
-    io_enter(&ctx, MODE_VEC);
+pub fn io_enter_file(ctx: TracePointContext) -> u32 {
+    io_enter(&ctx, MODE_IO);
     0
 }
 
@@ -158,7 +154,7 @@ fn io_exit(ctx: &TracePointContext, op: usize) {
     let Some(args) = take_args(pid_tgid) else {
         return;
     };
-    if args.mode > MODE_VEC {
+    if args.mode != MODE_IO {
         return;
     }
     let ret = arg(ctx, RET) as i64;
