@@ -1,5 +1,5 @@
-//! HTTP: `/metrics` (Prometheus), `/healthz`, `/readyz`, and `/streams` (JSON, for
-//! `cargo xtask run`'s table and other tools).
+//! HTTP: `/metrics` (Prometheus), `/healthz`, `/readyz`, and `/streams` and `/ios` (JSON,
+//! for `cargo xtask run`'s table and other tools).
 
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use observer_common::stream::{Direction, Histogram};
@@ -16,6 +16,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/streams", get(streams))
+        .route("/ios", get(ios))
         .with_state(state)
 }
 
@@ -129,6 +130,67 @@ async fn streams(State(state): State<SharedState>) -> impl IntoResponse {
                 errors: st.errors.iter().map(|e| e.count).sum(),
                 latency_p50_seconds: quantile(&st.latency, 0.5),
                 latency_p99_seconds: quantile(&st.latency, 0.99),
+                up: r.ended.is_none(),
+            }
+        })
+        .collect::<Vec<_>>();
+    Json(views)
+}
+
+/// One input or output, as `/ios` lists it (the URL redacted, as everywhere).
+#[derive(Serialize)]
+pub struct IoView {
+    pub io: String,
+    pub pid: u32,
+    pub process: String,
+    pub direction: &'static str,
+    pub url: String,
+    pub protocol: String,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub datagrams_read: u64,
+    pub demuxed_packets: u64,
+    pub muxed_packets: u64,
+    pub corrupt_packets: u64,
+    pub mpegts_continuity_errors: u64,
+    pub rtp_lost: u64,
+    pub kernel_drops: u64,
+    pub tcp_retransmits: u64,
+    pub stalled: bool,
+    pub up: bool,
+}
+
+async fn ios(State(state): State<SharedState>) -> impl IntoResponse {
+    let Ok(s) = state.lock() else {
+        return Json(Vec::new());
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let views = s
+        .ios
+        .records()
+        .map(|r| {
+            let io = &r.io;
+            IoView {
+                io: r.label.clone(),
+                pid: r.key.tgid,
+                process: r.process.clone(),
+                direction: r.direction(),
+                url: r.url.clone(),
+                protocol: r.protocol.clone(),
+                bytes_read: io.bytes[0],
+                bytes_written: io.bytes[1],
+                datagrams_read: io.datagrams[0],
+                demuxed_packets: io.demux_packets,
+                muxed_packets: io.mux_packets,
+                corrupt_packets: io.corrupt_packets,
+                mpegts_continuity_errors: io.ts_cc_errors,
+                rtp_lost: r.rtp_lost,
+                kernel_drops: io.drops.iter().map(|d| d.count).sum(),
+                tcp_retransmits: io.tcp_retransmits,
+                stalled: r.stalled(now, s.stall_after),
                 up: r.ended.is_none(),
             }
         })

@@ -271,7 +271,7 @@ pub fn expire<K: Ord + Copy, R>(
         .iter_mut()
         .filter_map(|(k, r)| Some(((*ended(r))?, *k)))
         .collect();
-    old.sort_by(|a, b| a.0.cmp(&b.0));
+    old.sort_by_key(|(t, _)| *t);
     let mut evicted = 0;
     for (_, k) in old.into_iter().take(over) {
         records.remove(&k);

@@ -465,9 +465,17 @@ fn a_stalled_input_is_reported_stalled_and_a_planted_secret_never_leaves() {
     // A UDP input without a timeout waits for more data; it is not the subject here.
     signal(rx_pid, libc::SIGKILL);
     wait_exit(&mut rx, SECS);
+    let ios = d.get("/ios").unwrap().1;
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&ios).unwrap();
+    assert!(
+        listed.iter().any(|v| v["pid"] == rx_pid
+            && v["url"] == "udp://REDACTED@0.0.0.0:5010?token=REDACTED&overrun_nonfatal=1"),
+        "{ios}"
+    );
     let outputs = [
         d.get("/metrics").unwrap().1,
         d.get("/streams").unwrap().1,
+        ios,
         d.log_text(),
     ];
     for text in outputs {

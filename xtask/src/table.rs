@@ -12,6 +12,22 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
+struct IoView {
+    pid: u32,
+    process: String,
+    direction: String,
+    url: String,
+    bytes_read: u64,
+    bytes_written: u64,
+    mpegts_continuity_errors: u64,
+    rtp_lost: u64,
+    kernel_drops: u64,
+    tcp_retransmits: u64,
+    stalled: bool,
+    up: bool,
+}
+
+#[derive(Deserialize)]
 struct StreamView {
     stream: String,
     pid: u32,
@@ -147,6 +163,46 @@ pub fn run(bin: &Path, args: &[String]) -> anyhow::Result<()> {
                 if s.up { "live" } else { "ended" },
             );
         }
+        let ios: Vec<IoView> = match agent.get(&format!("{base}/ios")).call() {
+            Ok(mut r) => r.body_mut().read_json().unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        if !ios.is_empty() {
+            out += &format!(
+                "\n{:>7} {:<15} {:<6} {:<40} {:>10} {:>10} {:>6} {:>6} {:>6} {:>6} {:<7}\n",
+                "PID",
+                "PROCESS",
+                "IO",
+                "URL",
+                "READ",
+                "WRITTEN",
+                "CC ERR",
+                "LOST",
+                "DROPS",
+                "RETX",
+                "STATE"
+            );
+            for io in &ios {
+                out += &format!(
+                    "{:>7} {:<15} {:<6} {:<40} {:>10} {:>10} {:>6} {:>6} {:>6} {:>6} {:<7}\n",
+                    io.pid,
+                    truncate(&io.process, 15),
+                    if io.direction == "input" { "in" } else { "out" },
+                    truncate(&io.url, 40),
+                    human_bytes(io.bytes_read),
+                    human_bytes(io.bytes_written),
+                    io.mpegts_continuity_errors,
+                    io.rtp_lost,
+                    io.kernel_drops,
+                    io.tcp_retransmits,
+                    match (io.up, io.stalled) {
+                        (false, _) => "ended",
+                        (true, true) => "STALLED",
+                        (true, false) => "live",
+                    },
+                );
+            }
+        }
         last = streams
             .iter()
             .map(|s| (s.stream.clone(), (now, s.frames, s.packet_bytes)))
@@ -159,6 +215,14 @@ pub fn run(bin: &Path, args: &[String]) -> anyhow::Result<()> {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    match b {
+        0..1_000_000 => format!("{:.1} kB", b as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", b as f64 / 1e6),
+        _ => format!("{:.2} GB", b as f64 / 1e9),
     }
 }
 
