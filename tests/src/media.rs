@@ -226,3 +226,19 @@ pub fn truth(path: &Path, decode: bool) -> BTreeMap<u32, StreamTruth> {
     }
     t
 }
+
+/// A copy of the MPEG-TS file `ts` in `dir` with one 188-byte transport packet in 40
+/// removed: the continuity counters of whatever PIDs they carried skip, and the PES packets
+/// that lost data come out of the demuxer flagged corrupt.
+pub fn damaged_ts(ts: &Path, dir: &Path) -> PathBuf {
+    let data = std::fs::read(ts).expect("TS fixture");
+    let bad: Vec<u8> = data
+        .chunks(188)
+        .enumerate()
+        .filter(|(i, _)| i % 40 != 17)
+        .flat_map(|(_, p)| p.to_vec())
+        .collect();
+    let out = dir.join("damaged.ts");
+    std::fs::write(&out, bad).expect("write damaged file");
+    out
+}

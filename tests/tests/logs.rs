@@ -20,18 +20,7 @@ fn mpegts_continuity_errors_equal_ffmpegs_own_count() {
             "{out}",
         ],
     );
-    // Drop one 188-byte transport packet in 40: the continuity counters of whatever PIDs they
-    // carried now skip.
-    let data = std::fs::read(&ts).unwrap();
-    let bad: Vec<u8> = data
-        .chunks(188)
-        .enumerate()
-        .filter(|(i, _)| i % 40 != 17)
-        .flat_map(|(_, p)| p.to_vec())
-        .collect();
-    let dir = tempdir("continuity");
-    let input = dir.join("damaged.ts");
-    std::fs::write(&input, bad).unwrap();
+    let input = observer_tests::media::damaged_ts(&ts, &tempdir("continuity"));
 
     let d = Daemon::start(&[]);
     // FFmpeg's own count: the message is debug level, so only a debug run prints it.

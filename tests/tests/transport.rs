@@ -529,18 +529,9 @@ fn hls_segments_equal_the_files_written() {
 }
 
 #[test]
-fn corrupt_packets_equal_ffprobes_corrupt_flags() {
-    // One TS packet in 40 removed: the demuxer flags the PES packets that lost data.
-    let data = std::fs::read(ingest_ts()).unwrap();
-    let bad: Vec<u8> = data
-        .chunks(188)
-        .enumerate()
-        .filter(|(i, _)| i % 40 != 17)
-        .flat_map(|(_, p)| p.to_vec())
-        .collect();
+fn corrupt_and_demuxed_packets_equal_ffmpegs_and_ffprobes_own_counts() {
     let dir = tempdir("corrupt");
-    let input = dir.join("damaged.ts");
-    std::fs::write(&input, bad).unwrap();
+    let input = observer_tests::media::damaged_ts(&ingest_ts(), &dir);
     let d = Daemon::start(&[]);
     // FFmpeg's own count: the CLI warns once per packet flagged corrupt ("repeat" keeps
     // identical lines from being folded into "Last message repeated").
