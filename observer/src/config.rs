@@ -128,6 +128,19 @@ pub struct Options {
     #[arg(long, env = "OBSERVER_STALL_AFTER", default_value = "5s", value_parser = humantime::parse_duration)]
     pub stall_after: Duration,
 
+    /// Sample NVIDIA GPUs through NVML (when a driver is present).
+    #[arg(long, env = "OBSERVER_GPU", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub gpu: bool,
+
+    /// How often GPUs are sampled.
+    #[arg(long, env = "OBSERVER_GPU_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub gpu_interval: Duration,
+
+    /// The NVML library to load instead of the driver's `libnvidia-ml.so.1` found by the
+    /// dynamic linker.
+    #[arg(long, env = "OBSERVER_NVML_LIBRARY")]
+    pub nvml_library: Option<String>,
+
     /// Benchmarking aid: attach programs that do nothing at the same points instead of the
     /// real ones, to measure what the probe mechanism alone costs (no metrics are produced).
     #[arg(long, env = "OBSERVER_EMPTY_PROBES", default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
@@ -157,6 +170,10 @@ struct FileOptions {
     io_stats: Option<bool>,
     #[serde(default, with = "opt_duration")]
     stall_after: Option<Duration>,
+    gpu: Option<bool>,
+    #[serde(default, with = "opt_duration")]
+    gpu_interval: Option<Duration>,
+    nvml_library: Option<String>,
     empty_probes: Option<bool>,
 }
 
@@ -232,8 +249,13 @@ impl Options {
             ffmpeg_log_events,
             io_stats,
             stall_after,
+            gpu,
+            gpu_interval,
             empty_probes
         );
+        if unset("nvml_library") && f.nvml_library.is_some() {
+            self.nvml_library = f.nvml_library;
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -245,6 +267,11 @@ impl Options {
         if self.collect_interval < Duration::from_millis(10) {
             return Err(ConfigError::Invalid(
                 "collect_interval must be at least 10ms".into(),
+            ));
+        }
+        if self.gpu_interval < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid(
+                "gpu_interval must be at least 100ms".into(),
             ));
         }
         if self.rescan_interval < Duration::from_secs(1) {

@@ -163,6 +163,26 @@ const fn io(symbol: &'static str, hook: Hook, needs_layout: bool) -> Probe {
     }
 }
 
+/// The codecs NVML reports encoder sessions in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NvencCodec {
+    H264,
+    Hevc,
+}
+
+/// The `AVCodecID` of an NVENC codec in a libavcodec major. IDs are an enum that FFmpeg
+/// renumbers when it removes a codec: HEVC is 173 up to libavcodec 62 and 172 from 63.
+/// Checked against the headers of 58, 59, 61 and 63 and the codec descriptors of the bundled
+/// 60 and 62 by `tests/tests/layouts.rs`.
+pub fn codec_id(lavc_major: u32, codec: NvencCodec) -> Option<u32> {
+    layout_for(lavc_major)?;
+    Some(match codec {
+        NvencCodec::H264 => 27,
+        NvencCodec::Hevc if lavc_major >= 63 => 172,
+        NvencCodec::Hevc => 173,
+    })
+}
+
 /// Which FFmpeg library a version string names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Library {

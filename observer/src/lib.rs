@@ -4,6 +4,7 @@
 pub mod config;
 pub mod elf;
 pub mod ffmpeg;
+pub mod gpu;
 pub mod io;
 pub mod kernel;
 pub mod logs;

@@ -84,6 +84,11 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         io_probes: kernel.io,
         drop_reasons: kernel::drop_reason_names(),
         stall_after: opts.stall_after,
+        gpu: if opts.gpu {
+            observer::gpu::start(opts.nvml_library.as_deref(), opts.gpu_interval)
+        } else {
+            Default::default()
+        },
         attached: Vec::new(),
         unsupported: BTreeMap::new(),
         kernel_counters: HashMap::new(),

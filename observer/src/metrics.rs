@@ -933,6 +933,214 @@ fn io_families(f: &mut Families, shared: &Shared) {
     }
 }
 
+/// NVIDIA GPUs: `media_gpu_*` per GPU (labels `gpu`, `gpu_uuid`, `gpu_name`, as
+/// DCGM-exporter names them, so series join), per process (plus `pid`, `process`), and per
+/// encoder session (plus `stream`, when the process has one encode stream that matches).
+fn gpu_families(f: &mut Families, shared: &Shared) {
+    let Ok(g) = shared.gpu.lock() else { return };
+    f.add(
+        "observer_gpu_available",
+        MetricType::GAUGE,
+        "1 when NVML answered: an NVIDIA driver and GPU are present",
+        &[],
+        if g.available { 1.0 } else { 0.0 },
+    );
+    if !g.available {
+        return;
+    }
+    f.add(
+        "observer_gpu_driver_info",
+        MetricType::GAUGE,
+        "The NVIDIA driver version, as a label",
+        &[("driver", g.driver.clone())],
+        1.0,
+    );
+    f.add(
+        "observer_gpu_sample_duration_seconds",
+        MetricType::GAUGE,
+        "Duration of the last GPU sampling",
+        &[],
+        g.duration.as_secs_f64(),
+    );
+    f.declare(
+        "observer_gpu_errors_total",
+        MetricType::COUNTER,
+        "NVML calls that failed, by call (an older driver or a GPU without the query): that metric is left out",
+    );
+    for (call, n) in &g.errors {
+        f.add(
+            "observer_gpu_errors_total",
+            MetricType::COUNTER,
+            "",
+            &[("call", (*call).into())],
+            *n as f64,
+        );
+    }
+    let process_name = |pid: u32| {
+        shared
+            .registry
+            .exported_records()
+            .find(|r| r.pid() == pid)
+            .map(|r| r.process.clone())
+            .or_else(|| crate::procfs::comm(pid))
+            .unwrap_or_default()
+    };
+    for gpu in &g.gpus {
+        let labels: Vec<(&'static str, String)> = vec![
+            ("gpu", gpu.index.to_string()),
+            ("gpu_uuid", gpu.uuid.clone()),
+            ("gpu_name", gpu.name.clone()),
+        ];
+        let with = |k: &'static str, v: String| {
+            let mut l = labels.clone();
+            l.push((k, v));
+            l
+        };
+        for (engine, v) in &gpu.engines {
+            f.add(
+                "media_gpu_utilization_ratio",
+                MetricType::GAUGE,
+                "Engine utilization over NVML's last sample period, by engine (graphics, memory, encoder, decoder)",
+                &with("engine", (*engine).into()),
+                *v,
+            );
+        }
+        let scalars = [
+            (
+                "media_gpu_memory_used_bytes",
+                "GPU memory allocated",
+                gpu.memory_used.map(|v| v as f64),
+            ),
+            (
+                "media_gpu_memory_total_bytes",
+                "GPU memory installed",
+                gpu.memory_total.map(|v| v as f64),
+            ),
+            (
+                "media_gpu_temperature_celsius",
+                "GPU core temperature",
+                gpu.temperature_c.map(f64::from),
+            ),
+            (
+                "media_gpu_power_watts",
+                "Power draw of the GPU and its memory",
+                gpu.power_w,
+            ),
+        ];
+        for (name, help, v) in scalars {
+            if let Some(v) = v {
+                f.add(name, MetricType::GAUGE, help, &labels, v);
+            }
+        }
+        for (clock, hz) in &gpu.clocks {
+            f.add(
+                "media_gpu_clock_hertz",
+                MetricType::GAUGE,
+                "Current clock, by clock (sm, video: the NVENC/NVDEC clock)",
+                &with("clock", (*clock).into()),
+                *hz,
+            );
+        }
+        if let Some(bits) = gpu.throttle {
+            for (bit, reason) in crate::gpu::THROTTLE_REASONS {
+                f.add(
+                    "media_gpu_throttle_reason",
+                    MetricType::GAUGE,
+                    "1 while this reason holds the clocks down",
+                    &with("reason", reason.into()),
+                    if bits & bit != 0 { 1.0 } else { 0.0 },
+                );
+            }
+        }
+        for p in &gpu.processes {
+            let mut l = with("pid", p.pid.to_string());
+            l.push(("process", process_name(p.pid)));
+            for (engine, v) in &p.engines {
+                let mut l = l.clone();
+                l.push(("engine", (*engine).into()));
+                f.add(
+                    "media_gpu_process_utilization_ratio",
+                    MetricType::GAUGE,
+                    "A process's share of each engine (sm, memory, encoder, decoder); join to its streams on pid",
+                    &l,
+                    *v,
+                );
+            }
+            if let Some(b) = p.memory_used {
+                f.add(
+                    "media_gpu_process_memory_used_bytes",
+                    MetricType::GAUGE,
+                    "GPU memory a process has allocated",
+                    &l,
+                    b as f64,
+                );
+            }
+        }
+        if let Some(sessions) = &gpu.sessions {
+            f.add(
+                "media_gpu_encoder_sessions",
+                MetricType::GAUGE,
+                "NVENC sessions open on the GPU",
+                &labels,
+                sessions.len() as f64,
+            );
+            for s in sessions {
+                let mut l = with("pid", s.pid.to_string());
+                l.push(("process", process_name(s.pid)));
+                l.push(("stream", encoder_stream(shared, s)));
+                l.push(("codec", s.codec.into()));
+                l.push(("width", s.width.to_string()));
+                l.push(("height", s.height.to_string()));
+                f.add(
+                    "media_gpu_encoder_session_fps",
+                    MetricType::GAUGE,
+                    "An NVENC session's moving-average frame rate",
+                    &l,
+                    f64::from(s.fps),
+                );
+                f.add(
+                    "media_gpu_encoder_session_latency_seconds",
+                    MetricType::GAUGE,
+                    "An NVENC session's moving-average encode latency",
+                    &l,
+                    s.latency_s,
+                );
+            }
+        }
+    }
+}
+
+/// The stream an encoder session belongs to: a live video encode stream of the same process
+/// with the session's codec (by AVCodecID) and size, an NVENC one first if several match;
+/// "" if none or several still do.
+fn encoder_stream(shared: &Shared, s: &crate::gpu::EncoderSession) -> String {
+    let codec = match s.codec {
+        "h264" => ffmpeg::NvencCodec::H264,
+        _ => ffmpeg::NvencCodec::Hevc,
+    };
+    let candidates: Vec<&Record> = shared
+        .registry
+        .exported_records()
+        .filter(|r| {
+            r.pid() == s.pid
+                && r.ended.is_none()
+                && r.direction() == Direction::Encode
+                && ffmpeg::codec_id(r.lavc_major, codec) == Some(r.stream.codec_id)
+                && r.stream.width == s.width
+                && r.stream.height == s.height
+        })
+        .collect();
+    let nvenc: Vec<&Record> = candidates
+        .iter()
+        .copied()
+        .filter(|r| r.codec().contains("nvenc"))
+        .collect();
+    match (candidates.as_slice(), nvenc.as_slice()) {
+        ([one], _) | (_, [one]) => one.label.clone(),
+        _ => String::new(),
+    }
+}
+
 /// Renders the whole exposition.
 pub fn render(shared: &Shared) -> String {
     let mut f = Families::default();
@@ -940,6 +1148,7 @@ pub fn render(shared: &Shared) -> String {
     stream_families(&mut f, &records, shared.aggregate, &shared.ios);
     log_families(&mut f, shared);
     io_families(&mut f, shared);
+    gpu_families(&mut f, shared);
     daemon_families(&mut f, shared);
     let families = f.finish();
     let mut out = Vec::with_capacity(64 * 1024);

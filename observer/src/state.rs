@@ -18,6 +18,8 @@ pub struct Shared {
     /// Names of the kernel's drop reasons, by number.
     pub drop_reasons: HashMap<u32, String>,
     pub stall_after: std::time::Duration,
+    /// NVIDIA GPUs, sampled on a thread of their own.
+    pub gpu: crate::gpu::SharedGpu,
     pub attached: Vec<AttachedInfo>,
     pub unsupported: BTreeMap<&'static str, usize>,
     pub kernel_counters: HashMap<u32, u64>,

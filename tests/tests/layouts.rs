@@ -65,6 +65,16 @@ fn c_program(inc: &Path, body: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// What the table says the H.264 and HEVC AVCodecIDs are in a major, as "H264 HEVC".
+fn codec_ids(major: u32) -> String {
+    use observer::ffmpeg::{NvencCodec, codec_id};
+    format!(
+        "{} {}",
+        codec_id(major, NvencCodec::H264).unwrap(),
+        codec_id(major, NvencCodec::Hevc).unwrap()
+    )
+}
+
 #[test]
 fn offsets_match_the_headers_of_every_major_a_registry_ships() {
     let mut checked = Vec::new();
@@ -77,6 +87,16 @@ fn offsets_match_the_headers_of_every_major_a_registry_ships() {
             panic!("Debian {suite} ships libavcodec {major}, which has no layout row")
         });
         assert_eq!(row.layout.lavc_major, major);
+        let ids = c_program(
+            &inc,
+            "printf(\"%d %d\", AV_CODEC_ID_H264, AV_CODEC_ID_HEVC);",
+        )
+        .expect("codec ids");
+        assert_eq!(
+            ids,
+            codec_ids(major),
+            "{suite}: AVCodecIDs of the codecs NVML reports"
+        );
         for f in FIELDS {
             let ours = (f.get)(&row.layout);
             let real = f.c_members.iter().find_map(|m| {
@@ -116,17 +136,41 @@ fn offsets_match_the_headers_of_every_major_a_registry_ships() {
 /// Prints the offsets of named AVOptions of a bundled library's AVClass.
 fn option_offsets(lib: &Path, class_getter: &str) -> Vec<(String, u16)> {
     let body = format!(
-        "void *h = dlopen(\"{}\", RTLD_NOW | RTLD_GLOBAL); if (!h) {{ puts(dlerror()); return 1; }}\n\
-         const AVClass *(*get)(void) = (const AVClass *(*)(void))dlsym(h, \"{class_getter}\");\n\
+        "const AVClass *(*get)(void) = (const AVClass *(*)(void))dlsym(h, \"{class_getter}\");\n\
          for (const AVOption *o = get()->option; o && o->name; o++)\n\
-             if (o->type != AV_OPT_TYPE_CONST) printf(\"%s %d\\n\", o->name, o->offset);",
+             if (o->type != AV_OPT_TYPE_CONST) printf(\"%s %d\\n\", o->name, o->offset);"
+    );
+    dl_program(lib, class_getter, &body)
+        .lines()
+        .filter_map(|l| {
+            let (n, o) = l.split_once(' ')?;
+            Some((n.to_string(), o.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The AVCodecIDs of H.264 and HEVC in a bundled libavcodec, from its own descriptors.
+fn descriptor_ids(lib: &Path) -> String {
+    dl_program(
+        lib,
+        "ids",
+        "const AVCodecDescriptor *(*get)(const char *) = \
+         (const AVCodecDescriptor *(*)(const char *))dlsym(h, \"avcodec_descriptor_get_by_name\");\n\
+         printf(\"%d %d\", get(\"h264\")->id, get(\"hevc\")->id);",
+    )
+}
+
+/// Runs `body` in a C program that has `dlopen`ed `lib` as `h`, and returns its output.
+fn dl_program(lib: &Path, name: &str, body: &str) -> String {
+    let body = format!(
+        "void *h = dlopen(\"{}\", RTLD_NOW | RTLD_GLOBAL); if (!h) {{ puts(dlerror()); return 1; }}\n{body}",
         lib.display()
     );
     let dir = std::env::temp_dir().join(format!("observer-opts-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let src = dir.join("opts.c");
-    std::fs::write(&src, format!("#include <stdio.h>\n#include <dlfcn.h>\n#include <libavutil/opt.h>\nint main(void) {{ {body} return 0; }}\n")).unwrap();
-    let exe = dir.join(format!("opts-{class_getter}"));
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, format!("#include <stdio.h>\n#include <dlfcn.h>\n#include <libavutil/opt.h>\n#include <libavcodec/codec_desc.h>\nint main(void) {{ {body} return 0; }}\n")).unwrap();
+    let exe = dir.join(format!("prog-{name}"));
     let c = Command::new("gcc")
         .args(["-w", "-I/usr/include/x86_64-linux-gnu"])
         .arg(&src)
@@ -145,13 +189,7 @@ fn option_offsets(lib: &Path, class_getter: &str) -> Vec<(String, u16)> {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (n, o) = l.split_once(' ')?;
-            Some((n.to_string(), o.parse().ok()?))
-        })
-        .collect()
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn bundled(version: &str, prefix: &str) -> PathBuf {
@@ -193,6 +231,11 @@ fn offsets_match_the_option_tables_of_majors_without_headers() {
             l.ctx_channels,
             opt("ch_layout") + 4,
             "{major} ch_layout.nb_channels"
+        );
+        assert_eq!(
+            descriptor_ids(&bundled(pyav, "libavcodec-")),
+            codec_ids(major),
+            "{major}: AVCodecIDs of the codecs NVML reports"
         );
         let fopts = option_offsets(&bundled(pyav, "libavfilter-"), "avfilter_get_class");
         let thread_type = fopts
