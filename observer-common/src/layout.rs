@@ -52,10 +52,15 @@ pub struct LibLayout {
     pub filter_graph: u16,
     // AVFormatContext (libavformat of the same release)
     pub fmt_pb: u16,
+    // Hardware acceleration: AVCodecContext.hw_device_ctx (an AVBufferRef whose data is an
+    // AVHWDeviceContext), and AVHWDeviceContext.type (libavutil of the same release).
+    pub ctx_hw_device_ctx: u16,
+    pub hwdev_type: u16,
+    pub _pad: [u16; 2],
 }
 
 crate::user_pod!(LibLayout);
-const _: () = assert!(core::mem::size_of::<LibLayout>() == 56);
+const _: () = assert!(core::mem::size_of::<LibLayout>() == 64);
 
 /// The probe attached at one symbol: the low 16 bits of a probe's cookie are the library slot,
 /// the next 8 bits are the [`Call`](crate::stream::Call), so one program can serve symbols

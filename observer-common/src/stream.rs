@@ -215,7 +215,8 @@ pub struct Stream {
     pub format: i32,
     pub sample_rate: u32,
     pub channels: u32,
-    pub _pad: u32,
+    /// `AVHWDeviceType` of the context's `hw_device_ctx` at open (0: none).
+    pub hw_device_type: u32,
     pub bit_rate: i64,
     /// Address of the codec's name in the process. BPF cannot fault pages in, so when the
     /// name's page is not resident yet the kernel leaves `codec_name` empty and the daemon

@@ -163,6 +163,43 @@ const fn io(symbol: &'static str, hook: Hook, needs_layout: bool) -> Probe {
     }
 }
 
+/// The `hwaccel` label of a codec stream: the hardware its codec drives by name (NVDEC's
+/// `*_cuvid` decoders, NVENC, VAAPI, QSV, ... wrappers), else the type of the hardware device
+/// the context was given (`-hwaccel cuda` keeps the native decoder and sets its
+/// `hw_device_ctx`), else `none`. `device_type` is `AVHWDeviceType`, whose values have only
+/// been appended to (checked for the common ones against every major's headers).
+pub fn hwaccel(codec: &str, device_type: u32) -> &'static str {
+    const BY_NAME: [(&str, &str); 9] = [
+        ("_cuvid", "nvdec"),
+        ("_nvenc", "nvenc"),
+        ("_vaapi", "vaapi"),
+        ("_qsv", "qsv"),
+        ("_v4l2m2m", "v4l2m2m"),
+        ("_videotoolbox", "videotoolbox"),
+        ("_amf", "amf"),
+        ("_mediacodec", "mediacodec"),
+        ("_vulkan", "vulkan"),
+    ];
+    if let Some((_, hw)) = BY_NAME.iter().find(|(suffix, _)| codec.ends_with(suffix)) {
+        return hw;
+    }
+    match device_type {
+        1 => "vdpau",
+        2 => "cuda",
+        3 => "vaapi",
+        4 => "dxva2",
+        5 => "qsv",
+        6 => "videotoolbox",
+        7 => "d3d11va",
+        8 => "drm",
+        9 => "opencl",
+        10 => "mediacodec",
+        11 => "vulkan",
+        0 => "none",
+        _ => "other",
+    }
+}
+
 /// The codecs NVML reports encoder sessions in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NvencCodec {
@@ -313,6 +350,10 @@ const STABLE: LibLayout = LibLayout {
     frame_pts: 136,
     filter_graph: 80,
     fmt_pb: 32,
+    ctx_hw_device_ctx: 0,
+    // AVHWDeviceContext lost its `internal` pointer in libavutil 59 (FFmpeg 7).
+    hwdev_type: 16,
+    _pad: [0; 2],
 };
 
 pub const LAYOUTS: &[LayoutRow] = &[
@@ -322,6 +363,7 @@ pub const LAYOUTS: &[LayoutRow] = &[
         source: Source::Headers,
         layout: LibLayout {
             lavc_major: 58,
+            ctx_hw_device_ctx: 1032,
             ctx_sample_rate: 400,
             ctx_sample_fmt: 408,
             // `channels`; AVChannelLayout came in 59.
@@ -336,6 +378,7 @@ pub const LAYOUTS: &[LayoutRow] = &[
         source: Source::Headers,
         layout: LibLayout {
             lavc_major: 59,
+            ctx_hw_device_ctx: 872,
             ctx_sample_rate: 352,
             ctx_sample_fmt: 360,
             // ch_layout (920) + 4: AVChannelLayout.nb_channels. The deprecated `channels`
@@ -351,6 +394,10 @@ pub const LAYOUTS: &[LayoutRow] = &[
         source: Source::Library,
         layout: LibLayout {
             lavc_major: 60,
+            ctx_hw_device_ctx: 864,
+            // Between 59 (16) and 61 (8), and PyAV's build has no hardware device type to
+            // find it with: not read (the hwaccel label then goes by codec name only).
+            hwdev_type: ABSENT,
             // options "ar" 352 and "ac" 356; sample_fmt is declared right after channels.
             // "ch_layout" 912, + 4 for nb_channels.
             ctx_sample_rate: 352,
@@ -366,6 +413,8 @@ pub const LAYOUTS: &[LayoutRow] = &[
         source: Source::Headers,
         layout: LibLayout {
             lavc_major: 61,
+            ctx_hw_device_ctx: 560,
+            hwdev_type: 8,
             ctx_pix_fmt: 140,
             ctx_sample_rate: 344,
             ctx_sample_fmt: 348,
@@ -381,6 +430,8 @@ pub const LAYOUTS: &[LayoutRow] = &[
         source: Source::Library,
         layout: LibLayout {
             lavc_major: 62,
+            ctx_hw_device_ctx: 560,
+            hwdev_type: 8,
             // option "video_size" 112; "ar" 344; "ch_layout" 352, as in 61 and 63.
             ctx_width: 112,
             ctx_height: 116,
@@ -398,6 +449,8 @@ pub const LAYOUTS: &[LayoutRow] = &[
         source: Source::Headers,
         layout: LibLayout {
             lavc_major: 63,
+            ctx_hw_device_ctx: 560,
+            hwdev_type: 8,
             ctx_width: 112,
             ctx_height: 116,
             ctx_sample_rate: 344,
@@ -455,6 +508,8 @@ fields! {
     frame_pts: "AVFrame" ["pts"],
     filter_graph: "AVFilterContext" ["graph"],
     fmt_pb: "AVFormatContext" ["pb"],
+    ctx_hw_device_ctx: "AVCodecContext" ["hw_device_ctx"],
+    hwdev_type: "AVHWDeviceContext" ["type"],
 }
 
 pub fn layout_for(lavc_major: u32) -> Option<&'static LayoutRow> {
@@ -628,6 +683,18 @@ fn errno_name(errno: i32) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hwaccel_by_codec_name_then_by_device() {
+        assert_eq!(hwaccel("h264_cuvid", 0), "nvdec");
+        assert_eq!(hwaccel("hevc_nvenc", 2), "nvenc");
+        assert_eq!(hwaccel("h264_vaapi", 3), "vaapi");
+        // `-hwaccel cuda`: the native decoder with a CUDA device.
+        assert_eq!(hwaccel("h264", 2), "cuda");
+        assert_eq!(hwaccel("h264", 5), "qsv");
+        assert_eq!(hwaccel("libx264", 0), "none");
+        assert_eq!(hwaccel("h264", 99), "other");
+    }
 
     #[test]
     fn version_strings_parse_and_reject_garbage() {

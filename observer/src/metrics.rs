@@ -382,6 +382,10 @@ fn stream_families(
             }
             l.push(("libavcodec", r.lavc_major.to_string()));
             l.push((
+                "hwaccel",
+                ffmpeg::hwaccel(&r.codec(), s.hw_device_type).into(),
+            ));
+            l.push((
                 "io",
                 ios.label_of(s.tgid, s.io).unwrap_or_default().to_string(),
             ));

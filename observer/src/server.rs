@@ -69,6 +69,8 @@ pub struct StreamView {
     pub latency_p50_seconds: Option<f64>,
     pub latency_p99_seconds: Option<f64>,
     pub up: bool,
+    /// `none`, `cuda`, `nvdec`, `nvenc`, `vaapi`, `qsv`, ... (see `ffmpeg::hwaccel`).
+    pub hwaccel: &'static str,
 }
 
 /// The `q` quantile of a log2 histogram, interpolating linearly inside the bucket.
@@ -131,6 +133,7 @@ async fn streams(State(state): State<SharedState>) -> impl IntoResponse {
                 latency_p50_seconds: quantile(&st.latency, 0.5),
                 latency_p99_seconds: quantile(&st.latency, 0.99),
                 up: r.ended.is_none(),
+                hwaccel: crate::ffmpeg::hwaccel(&r.codec(), st.hw_device_type),
             }
         })
         .collect::<Vec<_>>();

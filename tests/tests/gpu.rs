@@ -99,6 +99,15 @@ fn every_value_nvml_reports_is_exported_and_joined_to_the_process_and_stream() {
     let _ = enc.kill();
     let _ = enc.wait();
     assert_eq!(s.value("observer_gpu_available", &[]), Some(1.0));
+    // A software encoder given no hardware device.
+    assert_eq!(
+        s.one(
+            "media_stream_info",
+            &[("pid", &p), ("codec", "libx264"), ("hwaccel", "none")]
+        )
+        .map(|x| x.value),
+        Some(1.0)
+    );
     assert_eq!(
         s.value("observer_gpu_driver_info", &[("driver", "570.86.15")]),
         Some(1.0)

@@ -35,7 +35,7 @@ fn include_dirs() -> Vec<(String, PathBuf)> {
 }
 
 const HEADERS: &str = "#include <stdio.h>\n#include <stddef.h>\n#include <libavcodec/avcodec.h>\n\
-                       #include <libavutil/frame.h>\n#include <libavfilter/avfilter.h>\n#include <libavformat/avformat.h>\n";
+                       #include <libavutil/frame.h>\n#include <libavfilter/avfilter.h>\n#include <libavformat/avformat.h>\n#include <libavutil/hwcontext.h>\n";
 
 /// Compiles and runs `body` against the headers in `inc`; `None` if it does not compile.
 fn c_program(inc: &Path, body: &str) -> Option<String> {
@@ -169,7 +169,7 @@ fn dl_program(lib: &Path, name: &str, body: &str) -> String {
     let dir = std::env::temp_dir().join(format!("observer-opts-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let src = dir.join(format!("{name}.c"));
-    std::fs::write(&src, format!("#include <stdio.h>\n#include <dlfcn.h>\n#include <libavutil/opt.h>\n#include <libavcodec/codec_desc.h>\nint main(void) {{ {body} return 0; }}\n")).unwrap();
+    std::fs::write(&src, format!("#include <stdio.h>\n#include <dlfcn.h>\n#include <libavutil/opt.h>\n#include <libavcodec/codec_desc.h>\n#include <libavutil/buffer.h>\nint main(void) {{ {body} return 0; }}\n")).unwrap();
     let exe = dir.join(format!("prog-{name}"));
     let c = Command::new("gcc")
         .args(["-w", "-I/usr/include/x86_64-linux-gnu"])
@@ -237,6 +237,42 @@ fn offsets_match_the_option_tables_of_majors_without_headers() {
             codec_ids(major),
             "{major}: AVCodecIDs of the codecs NVML reports"
         );
+        // hw_device_ctx is declared right before hwaccel_flags in every header-checked major.
+        assert_eq!(
+            l.ctx_hw_device_ctx + 8,
+            opt("hwaccel_flags"),
+            "{major} hw_device_ctx"
+        );
+        // AVHWDeviceContext.type: allocate a device context of a type the build has (no
+        // hardware needed to allocate) and find the type where the table says.
+        let lavu = bundled(pyav, "libavutil-");
+        let found = dl_program(
+            &lavu,
+            "hwdev",
+            "int (*next)(int) = (int (*)(int))dlsym(h, \"av_hwdevice_iterate_types\");\n\
+             AVBufferRef *(*alloc)(int) = (AVBufferRef *(*)(int))dlsym(h, \"av_hwdevice_ctx_alloc\");\n\
+             int t = next(0); AVBufferRef *r = t > 0 ? alloc(t) : 0;\n\
+             if (r) printf(\"%d %d %d\", t, *(int *)(r->data + 8), *(int *)(r->data + 16));",
+        );
+        let v: Vec<i64> = found.split(' ').filter_map(|x| x.parse().ok()).collect();
+        if let [t, at8, at16] = v[..] {
+            let at = if at8 == t { 8 } else { 16 };
+            assert!(at8 == t || at16 == t, "{major}: no device type in {found}");
+            assert_eq!(l.hwdev_type, at, "{major} AVHWDeviceContext.type");
+        } else {
+            // A build without hardware types cannot show the field: the table may only
+            // claim it where the header-checked majors on both sides agree, else not read it.
+            let side = |m| layout_for(m).unwrap().layout.hwdev_type;
+            let (below, above) = (side(major - 1), side(major + 1));
+            if below == above {
+                assert_eq!(l.hwdev_type, below, "{major} AVHWDeviceContext.type");
+            } else {
+                assert_eq!(
+                    l.hwdev_type, ABSENT,
+                    "{major}: AVHWDeviceContext.type cannot be checked, so it must not be read"
+                );
+            }
+        }
         let fopts = option_offsets(&bundled(pyav, "libavfilter-"), "avfilter_get_class");
         let thread_type = fopts
             .iter()

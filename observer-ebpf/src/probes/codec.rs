@@ -226,6 +226,14 @@ fn describe_codec(s: &mut Stream, l: &LibLayout, ctx: u64) -> bool {
         }
     }
     s.codec_id = field::<u32>(ctx, l.ctx_codec_id).unwrap_or(0);
+    // hw_device_ctx -> AVBufferRef.data (offset 8 in every release) -> AVHWDeviceContext.type
+    if let Some(dev) = field::<u64>(ctx, l.ctx_hw_device_ctx).filter(|p| *p != 0)
+        && let Some(data) = field::<u64>(dev, 8)
+        && let Some(t) = field::<u32>(data, l.hwdev_type)
+        && t < 64
+    {
+        s.hw_device_type = t;
+    }
     s.bit_rate = field::<i64>(ctx, l.ctx_bit_rate).unwrap_or(0);
     let w = field::<i32>(ctx, l.ctx_width).unwrap_or(0);
     let h = field::<i32>(ctx, l.ctx_height).unwrap_or(0);
