@@ -386,6 +386,9 @@ pub fn run(
             overhead * 100.0
         );
     }
+    if only.is_none_or(|o| o.contains("gpu")) {
+        gpu_sampling(root, bin, &dir, port, runs, &mut report)?;
+    }
     if only.is_none_or(|o| o.contains("ingest")) {
         for (decode, name) in [
             (false, "50 Mbit/s ingest, recorded"),
@@ -591,6 +594,88 @@ fn ingest(
         if met { "met" } else { "MISSED" }
     );
     Ok(met)
+}
+
+/// CPU seconds a process's threads have run, from each thread's schedstat (nanoseconds; the
+/// tick-based times in /proc/PID/stat are too coarse for an idle daemon).
+fn process_cpu(pid: u32) -> anyhow::Result<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(ns as f64 / 1e9)
+}
+
+/// The daemon's own CPU with GPU sampling off and on, idle otherwise, 20 s each mode per run.
+/// Without a GPU here, "on" samples the tests' stand-in NVML library (one GPU, a process, an
+/// encoder session): this is observer's side of the cost; the driver's own time per NVML call
+/// needs a real GPU.
+fn gpu_sampling(
+    root: &Path,
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    runs: usize,
+    report: &mut String,
+) -> anyhow::Result<()> {
+    let lib = dir.join("libnvml-standin.so");
+    let status = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&lib)
+        .arg(root.join("tests/c/nvml_standin.c"))
+        .status()
+        .context("building the stand-in NVML library (gcc)")?;
+    if !status.success() {
+        bail!("building the stand-in NVML library failed");
+    }
+    let script = dir.join("nvml-standin.txt");
+    std::fs::write(
+        &script,
+        "devices 1\ndriver 0.0\ndev 0 name stand-in\ndev 0 uuid GPU-0\ndev 0 util_gpu 10\n\
+         dev 0 util_mem 5\ndev 0 enc 1\ndev 0 dec 2\ndev 0 mem_total 1000\ndev 0 mem_used 10\n\
+         dev 0 temp 50\ndev 0 power_mw 1000\ndev 0 clock_sm 1000\ndev 0 clock_video 900\n\
+         dev 0 throttle 0\nproc 0 1 1 1 1 1 1\nsession 0 1 1 0 320 240 30 1000\n",
+    )?;
+    step(&format!("GPU sampling cost ({runs} runs, 20 s a mode)"));
+    let window = Duration::from_secs(20);
+    let mut cpu = [Vec::new(), Vec::new()];
+    for r in 0..runs {
+        for (i, on) in [false, true].into_iter().enumerate() {
+            let args: Vec<&str> = if on {
+                vec!["--nvml-library", lib.to_str().unwrap_or_default()]
+            } else {
+                vec!["--gpu", "false"]
+            };
+            // SAFETY: setting a variable the daemon we start reads; nothing else runs.
+            unsafe { std::env::set_var("OBSERVER_NVML_STANDIN", &script) };
+            let d = Daemon::start(bin, port, &args)?;
+            let pid = d.0.id();
+            let before = process_cpu(pid)?;
+            std::thread::sleep(window);
+            let used = process_cpu(pid)? - before;
+            eprintln!(
+                "    run {}/{runs} gpu sampling {:<3} daemon cpu {used:.3}s",
+                r + 1,
+                if on { "on" } else { "off" }
+            );
+            cpu[i].push(used);
+        }
+    }
+    let off = median(&mut cpu[0]);
+    let on = median(&mut cpu[1]);
+    let _ = writeln!(
+        report,
+        "GPU sampling, 1 s interval, stand-in NVML (one GPU): daemon CPU over 20 s idle, median \
+         of {runs}: off {off:.3} s, on {on:.3} s: {:.2} ms of CPU a sample, {:.3}% of one core\n",
+        (on - off) * 1000.0 / window.as_secs_f64(),
+        (on - off) / window.as_secs_f64() * 100.0
+    );
+    Ok(())
 }
 
 fn uname() -> String {
