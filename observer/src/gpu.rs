@@ -17,6 +17,7 @@ use nvml_wrapper::{
     enum_wrappers::device::{Clock, EncoderType, TemperatureSensor},
     enums::device::UsedGpuMemory,
 };
+use nvml_wrapper_sys::bindings::NvmlLib;
 
 /// One GPU's sample.
 #[derive(Clone, Debug, Default)]
@@ -24,7 +25,8 @@ pub struct GpuSample {
     pub index: u32,
     pub uuid: String,
     pub name: String,
-    /// Engine utilization ratios (0..1) by engine: graphics, memory, encoder, decoder.
+    /// Engine utilization ratios (0..1) by engine: graphics, memory, encoder, decoder,
+    /// jpeg, ofa.
     pub engines: Vec<(&'static str, f64)>,
     pub memory_used: Option<u64>,
     pub memory_total: Option<u64>,
@@ -98,6 +100,10 @@ pub fn start(library: Option<&str>, interval: Duration) -> SharedGpu {
         }
     };
     let driver = nvml.sys_driver_version().unwrap_or_default();
+    // The raw binding of the same library, for the JPEG and OFA engines nvml-wrapper does
+    // not wrap: each missing entry point fails on its own call.
+    // SAFETY: loads the library nvml-wrapper has already loaded and initialized.
+    let raw = unsafe { NvmlLib::new(OsStr::new(library.unwrap_or("libnvidia-ml.so.1"))) }.ok();
     tracing::info!(driver = %driver, "NVIDIA GPU metrics from NVML");
     let out = shared.clone();
     let spawned = std::thread::Builder::new()
@@ -108,7 +114,7 @@ pub fn start(library: Option<&str>, interval: Duration) -> SharedGpu {
             let mut last_seen = 0u64;
             loop {
                 let t0 = std::time::Instant::now();
-                let gpus = sample(&nvml, &mut errors, &mut last_seen);
+                let gpus = sample(&nvml, raw.as_ref(), &mut errors, &mut last_seen);
                 if let Ok(mut s) = out.lock() {
                     s.available = true;
                     s.driver = driver.clone();
@@ -146,6 +152,7 @@ fn ok<T>(
 
 fn sample(
     nvml: &Nvml,
+    raw: Option<&NvmlLib>,
     errors: &mut BTreeMap<&'static str, u64>,
     last_seen: &mut u64,
 ) -> Vec<GpuSample> {
@@ -154,7 +161,7 @@ fn sample(
     let gpus = (0..count)
         .filter_map(|i| {
             let d = ok(errors, "device_by_index", nvml.device_by_index(i))?;
-            Some(sample_device(i, &d, errors, *last_seen, &mut newest))
+            Some(sample_device(i, &d, raw, errors, *last_seen, &mut newest))
         })
         .collect();
     *last_seen = newest;
@@ -164,6 +171,7 @@ fn sample(
 fn sample_device(
     index: u32,
     d: &Device,
+    raw: Option<&NvmlLib>,
     errors: &mut BTreeMap<&'static str, u64>,
     last_seen: u64,
     newest: &mut u64,
@@ -185,6 +193,44 @@ fn sample_device(
     if let Some(u) = ok(errors, "decoder_utilization", d.decoder_utilization()) {
         g.engines
             .push(("decoder", f64::from(u.utilization) / 100.0));
+    }
+    if let Some(raw) = raw {
+        // SAFETY: a live device handle of the same library.
+        let handle = unsafe { d.handle() };
+        for (engine, call, f) in [
+            (
+                "jpeg",
+                "jpg_utilization",
+                raw.nvmlDeviceGetJpgUtilization.as_ref(),
+            ),
+            (
+                "ofa",
+                "ofa_utilization",
+                raw.nvmlDeviceGetOfaUtilization.as_ref(),
+            ),
+        ] {
+            let got = match f {
+                Ok(f) => {
+                    let (mut util, mut period) = (0u32, 0u32);
+                    // SAFETY: NVML's documented signature; both outputs are ours.
+                    match unsafe { f(handle, &mut util, &mut period) } {
+                        0 => Ok(util),
+                        code => Err(format!("NVML error {code}")),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match got {
+                Ok(u) => g.engines.push((engine, f64::from(u) / 100.0)),
+                Err(e) => {
+                    let n = errors.entry(call).or_insert(0);
+                    if *n == 0 {
+                        tracing::debug!(call, error = %e, "NVML call failed; its metric is left out");
+                    }
+                    *n += 1;
+                }
+            }
+        }
     }
     if let Some(m) = ok(errors, "memory_info", d.memory_info()) {
         g.memory_used = Some(m.used);

@@ -1004,7 +1004,7 @@ fn gpu_families(f: &mut Families, shared: &Shared) {
             f.add(
                 "media_gpu_utilization_ratio",
                 MetricType::GAUGE,
-                "Engine utilization over NVML's last sample period, by engine (graphics, memory, encoder, decoder)",
+                "Engine utilization over NVML's last sample period, by engine (graphics, memory, encoder, decoder, jpeg, ofa)",
                 &with("engine", (*engine).into()),
                 *v,
             );

@@ -7,8 +7,8 @@
  *                               mem_used, temp, power_mw, clock_sm, clock_video, throttle)
  *   proc I PID SM MEM ENC DEC USED_BYTES
  *   session I ID PID CODEC WIDTH HEIGHT FPS LATENCY_US
- * Built with -DNO_ENCODER_SESSIONS it lacks nvmlDeviceGetEncoderSessions, like an older
- * driver. */
+ * Built with -DOLDER_DRIVER it lacks nvmlDeviceGetEncoderSessions and the JPEG/OFA
+ * utilization entry points, like an older driver. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -189,7 +189,10 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned in
     return OK;
 }
 
-#ifndef NO_ENCODER_SESSIONS
+#ifndef OLDER_DRIVER
+nvmlReturn_t nvmlDeviceGetJpgUtilization(nvmlDevice_t d, unsigned int *u, unsigned int *p) { return util(d, "jpg", u, p); }
+nvmlReturn_t nvmlDeviceGetOfaUtilization(nvmlDevice_t d, unsigned int *u, unsigned int *p) { return util(d, "ofa", u, p); }
+
 nvmlReturn_t nvmlDeviceGetEncoderSessions(nvmlDevice_t d, unsigned int *count, nvmlEncoderSessionInfo_t *out) {
     load();
     unsigned int n = 0;

@@ -7,7 +7,7 @@ use std::{path::PathBuf, time::Duration};
 
 use observer_tests::{Daemon, ffmpeg, prom::Scrape, run, tempdir};
 
-/// Builds the stand-in; `older` leaves out `nvmlDeviceGetEncoderSessions`.
+/// Builds the stand-in; `older` leaves out the encoder-session and JPEG/OFA entry points.
 fn standin(dir: &std::path::Path, older: bool) -> PathBuf {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("c/nvml_standin.c");
     let out = dir.join(if older {
@@ -20,7 +20,7 @@ fn standin(dir: &std::path::Path, older: bool) -> PathBuf {
         .arg(&out)
         .arg(&src);
     if older {
-        gcc.arg("-DNO_ENCODER_SESSIONS");
+        gcc.arg("-DOLDER_DRIVER");
     }
     run(&mut gcc);
     out
@@ -69,6 +69,7 @@ fn every_value_nvml_reports_is_exported_and_joined_to_the_process_and_stream() {
              dev 0 name NVIDIA H200 (stand-in)\n\
              dev 0 uuid GPU-5f1b2c3d-0000-4000-8000-000000000001\n\
              dev 0 util_gpu 37\ndev 0 util_mem 12\ndev 0 enc 55\ndev 0 dec 81\n\
+             dev 0 jpg 9\ndev 0 ofa 4\n\
              dev 0 mem_total 150754820096\ndev 0 mem_used 2147483648\n\
              dev 0 temp 64\ndev 0 power_mw 123456\n\
              dev 0 clock_sm 1980\ndev 0 clock_video 1755\ndev 0 throttle 5\n\
@@ -117,6 +118,8 @@ fn every_value_nvml_reports_is_exported_and_joined_to_the_process_and_stream() {
         ("memory", 0.12),
         ("encoder", 0.55),
         ("decoder", 0.81),
+        ("jpeg", 0.09),
+        ("ofa", 0.04),
     ] {
         assert_eq!(
             s.value(
@@ -212,6 +215,15 @@ fn an_older_driver_without_an_entry_point_loses_that_metric_only() {
         Some(0.44)
     );
     assert!(s.all("media_gpu_encoder_sessions").next().is_none());
+    assert!(
+        s.value("media_gpu_utilization_ratio", &[("engine", "jpeg")])
+            .is_none()
+    );
+    assert!(
+        s.value("observer_gpu_errors_total", &[("call", "jpg_utilization")])
+            .unwrap()
+            >= 1.0
+    );
     assert!(
         s.value("observer_gpu_errors_total", &[("call", "encoder_sessions")])
             .unwrap()
