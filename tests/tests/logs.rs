@@ -172,6 +172,19 @@ fn warnings_and_errors_become_structured_events_formatted_like_ffmpegs_own() {
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("Connection refused"), "{said}");
+    // The failed open is counted, by protocol and AVERROR, with no URL on it.
+    d.wait_for("the failed open", std::time::Duration::from_secs(20), |s| {
+        let v = s.value(
+            "media_io_open_failures_total",
+            &[
+                ("process", "ffmpeg"),
+                ("direction", "input"),
+                ("protocol", "http"),
+                ("error", "ECONNREFUSED"),
+            ],
+        )?;
+        (v >= 1.0).then_some(())
+    });
     let want = "http://REDACTED@127.0.0.1:9/live.m3u8?token=REDACTED: Connection refused";
     let t0 = std::time::Instant::now();
     loop {

@@ -595,3 +595,34 @@ fn corrupt_and_demuxed_packets_equal_ffmpegs_and_ffprobes_own_counts() {
         "{read} bytes read of {size}"
     );
 }
+
+#[test]
+fn io_stats_can_be_turned_off() {
+    let d = Daemon::start(&["--io-stats", "false"]);
+    let dir = tempdir("io-off");
+    let (pid, _) = run(ffmpeg()
+        .arg("-i")
+        .arg(ingest_ts())
+        .args(["-c", "copy", "-f", "mpegts"])
+        .arg(dir.join("copy.ts")));
+    // Codec streams are still counted; no input or output is followed.
+    d.wait_for("the pipeline's end", SECS, |s| {
+        let p = pid.to_string();
+        s.all("media_log_messages_total")
+            .any(|x| x.label("pid") == Some(&p))
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = d.scrape();
+    let p = pid.to_string();
+    let io_series = s
+        .samples
+        .iter()
+        .filter(|x| x.name.starts_with("media_io_") && x.label("pid") == Some(&p))
+        .count();
+    assert_eq!(io_series, 0, "{}", s.text);
+    assert_eq!(
+        s.value("observer_kernel_map_entries", &[("map", "ios")]),
+        Some(0.0)
+    );
+}
