@@ -150,7 +150,6 @@ fn udp_mpegts_bytes_datagrams_and_continuity_match_the_network_and_ffmpeg() {
            counter passed {}
            chain input {
              type filter hook input priority 0;
-             udp dport 5000 numgen random mod 100 < 4 counter name dropped drop
              udp dport 5000 counter name passed
            }
          }",
@@ -181,9 +180,20 @@ fn udp_mpegts_bytes_datagrams_and_continuity_match_the_network_and_ffmpeg() {
         "mpegts",
     );
     let tx_pid = tx.id();
+    // FFmpeg judges a PID's continuity once it has opened a filter for it (after the PAT
+    // and PMT, in the first datagrams); the kernel judges every PID from its first packet.
+    // Drop only once the receiver has read past the stream's start, so both judge the same
+    // packets.
+    let rx_pid = rx.id();
+    d.wait_for("the receiver reading the stream", SECS, |s| {
+        (io_value(s, "media_io_mpegts_packets_total", rx_pid, "input")? > 100.0).then_some(())
+    });
+    link.nft_rx(
+        "insert rule inet obs input udp dport 5000 numgen random mod 100 < 4 \
+         counter name dropped drop",
+    );
     wait_exit(&mut tx, SECS);
     wait_exit(&mut rx, SECS);
-    let rx_pid = rx.id();
     let (passed, passed_bytes) = link.counter("passed");
     let (dropped, dropped_bytes) = link.counter("dropped");
     assert!(dropped > 10, "the loss should show: {dropped}");
