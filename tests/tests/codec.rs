@@ -242,7 +242,7 @@ fn corrupt_input_counts_codec_errors_by_name() {
     let d = Daemon::start(&[]);
     // One decoder thread so each failure surfaces from the call that met it.
     let (pid, stderr) = run(ffmpeg()
-        .args(["-loglevel", "error", "-threads", "1", "-i"])
+        .args(["-loglevel", "repeat+error", "-threads", "1", "-i"])
         .arg(&bad)
         .args(["-f", "null", "-"]));
     let reported = stderr.matches("Error while decoding stream").count();

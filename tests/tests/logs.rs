@@ -23,9 +23,10 @@ fn mpegts_continuity_errors_equal_ffmpegs_own_count() {
     let input = observer_tests::media::damaged_ts(&ts, &tempdir("continuity"));
 
     let d = Daemon::start(&[]);
-    // FFmpeg's own count: the message is debug level, so only a debug run prints it.
+    // FFmpeg's own count: the message is debug level, so only a debug run prints it
+    // ("repeat": equal lines in a row are not folded).
     let (loud, stderr) = run(ffmpeg()
-        .args(["-loglevel", "debug", "-i"])
+        .args(["-loglevel", "repeat+debug", "-i"])
         .arg(&input)
         .args(["-f", "null", "-"]));
     let truth = stderr.matches("Continuity check failed").count();

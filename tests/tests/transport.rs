@@ -158,11 +158,13 @@ fn udp_mpegts_bytes_datagrams_and_continuity_match_the_network_and_ffmpeg() {
     let dir = tempdir("udp-rx");
     let rx_log = dir.join("rx.log");
     // Debug level: FFmpeg prints its "Continuity check failed" messages only there.
+    // "repeat": two equal messages in a row (same PID, expected and got) must stay two
+    // lines, not one and a "Last message repeated" line.
     let mut rx = spawn_ffmpeg(
         &link.rx,
         &[
             "-loglevel",
-            "debug",
+            "repeat+debug",
             "-timeout",
             "2000000",
             "-i",
