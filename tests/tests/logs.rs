@@ -20,7 +20,8 @@ fn mpegts_continuity_errors_equal_ffmpegs_own_count() {
             "{out}",
         ],
     );
-    let input = observer_tests::media::damaged_ts(&ts, &tempdir("continuity"));
+    let scratch = tempdir("continuity");
+    let input = observer_tests::media::damaged_ts(&ts, &scratch);
 
     let d = Daemon::start(&[]);
     // FFmpeg's own count: the message is debug level, so only a debug run prints it
