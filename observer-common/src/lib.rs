@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod event;
+pub mod frame;
 pub mod io;
 pub mod layout;
 pub mod log;

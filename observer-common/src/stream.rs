@@ -254,6 +254,11 @@ pub struct Stream {
     pub inflight: [Inflight; INFLIGHT_SLOTS],
     pub inflight_next: u32,
     pub _pad2: u32,
+    /// When the context was freed, closed or reopened (0 while live, and for a stream whose
+    /// process died without freeing it).
+    pub closed_ns: u64,
+    /// The packet size of each input in `inflight` (decoders), for frame spans.
+    pub inflight_size: [u32; INFLIGHT_SLOTS],
     /// The io (its [`crate::io::IoKey::id`], same process) whose packets a decoder takes or
     /// that an encoder's packets go to; 0 until linked.
     pub io: u64,
@@ -321,6 +326,8 @@ pub mod counter {
     pub const LOGS_FULL: u32 = 5;
     /// An io or one of its descriptors could not be inserted: `IOS` or `FDS` full.
     pub const IOS_FULL: u32 = 6;
+    /// `FRAMES` ring buffer full: a frame span was dropped (its frame is still counted).
+    pub const FRAMES_LOST: u32 = 7;
     pub const COUNT: u32 = 8;
 }
 

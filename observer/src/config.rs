@@ -44,6 +44,42 @@ impl LogEvents {
     }
 }
 
+/// The OTLP transport (`--otlp-protocol`, `OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC, usually port 4317.
+    #[value(name = "grpc")]
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies, usually port 4318 (`/v1/traces`, `/v1/logs`).
+    #[value(name = "http/protobuf")]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// A duration, or `off` (`--slow-frame`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Threshold(pub Option<Duration>);
+
+impl std::str::FromStr for Threshold {
+    type Err = humantime::DurationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "off" {
+            Ok(Threshold(None))
+        } else {
+            humantime::parse_duration(s).map(|d| Threshold(Some(d)))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Threshold {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "observer",
@@ -141,6 +177,57 @@ pub struct Options {
     #[arg(long, env = "OBSERVER_NVML_LIBRARY")]
     pub nvml_library: Option<String>,
 
+    /// OpenTelemetry collector to export spans and logs to, e.g. `http://localhost:4318` (HTTP)
+    /// or `http://localhost:4317` (gRPC). Unset: nothing is exported over OTLP.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP transport: `grpc` or `http/protobuf`.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        value_enum,
+        default_value = "http/protobuf"
+    )]
+    pub otlp_protocol: OtlpProtocol,
+
+    /// The `service.name` resource attribute of everything exported (other resource
+    /// attributes come from `OTEL_RESOURCE_ATTRIBUTES`).
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "observer")]
+    pub service_name: String,
+
+    /// Share of frames exported as spans, 0 to 1 (decided in the kernel; only chosen frames
+    /// leave it). Production 0.01, high load 0.001, development 1.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", default_value_t = 0.01)]
+    pub frame_sample_ratio: f64,
+
+    /// A frame that takes at least this long (input submitted to output returned) is always
+    /// exported as a span, sampled or not; `off` for none, `0s` for every frame.
+    #[arg(long, env = "OBSERVER_SLOW_FRAME", default_value = "250ms")]
+    pub slow_frame: Threshold,
+
+    /// Export FFmpeg's captured messages (`--ffmpeg-log-events`) and the daemon's own events as
+    /// OTLP logs.
+    #[arg(long, env = "OBSERVER_OTLP_LOGS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub otlp_logs: bool,
+
+    /// Spans (and, apart, log records) waiting for export at most; beyond it new ones are
+    /// dropped and counted (`observer_otlp_dropped_total`).
+    #[arg(long, env = "OTEL_BSP_MAX_QUEUE_SIZE", default_value_t = 8192)]
+    pub otlp_queue_size: usize,
+
+    /// Spans or log records per export request at most.
+    #[arg(long, env = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", default_value_t = 512)]
+    pub otlp_batch_size: usize,
+
+    /// Longest wait before a partial batch is sent.
+    #[arg(long, env = "OBSERVER_OTLP_EXPORT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub otlp_export_interval: Duration,
+
+    /// An export request that takes longer fails (its batch counts as dropped).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT_DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub otlp_timeout: Duration,
+
     /// Benchmarking aid: attach programs that do nothing at the same points instead of the
     /// real ones, to measure what the probe mechanism alone costs (no metrics are produced).
     #[arg(long, env = "OBSERVER_EMPTY_PROBES", default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
@@ -174,6 +261,18 @@ struct FileOptions {
     #[serde(default, with = "opt_duration")]
     gpu_interval: Option<Duration>,
     nvml_library: Option<String>,
+    otlp_endpoint: Option<String>,
+    otlp_protocol: Option<OtlpProtocol>,
+    service_name: Option<String>,
+    frame_sample_ratio: Option<f64>,
+    slow_frame: Option<Threshold>,
+    otlp_logs: Option<bool>,
+    otlp_queue_size: Option<usize>,
+    otlp_batch_size: Option<usize>,
+    #[serde(default, with = "opt_duration")]
+    otlp_export_interval: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    otlp_timeout: Option<Duration>,
     empty_probes: Option<bool>,
 }
 
@@ -251,10 +350,22 @@ impl Options {
             stall_after,
             gpu,
             gpu_interval,
+            otlp_protocol,
+            service_name,
+            frame_sample_ratio,
+            slow_frame,
+            otlp_logs,
+            otlp_queue_size,
+            otlp_batch_size,
+            otlp_export_interval,
+            otlp_timeout,
             empty_probes
         );
         if unset("nvml_library") && f.nvml_library.is_some() {
             self.nvml_library = f.nvml_library;
+        }
+        if unset("otlp_endpoint") && f.otlp_endpoint.is_some() {
+            self.otlp_endpoint = f.otlp_endpoint;
         }
     }
 
@@ -278,6 +389,27 @@ impl Options {
             return Err(ConfigError::Invalid(
                 "rescan_interval must be at least 1s".into(),
             ));
+        }
+        if !(0.0..=1.0).contains(&self.frame_sample_ratio) {
+            return Err(ConfigError::Invalid(format!(
+                "frame_sample_ratio must be between 0 and 1, not {}",
+                self.frame_sample_ratio
+            )));
+        }
+        if self.otlp_queue_size == 0 || self.otlp_batch_size == 0 {
+            return Err(ConfigError::Invalid(
+                "otlp_queue_size and otlp_batch_size must be at least 1".into(),
+            ));
+        }
+        if let Some(ep) = &self.otlp_endpoint {
+            // TLS is not built in (see README, "OpenTelemetry"): say so now, not at the first
+            // failed export.
+            if !ep.starts_with("http://") {
+                return Err(ConfigError::Invalid(format!(
+                    "otlp_endpoint must be an http:// URL (TLS: put a local collector in front), \
+                     not {ep:?}"
+                )));
+            }
         }
         Ok(())
     }

@@ -304,11 +304,14 @@ impl IoRegistry {
             .take(self.max)
     }
 
+    /// An io, by process and id.
+    pub fn get(&self, tgid: u32, id: u64) -> Option<&IoRecord> {
+        self.records.get(&IoKey { tgid, _pad: 0, id })
+    }
+
     /// The `io` label of an io, by process and id.
     pub fn label_of(&self, tgid: u32, id: u64) -> Option<&str> {
-        self.records
-            .get(&IoKey { tgid, _pad: 0, id })
-            .map(|r| r.label.as_str())
+        self.get(tgid, id).map(|r| r.label.as_str())
     }
 
     /// The `io` label of the io whose format context is `ctx` (for log messages).

@@ -143,6 +143,16 @@ pub struct LoadOptions {
     pub io_stats: bool,
     /// Messages at this `AV_LOG_*` level or more severe are sent as events; -1 for none.
     pub log_event_level: i32,
+    /// Frame spans: the kernel's sampling threshold (`frame::sample_threshold`) and the
+    /// slow-frame threshold in ns (`frame::SLOW_FRAME_NEVER` for none).
+    pub frame_sample: u64,
+    pub slow_frame_ns: u64,
+}
+
+/// The ring buffers the daemon reads: process, io and log events; frame spans.
+pub struct Rings {
+    pub events: RingBuf<MapData>,
+    pub frames: RingBuf<MapData>,
 }
 
 /// Which input/output probes are active: each missing one costs some metrics, never the
@@ -173,18 +183,22 @@ fn map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 impl Kernel {
     /// Loads every program. Process-life probes that this kernel lacks are reported in
     /// [`Kernel::life`] and the daemon falls back to periodic /proc scans for them.
-    pub fn load(opts: LoadOptions) -> Result<(Self, RingBuf<MapData>), KernelError> {
+    pub fn load(opts: LoadOptions) -> Result<(Self, Rings), KernelError> {
         let LoadOptions {
             empty_probes,
             ffmpeg_logs,
             io_stats,
             log_event_level,
+            frame_sample,
+            slow_frame_ns,
         } = opts;
         raise_memlock_limit();
         let btf = Btf::from_sys_fs().ok();
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
             .override_global("LOG_EVENT_LEVEL", &log_event_level, true)
+            .override_global("FRAME_SAMPLE", &frame_sample, true)
+            .override_global("SLOW_FRAME_NS", &slow_frame_ns, true)
             .load(PROGRAMS)?;
         for name in UPROBE_PROGRAMS {
             let p: &mut UProbe = program(&mut ebpf, name)?;
@@ -225,7 +239,10 @@ impl Kernel {
         } else {
             IoProbes::default()
         };
-        let events: RingBuf<MapData> = map(&mut ebpf, "EVENTS")?;
+        let rings = Rings {
+            events: map(&mut ebpf, "EVENTS")?,
+            frames: map(&mut ebpf, "FRAMES")?,
+        };
         let kernel = Kernel {
             streams: map(&mut ebpf, "STREAMS")?,
             ended: map(&mut ebpf, "ENDED_STREAMS")?,
@@ -248,7 +265,7 @@ impl Kernel {
             ffmpeg_logs,
             io_stats,
         };
-        Ok((kernel, events))
+        Ok((kernel, rings))
     }
 
     /// Attaches every probe point of `file` (reachable at `path`) for all processes.
@@ -334,12 +351,18 @@ impl Kernel {
     }
 
     /// The `stream` label of a live stream the registry may not have collected yet.
-    pub fn stream_label(&self, tgid: u32, ctx: u64) -> Option<String> {
-        let s = self
-            .streams
-            .get(&StreamKey { tgid, _pad: 0, ctx }, 0)
-            .ok()?;
-        Some(format!("{tgid}-{:x}", s.opened_ns))
+    /// The generation of the stream of `tgid` on context `ctx`: live, or ended and not yet
+    /// collected (a short pipeline can free its codec before the daemon reads its messages).
+    pub fn stream_opened(&self, tgid: u32, ctx: u64) -> Option<u64> {
+        if let Ok(s) = self.streams.get(&StreamKey { tgid, _pad: 0, ctx }, 0) {
+            return Some(s.opened_ns);
+        }
+        self.ended
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.tgid == tgid && k.ctx == ctx)
+            .map(|k| k.opened_ns)
+            .max()
     }
 
     /// The `io` label of the io whose format context is `ctx`, from the kernel's own map.
@@ -653,6 +676,15 @@ pub fn parse_event(bytes: &[u8]) -> Option<Event> {
         }
         _ => read::<ProcessEvent>(bytes).map(Event::Process),
     }
+}
+
+/// One record of the frame spans' ring buffer.
+pub fn parse_frame(bytes: &[u8]) -> Option<observer_common::frame::FrameSpan> {
+    if bytes.len() < std::mem::size_of::<observer_common::frame::FrameSpan>() {
+        return None;
+    }
+    // SAFETY: length checked; FrameSpan is Pod and read unaligned.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
 impl Kernel {

@@ -9,6 +9,7 @@ pub mod io;
 pub mod kernel;
 pub mod logs;
 pub mod metrics;
+pub mod otlp;
 pub mod procfs;
 pub mod redact;
 pub mod server;

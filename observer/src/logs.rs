@@ -120,21 +120,53 @@ impl LogRegistry {
     }
 }
 
+/// One captured message, formatted and redacted.
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub template: String,
+    pub message: String,
+    pub args: Vec<String>,
+    /// FFmpeg's level name (`error`, `warning`, ...).
+    pub level: &'static str,
+    /// The `AV_LOG_*` value.
+    pub av_level: i32,
+    pub pid: u32,
+}
+
+impl Message {
+    /// Formats the kernel's copy of a message; URLs in it are redacted.
+    pub fn render(ev: &LogEvent) -> Self {
+        let template = clean(&streams::cstr(&ev.template));
+        let (message, args) = format_message(&template, ev);
+        Message {
+            message: crate::redact::redact_text(&message),
+            args: args.iter().map(|a| crate::redact::redact_text(a)).collect(),
+            template,
+            level: crate::ffmpeg::log_level_name(ev.level),
+            av_level: ev.level,
+            pid: ev.tgid,
+        }
+    }
+}
+
 /// Emits one captured message as a structured event of the daemon's own log (JSON with
 /// `--log-format json`): target `ffmpeg`, the message formatted with its arguments, its
 /// template, level, process, and the stream or io that logged it. URLs in it are redacted.
-pub fn emit(ev: &LogEvent, process: &str, stream: &str, io: &str) {
-    let template = clean(&streams::cstr(&ev.template));
-    let (message, args) = format_message(&template, ev);
-    let message = crate::redact::redact_text(&message);
-    let args: Vec<String> = args.iter().map(|a| crate::redact::redact_text(a)).collect();
-    let level = crate::ffmpeg::log_level_name(ev.level);
+pub fn emit(m: &Message, process: &str, stream: &str, io: &str) {
+    let Message {
+        template,
+        message,
+        args,
+        level,
+        pid,
+        ..
+    } = m;
     macro_rules! at {
         ($lvl:expr) => {
             tracing::event!(
                 target: "ffmpeg",
                 $lvl,
-                pid = ev.tgid,
+                pid,
                 process,
                 stream,
                 io,
@@ -145,7 +177,7 @@ pub fn emit(ev: &LogEvent, process: &str, stream: &str, io: &str) {
             )
         };
     }
-    match ev.level {
+    match m.av_level {
         i32::MIN..=23 => at!(tracing::Level::ERROR),
         24..=31 => at!(tracing::Level::WARN),
         32..=39 => at!(tracing::Level::INFO),

@@ -8,7 +8,8 @@ use std::{
 };
 
 use anyhow::Context as _;
-use observer_common::event::EventKind;
+use observer_common::{event::EventKind, frame};
+use opentelemetry_sdk::logs::SdkLoggerProvider;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use observer::{
@@ -16,9 +17,10 @@ use observer::{
     io::IoRegistry,
     kernel::{self, Event, Kernel, LoadOptions},
     logs::{self, LogRegistry},
+    otlp::{self, Otlp},
     procfs, server,
     state::{Shared, SharedState},
-    streams::Registry,
+    streams::{self, Registry},
     tracker::{self, Tracker},
 };
 
@@ -30,37 +32,66 @@ fn main() {
             std::process::exit(2);
         }
     };
-    init_logging(&opts);
+    // Made before the runtime so the daemon's own log reaches OTLP from its first line.
+    let log_pipe = otlp::LogPipe::new(&opts);
+    init_logging(&opts, log_pipe.as_ref().map(|(p, _)| &p.provider));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
-    if let Err(e) = rt.block_on(run(opts)) {
+    if let Err(e) = rt.block_on(run(opts, log_pipe)) {
         tracing::error!("{e:#}");
         eprintln!("observer: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn init_logging(opts: &Options) {
+fn init_logging(opts: &Options, otlp_logs: Option<&SdkLoggerProvider>) {
+    use tracing_subscriber::{Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
     let filter = tracing_subscriber::EnvFilter::try_new(&opts.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match opts.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match opts.log_format {
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    // The daemon's own events only: FFmpeg's messages go to OTLP with their stream's trace
+    // (see `Otlp::log`), and the exporter's own dependencies must not log into themselves.
+    let bridge = otlp_logs.map(|p| {
+        opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(p).with_filter(
+            tracing_subscriber::filter::filter_fn(|m| m.target().starts_with("observer")),
+        )
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(bridge)
+        .init();
 }
 
-async fn run(opts: Options) -> anyhow::Result<()> {
-    let (mut kernel, events) = Kernel::load(LoadOptions {
+async fn run(
+    opts: Options,
+    log_pipe: Option<(otlp::LogPipe, Arc<otlp::Stats>)>,
+) -> anyhow::Result<()> {
+    let mut otlp = Otlp::start(&opts, log_pipe)?;
+    // Frames leave the kernel only when something exports them.
+    let (frame_sample, slow_frame_ns) = match &otlp {
+        Some(_) => (
+            frame::sample_threshold(opts.frame_sample_ratio),
+            opts.slow_frame
+                .0
+                .map_or(frame::SLOW_FRAME_NEVER, |d| d.as_nanos() as u64),
+        ),
+        None => (0, frame::SLOW_FRAME_NEVER),
+    };
+    let (mut kernel, rings) = Kernel::load(LoadOptions {
         empty_probes: opts.empty_probes,
         ffmpeg_logs: opts.ffmpeg_logs,
         io_stats: opts.io_stats,
         log_event_level: opts.ffmpeg_log_events.av_level(),
+        frame_sample,
+        slow_frame_ns,
     })
     .context(
         "cannot load the kernel programs; observer needs root or CAP_BPF, CAP_PERFMON and \
@@ -97,6 +128,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         scans: 0,
         ready: false,
         aggregate: opts.aggregate,
+        otlp: otlp.as_ref().map(|o| o.stats.clone()),
     }));
 
     let listener = tokio::net::TcpListener::bind(opts.listen)
@@ -121,7 +153,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         tracker.scan(&mut kernel, pid);
         scans += 1;
     }
-    publish(&shared, &mut kernel, &tracker, scans, true);
+    publish(&shared, &mut kernel, &tracker, scans, otlp.as_mut());
     tracing::info!(
         attached = tracker.attached().len(),
         processes = tracker.pids().len(),
@@ -130,8 +162,12 @@ async fn run(opts: Options) -> anyhow::Result<()> {
 
     // SAFETY: the ring buffer owns its map fd, which stays open until the AsyncFd drops it.
     let mut events =
-        unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+        unsafe { AsyncFd::register_with_interest(rings.events, tokio::io::Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("watching the kernel's event ring buffer: {e}"))?;
+    // SAFETY: as above, for the frame spans' ring buffer.
+    let mut frames =
+        unsafe { AsyncFd::register_with_interest(rings.frames, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("watching the kernel's frame ring buffer: {e}"))?;
     let mut collect = tokio::time::interval(opts.collect_interval);
     let mut rescan = tokio::time::interval(opts.rescan_interval);
     rescan.tick().await;
@@ -162,11 +198,13 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                                     .unwrap_or_default();
                                 // The message may come before the collection that shows its
                                 // stream or io: the kernel's maps know them already.
-                                let stream = s
+                                let opened = s
                                     .registry
-                                    .label_of(ev.tgid, ev.avcl)
-                                    .map(str::to_string)
-                                    .or_else(|| kernel.stream_label(ev.tgid, ev.avcl))
+                                    .newest(ev.tgid, ev.avcl)
+                                    .map(|r| r.stream.opened_ns)
+                                    .or_else(|| kernel.stream_opened(ev.tgid, ev.avcl));
+                                let stream = opened
+                                    .map(|o| streams::label(ev.tgid, o))
                                     .unwrap_or_default();
                                 let io = s
                                     .ios
@@ -174,7 +212,18 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                                     .map(str::to_string)
                                     .or_else(|| kernel.io_label(ev.tgid, ev.avcl))
                                     .unwrap_or_default();
-                                logs::emit(&ev, &process, &stream, &io);
+                                let message = logs::Message::render(&ev);
+                                logs::emit(&message, &process, &stream, &io);
+                                if let Some(o) = otlp.as_mut() {
+                                    o.log(
+                                        &message,
+                                        ev.ktime_ns,
+                                        &process,
+                                        (ev.avcl, opened),
+                                        &stream,
+                                        &io,
+                                    );
+                                }
                             }
                             continue;
                         }
@@ -211,17 +260,28 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                 if !exited.is_empty() {
                     // Collect now, so a process's final counts are read before its pid can be
                     // reused.
-                    publish(&shared, &mut kernel, &tracker, scans, true);
+                    publish(&shared, &mut kernel, &tracker, scans, otlp.as_mut());
                     for pid in exited.drain(..) {
                         tracker.exited(pid);
                         kernel.forget_process(pid);
                     }
                 }
             }
+            guard = frames.readable_mut() => {
+                let mut guard = guard.context("frame ring buffer")?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    if let (Some(o), Some(f)) = (otlp.as_mut(), kernel::parse_frame(&item)) {
+                        let process = tracker.process(f.tgid).map_or("", |p| p.comm.as_str());
+                        o.traces.frame(&f, process);
+                    }
+                }
+                guard.clear_ready();
+            }
             _ = collect.tick() => {
                 tracker.distrust_failing(&mut kernel);
                 tracker.detach_unused(&mut kernel);
-                publish(&shared, &mut kernel, &tracker, scans, true);
+                publish(&shared, &mut kernel, &tracker, scans, otlp.as_mut());
             }
             _ = rescan.tick() => {
                 for pid in procfs::pids() {
@@ -240,11 +300,35 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: detaching every probe");
     drop(kernel);
+    if let Some(o) = otlp
+        && let Ok(s) = shared.lock()
+    {
+        // Blocking the lock for the flush is fine: the HTTP side is all that waits.
+        let (registry, ios) = (&s.registry, &s.ios);
+        flush_otlp(o, registry, ios);
+    }
     Ok(())
 }
 
+/// Ends the open spans and gives the exporter a few seconds to send what is queued.
+fn flush_otlp(o: Otlp, registry: &observer::streams::Registry, ios: &observer::io::IoRegistry) {
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(o.shutdown(
+            registry,
+            ios,
+            std::time::Duration::from_secs(5),
+        ))
+    });
+}
+
 /// Reads the kernel maps into the registry and refreshes what the HTTP side shows.
-fn publish(shared: &SharedState, kernel: &mut Kernel, tracker: &Tracker, scans: u64, ready: bool) {
+fn publish(
+    shared: &SharedState,
+    kernel: &mut Kernel,
+    tracker: &Tracker,
+    scans: u64,
+    otlp: Option<&mut Otlp>,
+) {
     let Ok(mut s) = shared.lock() else { return };
     s.registry.collect(kernel, tracker);
     s.logs.collect(kernel, tracker);
@@ -255,5 +339,8 @@ fn publish(shared: &SharedState, kernel: &mut Kernel, tracker: &Tracker, scans: 
     s.io_map_entries = kernel.io_map_entries();
     s.processes = tracker.pids().len();
     s.scans = scans;
-    s.ready = ready;
+    s.ready = true;
+    if let Some(o) = otlp {
+        o.traces.observe(&s.registry, &s.ios);
+    }
 }

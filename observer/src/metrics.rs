@@ -277,10 +277,7 @@ fn stream_families(
         labels.push(("direction", direction_name(dir).into()));
         labels.push(("media", media_name(s.media).into()));
         labels.push(("codec", r.codec()));
-        let (frames, packets, bytes) = match dir {
-            Direction::Decode => (s.out_count, s.in_count, s.in_bytes),
-            _ => (s.in_count, s.out_count, s.out_bytes),
-        };
+        let (frames, packets, bytes) = r.totals();
         f.add(
             "media_frames_total",
             MetricType::COUNTER,
@@ -471,8 +468,8 @@ fn log_families(f: &mut Families, shared: &Shared) {
         if !shared.aggregate {
             let stream = shared
                 .registry
-                .label_of(r.key.tgid, r.key.avcl)
-                .unwrap_or("");
+                .newest(r.key.tgid, r.key.avcl)
+                .map_or("", |r| r.label.as_str());
             labels.push(("stream", stream.to_string()));
             labels.push((
                 "io",
@@ -571,6 +568,16 @@ fn daemon_families(f: &mut Families, shared: &Shared) {
         );
     }
     f.add(
+        "observer_frame_spans_lost_total",
+        MetricType::COUNTER,
+        "Sampled or slow frames whose span the kernel could not queue (ring buffer full); the frames are still counted",
+        &[],
+        k(c::FRAMES_LOST),
+    );
+    if let Some(o) = &shared.otlp {
+        otlp_families(f, o);
+    }
+    f.add(
         "observer_log_keys_dropped_total",
         MetricType::COUNTER,
         "Log messages not counted because the kernel's log map was full",
@@ -659,6 +666,45 @@ const SEGMENT_BYTE_BUCKETS: (usize, usize) = (9, 28);
 
 /// Inputs and outputs: `media_io_*`, labelled `io`/`pid`/`process`/`direction`; the URL only
 /// on `media_io_info`.
+fn otlp_families(f: &mut Families, stats: &crate::otlp::Stats) {
+    use crate::otlp::Signal;
+    use std::sync::atomic::Ordering::Relaxed;
+    for (name, kind, help) in [
+        (
+            "observer_otlp_exported_total",
+            MetricType::COUNTER,
+            "Spans and log records the OTLP collector accepted, by signal",
+        ),
+        (
+            "observer_otlp_dropped_total",
+            MetricType::COUNTER,
+            "Spans and log records not exported: the queue was full or their export request failed",
+        ),
+        (
+            "observer_otlp_failed_requests_total",
+            MetricType::COUNTER,
+            "OTLP export requests that failed (refused, unreachable, timed out)",
+        ),
+        (
+            "observer_otlp_queue_length",
+            MetricType::GAUGE,
+            "Spans and log records waiting for export",
+        ),
+    ] {
+        f.declare(name, kind, help);
+        for signal in [Signal::Traces, Signal::Logs] {
+            let st = stats.of(signal);
+            let v = match name {
+                "observer_otlp_exported_total" => st.exported.load(Relaxed),
+                "observer_otlp_dropped_total" => st.dropped.load(Relaxed),
+                "observer_otlp_failed_requests_total" => st.failed_requests.load(Relaxed),
+                _ => st.queued.load(Relaxed),
+            };
+            f.add(name, kind, "", &[("signal", signal.name().into())], v as f64);
+        }
+    }
+}
+
 fn io_families(f: &mut Families, shared: &Shared) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

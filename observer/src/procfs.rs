@@ -112,6 +112,15 @@ pub struct ProcStat {
     pub zombie: bool,
 }
 
+/// The command line, arguments separated by spaces, at most 4 KiB (not redacted).
+pub fn cmdline(pid: u32) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let raw = &raw[..raw.len().min(4096)];
+    let text = String::from_utf8_lossy(raw).replace('\0', " ");
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
 pub fn stat(pid: u32) -> Option<ProcStat> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may contain anything: split after the last ')'.

@@ -29,6 +29,8 @@ pub struct Shared {
     pub scans: u64,
     pub ready: bool,
     pub aggregate: bool,
+    /// OTLP export counts, when exporting.
+    pub otlp: Option<Arc<crate::otlp::Stats>>,
 }
 
 pub type SharedState = Arc<Mutex<Shared>>;

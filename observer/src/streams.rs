@@ -37,6 +37,24 @@ impl Record {
     pub fn codec(&self) -> String {
         cstr(&self.stream.codec_name)
     }
+    /// (frames, packets, packet bytes): a decoder takes packets and gives frames, an encoder
+    /// the reverse.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        let s = &self.stream;
+        match self.direction() {
+            Direction::Decode => (s.out_count, s.in_count, s.in_bytes),
+            _ => (s.in_count, s.out_count, s.out_bytes),
+        }
+    }
+    /// Failed calls, all kinds together.
+    pub fn errors(&self) -> u64 {
+        self.stream.errors.iter().map(|e| e.count).sum()
+    }
+}
+
+/// The `stream` label of the stream a process opened at `opened_ns` (the kernel's clock).
+pub fn label(tgid: u32, opened_ns: u64) -> String {
+    format!("{tgid}-{opened_ns:x}")
 }
 
 pub fn cstr(b: &[u8]) -> String {
@@ -167,7 +185,7 @@ impl Registry {
         self.records.insert(
             id,
             Record {
-                label: format!("{}-{:x}", s.tgid, s.opened_ns),
+                label: label(s.tgid, s.opened_ns),
                 process,
                 stream: s,
                 ended,
@@ -228,12 +246,21 @@ impl Registry {
         };
     }
 
-    /// The `stream` label of the newest stream of `tgid` on context `ctx`, if any.
-    pub fn label_of(&self, tgid: u32, ctx: u64) -> Option<&str> {
+    /// The newest stream of `tgid` on context `ctx`, if any.
+    pub fn newest(&self, tgid: u32, ctx: u64) -> Option<&Record> {
         self.records
             .range((tgid, ctx, 0)..=(tgid, ctx, u64::MAX))
             .next_back()
-            .map(|(_, r)| r.label.as_str())
+            .map(|(_, r)| r)
+    }
+
+    pub fn get(&self, id: &StreamId) -> Option<&Record> {
+        self.records.get(id)
+    }
+
+    /// Every record, live and ended, by stream id.
+    pub fn all(&self) -> impl Iterator<Item = (&StreamId, &Record)> {
+        self.records.iter()
     }
 
     /// The records to export: at most `max`, live ones first.

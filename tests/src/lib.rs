@@ -7,6 +7,7 @@
 
 pub mod media;
 pub mod net;
+pub mod otlp;
 pub mod prom;
 
 use std::{
@@ -110,6 +111,10 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
     }
 
     pub fn get(&self, path: &str) -> Option<(u16, String)> {

@@ -18,6 +18,7 @@ use aya_ebpf::{
 };
 use observer_common::{
     event::EventKind,
+    frame::{FRAME_KEY, FRAME_SAMPLED, FRAME_SLOW, FrameSpan},
     layout::{LibLayout, cookie_call, cookie_slot},
     stream::{
         AVERROR_EAGAIN, AVERROR_EOF, Call, Direction, ERROR_OTHER, ERROR_SLOTS, EndedKey,
@@ -29,13 +30,22 @@ use observer_common::{
 
 use crate::{
     maps::{
-        CALLS, CallKey, CallState, ENDED_STREAMS, LIB_READ_FAILURES, LIBS, STREAMS, ZERO_STREAM,
-        bump,
+        CALLS, CallKey, CallState, ENDED_STREAMS, FRAMES, LIB_READ_FAILURES, LIBS, STREAMS,
+        ZERO_STREAM, bump,
     },
     read::{Window, field},
 };
 
 const AV_PKT_FLAG_KEY: i32 = 1;
+
+/// Frame spans: a frame is sampled when a 32-bit random number is below this
+/// (`frame::FRAME_SAMPLE_ALL`: every frame; 0: none). Set by the loader.
+#[unsafe(no_mangle)]
+static FRAME_SAMPLE: u64 = 0;
+/// Frame spans: a frame that took at least this many ns is always sent
+/// (`frame::SLOW_FRAME_NEVER`: none). Set by the loader.
+#[unsafe(no_mangle)]
+static SLOW_FRAME_NS: u64 = u64::MAX;
 const AV_FRAME_FLAG_KEY: i32 = 1 << 1;
 const BPF_NOEXIST: u64 = 1;
 
@@ -173,12 +183,13 @@ fn in_progress(key: &CallKey) -> bool {
 #[inline(always)]
 fn end_stream(tgid: u32, ctx: u64) {
     let key = StreamKey { tgid, _pad: 0, ctx };
-    let Some(s) = STREAMS.get_ptr(&key) else {
+    let Some(s) = STREAMS.get_ptr_mut(&key) else {
         return;
     };
     // SAFETY: a map value pointer, valid for this program run.
-    let s = unsafe { &*s };
+    let s = unsafe { &mut *s };
     if s.flags & (FLAG_PROBE_DECODER | FLAG_INSANE) == 0 && s.direction != 0 {
+        s.closed_ns = now_ns();
         let ended = EndedKey {
             tgid,
             _pad: 0,
@@ -570,7 +581,7 @@ type FrameWindow = Window<48>;
 type PacketWindow = Window<40>;
 
 #[inline(always)]
-fn inflight(s: &mut Stream, pts: i64, at: u64) {
+fn inflight(s: &mut Stream, pts: i64, at: u64, size: u32) {
     if pts == NOPTS {
         return;
     }
@@ -578,12 +589,21 @@ fn inflight(s: &mut Stream, pts: i64, at: u64) {
     if let Some(slot) = s.inflight.get_mut(i) {
         *slot = Inflight { pts, at_ns: at };
     }
+    if let Some(slot) = s.inflight_size.get_mut(i) {
+        *slot = size;
+    }
     s.inflight_next = s.inflight_next.wrapping_add(1);
+}
+
+/// An input paired with its output: when it was submitted and its packet's size.
+struct Paired {
+    at: u64,
+    size: u32,
 }
 
 /// Pairs an output with the newest input of the same pts still in flight.
 #[inline(always)]
-fn pair(s: &mut Stream, pts: Option<i64>, now: u64) {
+fn pair(s: &mut Stream, pts: Option<i64>, now: u64) -> Option<Paired> {
     if let Some(pts) = pts.filter(|p| *p != NOPTS) {
         let newest = s.inflight_next.wrapping_sub(1) as usize;
         let mut k = 0;
@@ -596,12 +616,52 @@ fn pair(s: &mut Stream, pts: Option<i64>, now: u64) {
                 let at = slot.at_ns;
                 slot.at_ns = 0;
                 observe(&mut s.latency, now.saturating_sub(at));
-                return;
+                let size = s.inflight_size.get(i).copied().unwrap_or(0);
+                return Some(Paired { at, size });
             }
             k += 1;
         }
     }
     add(&mut s.latency_unmatched, 1);
+    None
+}
+
+/// Sends a paired frame as a span if it is sampled or slow. Costs two global reads when
+/// frame spans are off.
+#[inline(always)]
+fn frame_span(s: &Stream, p: Paired, now: u64, pts: i64, size: u32, key: bool) {
+    // SAFETY: constants the loader may have set; volatile so they are not folded at build.
+    let (sample, slow) = unsafe {
+        (
+            core::ptr::read_volatile(&FRAME_SAMPLE),
+            core::ptr::read_volatile(&SLOW_FRAME_NS),
+        )
+    };
+    let mut flags = if key { FRAME_KEY } else { 0 };
+    if now.saturating_sub(p.at) >= slow {
+        flags |= FRAME_SLOW;
+    }
+    // SAFETY: the helper has no arguments.
+    if sample != 0 && (unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() } as u64) < sample {
+        flags |= FRAME_SAMPLED;
+    }
+    if flags & (FRAME_SLOW | FRAME_SAMPLED) == 0 {
+        return;
+    }
+    let span = FrameSpan {
+        tgid: s.tgid,
+        direction: s.direction,
+        ctx: s.ctx,
+        opened_ns: s.opened_ns,
+        start_ns: p.at,
+        end_ns: now,
+        pts,
+        size,
+        flags,
+    };
+    if FRAMES.output::<FrameSpan>(&span, 0).is_err() {
+        bump(counter::FRAMES_LOST);
+    }
 }
 
 #[inline(always)]
@@ -617,7 +677,7 @@ fn submitted_packet(s: &mut Stream, l: &LibLayout, pkt: u64, at: u64) {
     add(&mut s.in_count, 1);
     add(&mut s.in_bytes, size as u64);
     s.last_ns = at;
-    inflight(s, w.get::<i64>(l.pkt_pts).unwrap_or(NOPTS), at);
+    inflight(s, w.get::<i64>(l.pkt_pts).unwrap_or(NOPTS), at, size as u32);
     if s.io == 0
         && let Some(data) = w.get::<u64>(l.pkt_data)
         && let Some(io) = super::io::demuxed_by(s.tgid, data)
@@ -660,7 +720,7 @@ fn submitted_frame(s: &mut Stream, l: &LibLayout, frame: u64, at: u64, pts: Opti
             None => NOPTS,
         },
     };
-    inflight(s, pts, at);
+    inflight(s, pts, at, 0);
 }
 
 #[inline(always)]
@@ -672,8 +732,9 @@ fn received_frame(s: &mut Stream, l: &LibLayout, frame: u64, now: u64) {
         return;
     };
     frame_shape(s, l, &w);
+    let mut key = false;
     if s.direction == Direction::Decode as u32 {
-        let key = match w.get::<i32>(l.frame_key_frame) {
+        key = match w.get::<i32>(l.frame_key_frame) {
             Some(k) => k != 0,
             // From libavutil 59 the key flag lives only in AVFrame.flags, outside the window.
             None => field::<i32>(frame, l.frame_flags).unwrap_or(0) & AV_FRAME_FLAG_KEY != 0,
@@ -682,7 +743,11 @@ fn received_frame(s: &mut Stream, l: &LibLayout, frame: u64, now: u64) {
             add(&mut s.keyframes, 1);
         }
     }
-    pair(s, w.get::<i64>(l.frame_pts), now);
+    let pts = w.get::<i64>(l.frame_pts);
+    if let Some(p) = pair(s, pts, now) {
+        let size = p.size;
+        frame_span(s, p, now, pts.unwrap_or(NOPTS), size, key);
+    }
 }
 
 #[inline(always)]
@@ -697,7 +762,8 @@ fn received_packet(s: &mut Stream, l: &LibLayout, pkt: u64, now: u64) {
     if size > 0 {
         add(&mut s.out_bytes, size as u64);
     }
-    if w.get::<i32>(l.pkt_flags).unwrap_or(0) & AV_PKT_FLAG_KEY != 0 {
+    let key = w.get::<i32>(l.pkt_flags).unwrap_or(0) & AV_PKT_FLAG_KEY != 0;
+    if key {
         add(&mut s.keyframes, 1);
     }
     if s.io == 0
@@ -705,7 +771,10 @@ fn received_packet(s: &mut Stream, l: &LibLayout, pkt: u64, now: u64) {
     {
         super::io::encoded(s.tgid, data, s.ctx);
     }
-    pair(s, w.get::<i64>(l.pkt_pts), now);
+    let pts = w.get::<i64>(l.pkt_pts);
+    if let Some(p) = pair(s, pts, now) {
+        frame_span(s, p, now, pts.unwrap_or(NOPTS), size.max(0) as u32, key);
+    }
 }
 
 // --- the floor -------------------------------------------------------------------------

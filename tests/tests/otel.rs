@@ -1,0 +1,320 @@
+//! OpenTelemetry: spans and logs arrive at a real OTLP receiver (gRPC and HTTP/protobuf, on
+//! OpenTelemetry's own protocol definitions) from real ffmpeg pipelines, with the structure,
+//! attributes and totals the Prometheus side shows for the same streams.
+
+use std::time::Duration;
+
+use observer_tests::{
+    Daemon, Scrape, ffmpeg,
+    media::{self, fixture},
+    otlp::{Receiver, attr_bool, attr_int, attr_str},
+    run, tempdir,
+};
+use opentelemetry_proto::tonic::trace::v1::Span;
+
+const SECS: Duration = Duration::from_secs(30);
+
+fn otlp_env<'a>(url: &'a str, protocol: &'a str) -> [(&'a str, &'a str); 3] {
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", url),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+        ("OTEL_SERVICE_NAME", "observer-under-test"),
+    ]
+}
+
+/// The root span of a process's trace.
+fn root<'a>(spans: &'a [Span], pid: u32) -> Option<&'a Span> {
+    spans.iter().find(|s| {
+        s.parent_span_id.is_empty() && attr_int(&s.attributes, "process.pid") == Some(pid as i64)
+    })
+}
+
+fn children<'a>(spans: &'a [Span], parent: &'a Span) -> impl Iterator<Item = &'a Span> + 'a {
+    spans
+        .iter()
+        .filter(move |s| s.parent_span_id == parent.span_id && s.trace_id == parent.trace_id)
+}
+
+/// A stream's Prometheus value by its `stream` label.
+fn prom(s: &Scrape, name: &str, stream: &str) -> i64 {
+    s.value(name, &[("stream", stream)])
+        .unwrap_or_else(|| panic!("{name} of {stream}")) as i64
+}
+
+#[test]
+fn grpc_spans_have_the_pipelines_structure_attributes_and_prometheus_totals() {
+    let rx = Receiver::start();
+    let url = rx.grpc_url();
+    let d = Daemon::start_env(
+        &["--frame-sample-ratio", "1", "--slow-frame", "off"],
+        &otlp_env(&url, "grpc"),
+    );
+    let input = media::h264_aac_mp4();
+    let (pid, _) = run(ffmpeg()
+        .args(["-threads", "1", "-i"])
+        .arg(&input)
+        .args(["-c:v", "mpeg4", "-c:a", "pcm_s16le", "-f", "null", "-"]));
+    let s = d.wait_ended(pid);
+
+    let got = rx.wait_for("the pipeline's root span", SECS, |r| {
+        root(&r.spans, pid).map(|_| r.clone())
+    });
+    let root = root(&got.spans, pid).unwrap();
+    assert_eq!(root.name, "pipeline ffmpeg");
+    assert!(
+        attr_str(&root.attributes, "process.command_line")
+            .is_some_and(|c| c.contains("mpeg4")),
+        "{root:?}"
+    );
+    let streams: Vec<&Span> = children(&got.spans, root).collect();
+    let mut names: Vec<&str> = streams.iter().map(|s| s.name.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "decode aac",
+            "decode h264",
+            "encode mpeg4",
+            "encode pcm_s16le",
+            "filter graph",
+            "filter graph"
+        ],
+        "one child span per codec stream and filter graph"
+    );
+    for st in &streams {
+        let a = &st.attributes;
+        let label = attr_str(a, "media.stream").expect("media.stream");
+        if st.name == "filter graph" {
+            for (attr, metric) in [
+                ("media.frames_in", "media_filter_frames_in_total"),
+                ("media.frames_out", "media_filter_frames_out_total"),
+            ] {
+                assert_eq!(attr_int(a, attr), Some(prom(&s, metric, &label)));
+            }
+            continue;
+        }
+        // Totals equal what Prometheus shows for the same stream.
+        for (attr, metric) in [
+            ("media.frames", "media_frames_total"),
+            ("media.packets", "media_packets_total"),
+            ("media.packet_bytes", "media_packet_bytes_total"),
+            ("media.keyframes", "media_keyframes_total"),
+        ] {
+            assert_eq!(
+                attr_int(a, attr),
+                Some(prom(&s, metric, &label)),
+                "{attr} of {}",
+                st.name
+            );
+        }
+        assert_eq!(attr_int(a, "process.pid"), Some(pid as i64));
+        assert!(st.start_time_unix_nano >= root.start_time_unix_nano);
+        assert!(st.end_time_unix_nano <= root.end_time_unix_nano);
+        assert!(st.start_time_unix_nano < st.end_time_unix_nano);
+        // Every frame out of the stream is a span (ratio 1), child of the stream's span.
+        let frames = children(&got.spans, st).count() as i64;
+        let unmatched = prom(&s, "media_frame_latency_unmatched_total", &label);
+        let outputs = if st.name.starts_with("decode") {
+            prom(&s, "media_frames_total", &label)
+        } else {
+            prom(&s, "media_packets_total", &label)
+        };
+        assert_eq!(frames, outputs - unmatched, "frame spans of {}", st.name);
+        assert!(outputs > 0);
+    }
+    let video = streams
+        .iter()
+        .find(|s| s.name == "decode h264")
+        .unwrap();
+    assert_eq!(attr_int(&video.attributes, "media.width"), Some(320));
+    assert_eq!(
+        attr_str(&video.attributes, "media.url.full").or(attr_str(&video.attributes, "url.full")),
+        Some(input.display().to_string())
+    );
+    let frame = children(&got.spans, video).next().unwrap();
+    assert_eq!(frame.name, "decode frame");
+    assert_eq!(attr_bool(&frame.attributes, "media.frame.sampled"), Some(true));
+    assert!(attr_int(&frame.attributes, "media.packet.size").is_some_and(|n| n > 0));
+    let keys = children(&got.spans, video)
+        .filter(|f| attr_bool(&f.attributes, "media.frame.key") == Some(true))
+        .count() as i64;
+    assert_eq!(keys, prom(&s, "media_keyframes_total", &attr_str(&video.attributes, "media.stream").unwrap()));
+    assert_eq!(
+        attr_str(&got.resource, "service.name").as_deref(),
+        Some("observer-under-test")
+    );
+    assert!(attr_str(&got.resource, "host.name").is_some());
+    // Nothing was lost on the way, and the daemon says so.
+    let s = d.scrape();
+    assert_eq!(
+        s.value("observer_otlp_dropped_total", &[("signal", "traces")]),
+        Some(0.0)
+    );
+    assert_eq!(s.value("observer_frame_spans_lost_total", &[]), Some(0.0));
+}
+
+#[test]
+fn http_a_zero_slow_threshold_keeps_every_frame_and_logs_join_their_stream() {
+    let rx = Receiver::start();
+    let url = rx.http_url();
+    let d = Daemon::start_env(
+        &["--frame-sample-ratio", "0", "--slow-frame", "0s"],
+        &otlp_env(&url, "http/protobuf"),
+    );
+    let dir = tempdir("otel-logs");
+    let (bad, damaged) = media::damaged_png_nut(&dir, |n| n % 3 == 1);
+    let (pid, _) = run(ffmpeg()
+        .args(["-threads", "1", "-i"])
+        .arg(&bad)
+        .args(["-f", "null", "-"]));
+    let s = d.wait_ended(pid);
+    let got = rx.wait_for("the pipeline's root span", SECS, |r| {
+        root(&r.spans, pid).map(|_| r.clone())
+    });
+    let root = root(&got.spans, pid).unwrap();
+    let decoder = children(&got.spans, root)
+        .find(|s| s.name == "decode png")
+        .expect("the decoder's span");
+    let label = attr_str(&decoder.attributes, "media.stream").unwrap();
+    // Not sampled, all slow: every decoded frame is a span.
+    let frames: Vec<&Span> = children(&got.spans, decoder).collect();
+    assert_eq!(
+        frames.len() as i64,
+        prom(&s, "media_frames_total", &label) - prom(&s, "media_frame_latency_unmatched_total", &label)
+    );
+    assert_eq!(frames.len(), 10 - damaged);
+    for f in &frames {
+        assert_eq!(attr_bool(&f.attributes, "media.frame.slow"), Some(true));
+        assert_eq!(attr_bool(&f.attributes, "media.frame.sampled"), Some(false));
+    }
+    // The failed calls: the span's status, its error total and an event per kind.
+    assert_eq!(attr_int(&decoder.attributes, "media.errors"), Some(damaged as i64));
+    assert_eq!(decoder.status.as_ref().map(|s| s.code), Some(2), "status error");
+    let errors: i64 = decoder
+        .events
+        .iter()
+        .filter(|e| e.name == "codec error")
+        .map(|e| attr_int(&e.attributes, "media.errors").unwrap_or(0))
+        .sum();
+    assert_eq!(errors, damaged as i64);
+    // The decoder's complaints are log records in the decoder's span.
+    let got = rx.wait_for("the decoder's log records", SECS, |r| {
+        let n = r
+            .logs
+            .iter()
+            .filter(|l| l.trace_id == root.trace_id && l.span_id == decoder.span_id)
+            .count();
+        (n > 0).then(|| r.clone())
+    });
+    let log = got
+        .logs
+        .iter()
+        .find(|l| l.span_id == decoder.span_id)
+        .unwrap();
+    assert!(log.severity_number >= 17, "error severity: {log:?}");
+    assert_eq!(attr_int(&log.attributes, "process.pid"), Some(pid as i64));
+    assert_eq!(
+        attr_str(&log.attributes, "media.stream").as_deref(),
+        Some(label.as_str())
+    );
+    // The daemon's own events are logs too.
+    assert!(
+        got.logs
+            .iter()
+            .any(|l| l.trace_id.is_empty() && format!("{:?}", l.body).contains("OTLP")),
+        "the daemon's own start-up line"
+    );
+}
+
+#[test]
+fn a_collector_that_goes_away_costs_bounded_memory_and_counted_drops() {
+    let mut rx = Receiver::start();
+    let url = rx.grpc_url();
+    let d = Daemon::start_env(
+        &[
+            "--frame-sample-ratio",
+            "1",
+            "--otlp-queue-size",
+            "2000",
+            "--otlp-timeout",
+            "2s",
+        ],
+        &otlp_env(&url, "grpc"),
+    );
+    let input = fixture(
+        "h264-64x64.mp4",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=64x64:rate=25",
+            "-t",
+            "200",
+            "-c:v",
+            "libx264",
+            "-g",
+            "50",
+            "-f",
+            "mp4",
+            "{out}",
+        ],
+    );
+    let decode = || {
+        run(ffmpeg()
+            .args(["-threads", "1", "-i"])
+            .arg(&input)
+            .args(["-f", "null", "-"]))
+        .0
+    };
+    let first = decode();
+    rx.wait_for("spans of a run with the collector up", SECS, |r| {
+        root(&r.spans, first).map(|_| ())
+    });
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    let before = rss();
+
+    rx.pause();
+    let t0 = std::time::Instant::now();
+    let mut frames = 0.0;
+    while t0.elapsed() < Duration::from_secs(60) {
+        let pid = decode();
+        frames += d
+            .wait_ended(pid)
+            .value(
+                "media_frames_total",
+                &[("pid", &pid.to_string()), ("direction", "decode")],
+            )
+            .unwrap();
+    }
+    let s = d.scrape();
+    let dropped = s.expect("observer_otlp_dropped_total", &[("signal", "traces")]);
+    let queued = s.expect("observer_otlp_queue_length", &[("signal", "traces")]);
+    let after = rss();
+    assert!(
+        dropped > frames / 2.0,
+        "most of {frames} frame spans dropped and counted: {dropped}"
+    );
+    assert!(queued <= 2000.0, "the queue is bounded: {queued}");
+    // Unbounded, a minute of frame spans would be hundreds of megabytes.
+    assert!(
+        after < before + 32 * 1024,
+        "resident memory grew from {before} kB to {after} kB"
+    );
+
+    rx.resume();
+    let last = decode();
+    rx.wait_for("spans of a run after the collector came back", SECS, |r| {
+        root(&r.spans, last).map(|_| ())
+    });
+    let exported = d
+        .scrape()
+        .expect("observer_otlp_exported_total", &[("signal", "traces")]);
+    assert!(exported > 0.0);
+}
