@@ -462,4 +462,40 @@ mod tests {
         ));
         assert!(parse(&["observer", "--listen", "nope"], "").is_err());
     }
+
+    #[test]
+    fn otlp_options_parse_and_bad_ones_are_refused() {
+        let o = parse(
+            &["observer", "--otlp-protocol", "grpc", "--slow-frame", "off"],
+            "otlp_endpoint = \"http://collector:4317\"\n",
+        )
+        .unwrap();
+        assert_eq!(o.otlp_protocol, OtlpProtocol::Grpc);
+        assert_eq!(o.slow_frame, Threshold(None));
+        assert_eq!(o.otlp_endpoint.as_deref(), Some("http://collector:4317"));
+        let o = parse(&["observer"], "otlp_protocol = \"http/protobuf\"\nslow_frame = \"0s\"\n")
+            .unwrap();
+        assert_eq!(o.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(o.slow_frame, Threshold(Some(Duration::ZERO)));
+        assert_eq!(o.frame_sample_ratio, 0.01);
+        assert!(matches!(
+            parse(&["observer", "--frame-sample-ratio", "1.5"], ""),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse(&["observer", "--otlp-endpoint", "https://collector:4317"], ""),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(parse(&["observer", "--otlp-protocol", "http/json"], "").is_err());
+        assert!(parse(&["observer", "--slow-frame", "soon"], "").is_err());
+    }
+
+    #[test]
+    fn the_shipped_profiles_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config");
+        for name in ["development.toml", "production.toml", "high-load.toml"] {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap();
+            parse(&["observer"], &text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
 }

@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
 use observer_common::{event::EventKind, frame};
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
@@ -169,6 +170,8 @@ async fn run(
         unsafe { AsyncFd::register_with_interest(rings.frames, tokio::io::Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("watching the kernel's frame ring buffer: {e}"))?;
     let mut collect = tokio::time::interval(opts.collect_interval);
+    let mut frame_poll = tokio::time::interval(std::time::Duration::from_millis(100));
+    frame_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rescan = tokio::time::interval(opts.rescan_interval);
     rescan.tick().await;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -269,14 +272,12 @@ async fn run(
             }
             guard = frames.readable_mut() => {
                 let mut guard = guard.context("frame ring buffer")?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    if let (Some(o), Some(f)) = (otlp.as_mut(), kernel::parse_frame(&item)) {
-                        let process = tracker.process(f.tgid).map_or("", |p| p.comm.as_str());
-                        o.traces.frame(&f, process);
-                    }
-                }
+                drain_frames(guard.get_inner_mut(), otlp.as_mut(), &tracker);
                 guard.clear_ready();
+            }
+            // The kernel wakes the daemon for frame spans only when their ring fills up.
+            _ = frame_poll.tick() => {
+                drain_frames(frames.get_mut(), otlp.as_mut(), &tracker);
             }
             _ = collect.tick() => {
                 tracker.distrust_failing(&mut kernel);
@@ -308,6 +309,16 @@ async fn run(
         flush_otlp(o, registry, ios);
     }
     Ok(())
+}
+
+/// Exports the sampled and slow frames waiting in the kernel's ring buffer.
+fn drain_frames(rb: &mut RingBuf<MapData>, mut otlp: Option<&mut Otlp>, tracker: &Tracker) {
+    while let Some(item) = rb.next() {
+        if let (Some(o), Some(f)) = (otlp.as_deref_mut(), kernel::parse_frame(&item)) {
+            let process = tracker.process(f.tgid).map_or("", |p| p.comm.as_str());
+            o.traces.frame(&f, process);
+        }
+    }
 }
 
 /// Ends the open spans and gives the exporter a few seconds to send what is queued.

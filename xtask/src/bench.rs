@@ -389,6 +389,9 @@ pub fn run(
     if only.is_none_or(|o| o.contains("gpu")) {
         gpu_sampling(root, bin, &dir, port, runs, &mut report)?;
     }
+    if only.is_none_or(|o| o.contains("spans")) {
+        frame_spans(bin, &dir, port, runs, &mut report)?;
+    }
     if only.is_none_or(|o| o.contains("ingest")) {
         for (decode, name) in [
             (false, "50 Mbit/s ingest, recorded"),
@@ -676,6 +679,148 @@ fn gpu_sampling(
         (on - off) / window.as_secs_f64() * 100.0
     );
     Ok(())
+}
+
+/// An OTLP/HTTP sink on loopback that accepts every request with an empty success answer, so
+/// the daemon exports for real. Returns its URL and a count of bytes received.
+fn otlp_sink() -> anyhow::Result<(String, std::sync::Arc<std::sync::atomic::AtomicU64>)> {
+    use std::sync::{Arc, atomic::AtomicU64, atomic::Ordering};
+    let server = tiny_http::Server::http("127.0.0.1:0")
+        .map_err(|e| anyhow::anyhow!("OTLP sink: {e}"))?;
+    let url = format!("http://{}", server.server_addr());
+    let bytes = Arc::new(AtomicU64::new(0));
+    let seen = bytes.clone();
+    std::thread::spawn(move || {
+        for mut req in server.incoming_requests() {
+            let mut body = Vec::new();
+            let _ = std::io::Read::read_to_end(req.as_reader(), &mut body);
+            seen.fetch_add(body.len() as u64, Ordering::Relaxed);
+            let header = tiny_http::Header::from_bytes("Content-Type", "application/x-protobuf")
+                .expect("static header");
+            let _ = req.respond(tiny_http::Response::from_data(Vec::new()).with_header(header));
+        }
+    });
+    Ok((url, bytes))
+}
+
+/// Frame spans on the worst-case decode: the pipeline's time and the daemon's CPU with spans
+/// off (no OTLP endpoint), at the production ratio (1%) and at 100%, exported to a local sink.
+fn frame_spans(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    runs: usize,
+    report: &mut String,
+) -> anyhow::Result<()> {
+    let input = dir.join("h264-64x64-20000.mp4");
+    let args: Vec<String> = [
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-threads",
+        "1",
+        "-i",
+        input.to_str().unwrap_or_default(),
+        "-f",
+        "null",
+        "-",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (url, received) = otlp_sink()?;
+    let modes: [(&str, Option<Vec<&str>>); 4] = [
+        ("no daemon", None),
+        ("observer, no OTLP (spans off)", Some(vec![])),
+        (
+            "observer, frame spans 1%",
+            Some(vec!["--otlp-endpoint", &url, "--frame-sample-ratio", "0.01"]),
+        ),
+        (
+            "observer, frame spans 100%",
+            Some(vec!["--otlp-endpoint", &url, "--frame-sample-ratio", "1"]),
+        ),
+    ];
+    step(&format!(
+        "frame spans on the worst-case decode ({runs} runs per mode)"
+    ));
+    measure(&args)?;
+    let mut pipeline: Vec<Vec<Sample>> = vec![Vec::new(); modes.len()];
+    let mut daemon_cpu: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut exported = vec![0.0; modes.len()];
+    for r in 0..runs {
+        for (i, (name, extra)) in modes.iter().enumerate() {
+            let daemon = match extra {
+                Some(a) => Some(Daemon::start(bin, port, a)?),
+                None => None,
+            };
+            let before = daemon
+                .as_ref()
+                .map_or(Ok(0.0), |d| process_cpu(d.0.id()))?;
+            let s = measure(&args)?;
+            let mut used = 0.0;
+            if let Some(d) = &daemon {
+                // Let the last spans be exported before the daemon's CPU is read.
+                std::thread::sleep(Duration::from_secs(3));
+                used = process_cpu(d.0.id())? - before;
+                exported[i] = scrape_value(port, "observer_otlp_exported_total{signal=\"traces\"}")
+                    .unwrap_or(0.0);
+            }
+            drop(daemon);
+            eprintln!(
+                "    run {}/{runs} {name:<32} wall {:.3}s cpu {:.3}s daemon cpu {used:.3}s",
+                r + 1,
+                s.wall,
+                s.cpu
+            );
+            pipeline[i].push(s);
+            daemon_cpu[i].push(used);
+        }
+    }
+    let _ = writeln!(
+        report,
+        "Frame spans, worst-case decode (64x64 H.264, 20,000 frames, one thread), OTLP/HTTP to a \
+         loopback sink ({} MB received in all)",
+        received.load(std::sync::atomic::Ordering::Relaxed) / 1_000_000
+    );
+    let _ = writeln!(
+        report,
+        "| mode | pipeline wall (s) | slowdown (paired median, IQR) | daemon CPU (s) | spans exported (last run) |"
+    );
+    let _ = writeln!(report, "|---|---|---|---|---|");
+    for (i, (name, _)) in modes.iter().enumerate() {
+        let wall = median(&mut pipeline[i].iter().map(|x| x.wall).collect::<Vec<_>>());
+        let mut r: Vec<f64> = pipeline[i]
+            .iter()
+            .zip(&pipeline[0])
+            .map(|(m, a)| m.wall / a.wall)
+            .collect();
+        r.sort_by(|a, b| a.total_cmp(b));
+        let q = |p: f64| r[((r.len() - 1) as f64 * p).round() as usize];
+        let _ = writeln!(
+            report,
+            "| {name} | {wall:.3} | {:.3}x ({:.3}-{:.3}) | {:.3} | {:.0} |",
+            q(0.5),
+            q(0.25),
+            q(0.75),
+            median(&mut daemon_cpu[i]),
+            exported[i]
+        );
+    }
+    let _ = writeln!(report);
+    Ok(())
+}
+
+/// One value from the daemon's /metrics, by its exposition line's name and labels.
+fn scrape_value(port: u16, series: &str) -> Option<f64> {
+    let mut r = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .ok()?;
+    let body = r.body_mut().read_to_string().ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn uname() -> String {

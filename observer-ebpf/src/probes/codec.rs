@@ -37,6 +37,11 @@ use crate::{
 };
 
 const AV_PKT_FLAG_KEY: i32 = 1;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// A quarter of the frame ring: past it, each new span wakes the daemon.
+const FRAMES_WAKE_BYTES: u64 = 256 * 1024;
 
 /// Frame spans: a frame is sampled when a 32-bit random number is below this
 /// (`frame::FRAME_SAMPLE_ALL`: every frame; 0: none). Set by the loader.
@@ -659,7 +664,15 @@ fn frame_span(s: &Stream, p: Paired, now: u64, pts: i64, size: u32, key: bool) {
         size,
         flags,
     };
-    if FRAMES.output::<FrameSpan>(&span, 0).is_err() {
+    // No wakeup per span: waking the daemon costs the pipeline's thread an interrupt and the
+    // daemon a context switch, per frame. The daemon drains the ring every 100 ms; only a ring
+    // filling up wakes it early.
+    let wake = if FRAMES.query(BPF_RB_AVAIL_DATA) >= FRAMES_WAKE_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if FRAMES.output::<FrameSpan>(&span, wake).is_err() {
         bump(counter::FRAMES_LOST);
     }
 }
