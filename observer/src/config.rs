@@ -473,8 +473,11 @@ mod tests {
         assert_eq!(o.otlp_protocol, OtlpProtocol::Grpc);
         assert_eq!(o.slow_frame, Threshold(None));
         assert_eq!(o.otlp_endpoint.as_deref(), Some("http://collector:4317"));
-        let o = parse(&["observer"], "otlp_protocol = \"http/protobuf\"\nslow_frame = \"0s\"\n")
-            .unwrap();
+        let o = parse(
+            &["observer"],
+            "otlp_protocol = \"http/protobuf\"\nslow_frame = \"0s\"\n",
+        )
+        .unwrap();
         assert_eq!(o.otlp_protocol, OtlpProtocol::HttpProtobuf);
         assert_eq!(o.slow_frame, Threshold(Some(Duration::ZERO)));
         assert_eq!(o.frame_sample_ratio, 0.01);
@@ -483,7 +486,10 @@ mod tests {
             Err(ConfigError::Invalid(_))
         ));
         assert!(matches!(
-            parse(&["observer", "--otlp-endpoint", "https://collector:4317"], ""),
+            parse(
+                &["observer", "--otlp-endpoint", "https://collector:4317"],
+                ""
+            ),
             Err(ConfigError::Invalid(_))
         ));
         assert!(parse(&["observer", "--otlp-protocol", "http/json"], "").is_err());

@@ -700,7 +700,13 @@ fn otlp_families(f: &mut Families, stats: &crate::otlp::Stats) {
                 "observer_otlp_failed_requests_total" => st.failed_requests.load(Relaxed),
                 _ => st.queued.load(Relaxed),
             };
-            f.add(name, kind, "", &[("signal", signal.name().into())], v as f64);
+            f.add(
+                name,
+                kind,
+                "",
+                &[("signal", signal.name().into())],
+                v as f64,
+            );
         }
     }
 }

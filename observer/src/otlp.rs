@@ -99,7 +99,9 @@ impl<T> Clone for Queue<T> {
 
 impl<T> std::fmt::Debug for Queue<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue").field("signal", &self.signal).finish()
+        f.debug_struct("Queue")
+            .field("signal", &self.signal)
+            .finish()
     }
 }
 
@@ -126,6 +128,37 @@ fn queue<T>(stats: &Arc<Stats>, signal: Signal, size: usize) -> (Queue<T>, mpsc:
     )
 }
 
+/// Where a drain takes items from.
+trait Source<T>: Send {
+    /// The next item; None once every producer is gone and nothing is left.
+    fn recv(&mut self) -> impl Future<Output = Option<T>> + Send;
+}
+
+impl<T: Send> Source<T> for mpsc::Receiver<T> {
+    fn recv(&mut self) -> impl Future<Output = Option<T>> + Send {
+        mpsc::Receiver::recv(self)
+    }
+}
+
+/// Two queues, the first always served before the second: the spans of processes and streams
+/// before frame spans, so a flood of frames can never crowd out the spans that give a trace
+/// its shape (each has its own bound and drops).
+struct Prioritized<T> {
+    first: mpsc::Receiver<T>,
+    second: mpsc::Receiver<T>,
+}
+
+impl<T: Send> Source<T> for Prioritized<T> {
+    async fn recv(&mut self) -> Option<T> {
+        tokio::select! {
+            biased;
+            Some(x) = self.first.recv() => Some(x),
+            Some(x) = self.second.recv() => Some(x),
+            else => None,
+        }
+    }
+}
+
 /// How batches are made and sent.
 #[derive(Clone, Copy, Debug)]
 pub struct Batching {
@@ -138,7 +171,7 @@ pub struct Batching {
 /// what was exported and what was lost. Ends when every producer is gone and the queue is
 /// drained.
 async fn drain<T, F, Fut>(
-    mut rx: mpsc::Receiver<T>,
+    mut rx: impl Source<T>,
     stats: Arc<Stats>,
     signal: Signal,
     b: Batching,
@@ -330,9 +363,10 @@ impl Otlp {
         .map_err(|e| build_err("traces", e))?;
         spans.set_resource(&res);
         let spans = Arc::new(spans);
-        let (span_queue, span_rx) = queue::<SpanData>(&stats, Signal::Traces, opts.otlp_queue_size);
+        let (span_queue, first) = queue::<SpanData>(&stats, Signal::Traces, opts.otlp_queue_size);
+        let (frame_queue, second) = queue::<SpanData>(&stats, Signal::Traces, opts.otlp_queue_size);
         tasks.push(tokio::spawn(drain(
-            span_rx,
+            Prioritized { first, second },
             stats.clone(),
             Signal::Traces,
             batching,
@@ -390,7 +424,7 @@ impl Otlp {
         );
         Ok(Some(Otlp {
             stats,
-            traces: traces::Traces::new(span_queue),
+            traces: traces::Traces::new(span_queue, frame_queue),
             logger,
             tasks,
             _provider: provider,
@@ -459,7 +493,8 @@ impl Otlp {
         } = self;
         traces.close_all(registry, ios);
         let deadline = tokio::time::Instant::now() + timeout;
-        while stats.traces.queued.load(Ordering::Relaxed) + stats.logs.queued.load(Ordering::Relaxed)
+        while stats.traces.queued.load(Ordering::Relaxed)
+            + stats.logs.queued.load(Ordering::Relaxed)
             > 0
             && tokio::time::Instant::now() < deadline
         {

@@ -201,6 +201,24 @@ impl Receiver {
         self.store.lock().unwrap().clone()
     }
 
+    /// Waits until `check` finds what it wants in what was received; None after `timeout`.
+    pub fn try_wait_for<T>(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut(&Received) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = check(&self.store.lock().unwrap()) {
+                return Some(v);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until `check` finds what it wants in what was received.
     pub fn wait_for<T>(
         &self,

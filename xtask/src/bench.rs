@@ -685,8 +685,8 @@ fn gpu_sampling(
 /// the daemon exports for real. Returns its URL and a count of bytes received.
 fn otlp_sink() -> anyhow::Result<(String, std::sync::Arc<std::sync::atomic::AtomicU64>)> {
     use std::sync::{Arc, atomic::AtomicU64, atomic::Ordering};
-    let server = tiny_http::Server::http("127.0.0.1:0")
-        .map_err(|e| anyhow::anyhow!("OTLP sink: {e}"))?;
+    let server =
+        tiny_http::Server::http("127.0.0.1:0").map_err(|e| anyhow::anyhow!("OTLP sink: {e}"))?;
     let url = format!("http://{}", server.server_addr());
     let bytes = Arc::new(AtomicU64::new(0));
     let seen = bytes.clone();
@@ -735,7 +735,12 @@ fn frame_spans(
         ("observer, no OTLP (spans off)", Some(vec![])),
         (
             "observer, frame spans 1%",
-            Some(vec!["--otlp-endpoint", &url, "--frame-sample-ratio", "0.01"]),
+            Some(vec![
+                "--otlp-endpoint",
+                &url,
+                "--frame-sample-ratio",
+                "0.01",
+            ]),
         ),
         (
             "observer, frame spans 100%",
@@ -755,9 +760,7 @@ fn frame_spans(
                 Some(a) => Some(Daemon::start(bin, port, a)?),
                 None => None,
             };
-            let before = daemon
-                .as_ref()
-                .map_or(Ok(0.0), |d| process_cpu(d.0.id()))?;
+            let before = daemon.as_ref().map_or(Ok(0.0), |d| process_cpu(d.0.id()))?;
             let s = measure(&args)?;
             let mut used = 0.0;
             if let Some(d) = &daemon {

@@ -82,8 +82,16 @@ impl Loss {
                 base.continuity_errors,
             ),
             ("kernel_drops", self.kernel_drops, base.kernel_drops),
-            ("corrupt_packets", self.corrupt_packets, base.corrupt_packets),
-            ("tcp_retransmits", self.tcp_retransmits, base.tcp_retransmits),
+            (
+                "corrupt_packets",
+                self.corrupt_packets,
+                base.corrupt_packets,
+            ),
+            (
+                "tcp_retransmits",
+                self.tcp_retransmits,
+                base.tcp_retransmits,
+            ),
         ]
         .into_iter()
         .filter(|(_, now, then)| now > then)
@@ -113,7 +121,10 @@ impl StreamSpan {
 }
 
 pub struct Traces {
+    /// Spans of processes and streams.
     queue: Queue<SpanData>,
+    /// Frame spans: apart, so they never crowd out the spans above.
+    frames: Queue<SpanData>,
     scope: InstrumentationScope,
     clock_offset_ns: i128,
     /// From the boot id: ids differ across nodes and boots, agree across daemon restarts.
@@ -141,10 +152,11 @@ fn boot_seed() -> u64 {
 }
 
 impl Traces {
-    pub fn new(queue: Queue<SpanData>) -> Self {
+    pub fn new(queue: Queue<SpanData>, frames: Queue<SpanData>) -> Self {
         let seed = boot_seed();
         Traces {
             queue,
+            frames,
             scope: InstrumentationScope::builder("observer")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
@@ -190,7 +202,13 @@ impl Traces {
     }
 
     /// The trace and span a stream's log messages belong to.
-    pub fn context(&mut self, pid: u32, process: &str, ctx: u64, opened_ns: u64) -> (TraceId, SpanId) {
+    pub fn context(
+        &mut self,
+        pid: u32,
+        process: &str,
+        ctx: u64,
+        opened_ns: u64,
+    ) -> (TraceId, SpanId) {
         let trace = self.process(pid, process, opened_ns).trace_id;
         (trace, self.stream_span_id(pid, ctx, opened_ns))
     }
@@ -271,7 +289,7 @@ impl Traces {
             0,
             Status::Unset,
         );
-        self.queue.push(span);
+        self.frames.push(span);
     }
 
     /// After each collection: opens spans for new streams, records what changed as events,
@@ -322,7 +340,14 @@ impl Traces {
         self.end_gone_processes(now);
     }
 
-    fn end_stream(&mut self, id: StreamId, r: &Record, ios: &IoRegistry, end: SystemTime, unfinished: bool) {
+    fn end_stream(
+        &mut self,
+        id: StreamId,
+        r: &Record,
+        ios: &IoRegistry,
+        end: SystemTime,
+        unfinished: bool,
+    ) {
         let Some(p) = self.processes.get_mut(&id.0) else {
             return;
         };
@@ -394,8 +419,10 @@ impl Traces {
             self.end_process(pid, now, false);
         }
         let linger = std::time::Instant::now();
-        self.processes
-            .retain(|_, p| p.ended.is_none_or(|t| linger.duration_since(t) < PROCESS_LINGER));
+        self.processes.retain(|_, p| {
+            p.ended
+                .is_none_or(|t| linger.duration_since(t) < PROCESS_LINGER)
+        });
     }
 
     fn end_process(&mut self, pid: u32, end: SystemTime, unfinished: bool) {
@@ -414,8 +441,12 @@ impl Traces {
         if unfinished {
             attrs.push(KeyValue::new("media.unfinished", true));
         }
-        let (trace_id, span_id, start, name) =
-            (p.trace_id, p.span_id, p.start, format!("pipeline {}", p.name));
+        let (trace_id, span_id, start, name) = (
+            p.trace_id,
+            p.span_id,
+            p.start,
+            format!("pipeline {}", p.name),
+        );
         let span = self.span(
             trace_id,
             span_id,
@@ -494,7 +525,12 @@ fn changes(st: &mut StreamSpan, r: &Record, ios: &IoRegistry, now: SystemTime) {
         st.shape = sh;
         st.event("parameters changed", now, attrs);
     }
-    for e in r.stream.errors.iter().filter(|e| e.code != 0 && e.count > 0) {
+    for e in r
+        .stream
+        .errors
+        .iter()
+        .filter(|e| e.code != 0 && e.count > 0)
+    {
         let seen = st.errors.entry((e.call, e.code)).or_insert(0);
         if e.count > *seen {
             let n = e.count - *seen;
