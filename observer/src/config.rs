@@ -211,6 +211,14 @@ pub struct Options {
     #[arg(long, env = "OBSERVER_OTLP_LOGS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub otlp_logs: bool,
 
+    /// Also send everything `/metrics` shows as OTLP metrics (Prometheus stays the main way).
+    #[arg(long, env = "OBSERVER_OTLP_METRICS", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub otlp_metrics: bool,
+
+    /// How often the OTLP metrics are sent.
+    #[arg(long, env = "OBSERVER_OTLP_METRICS_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub otlp_metrics_interval: Duration,
+
     /// Spans (and, apart, log records) waiting for export at most; beyond it new ones are
     /// dropped and counted (`observer_otlp_dropped_total`).
     #[arg(long, env = "OTEL_BSP_MAX_QUEUE_SIZE", default_value_t = 8192)]
@@ -267,6 +275,9 @@ struct FileOptions {
     frame_sample_ratio: Option<f64>,
     slow_frame: Option<Threshold>,
     otlp_logs: Option<bool>,
+    otlp_metrics: Option<bool>,
+    #[serde(default, with = "opt_duration")]
+    otlp_metrics_interval: Option<Duration>,
     otlp_queue_size: Option<usize>,
     otlp_batch_size: Option<usize>,
     #[serde(default, with = "opt_duration")]
@@ -355,6 +366,8 @@ impl Options {
             frame_sample_ratio,
             slow_frame,
             otlp_logs,
+            otlp_metrics,
+            otlp_metrics_interval,
             otlp_queue_size,
             otlp_batch_size,
             otlp_export_interval,
@@ -395,6 +408,11 @@ impl Options {
                 "frame_sample_ratio must be between 0 and 1, not {}",
                 self.frame_sample_ratio
             )));
+        }
+        if self.otlp_metrics_interval < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(
+                "otlp_metrics_interval must be at least 1s".into(),
+            ));
         }
         if self.otlp_queue_size == 0 || self.otlp_batch_size == 0 {
             return Err(ConfigError::Invalid(

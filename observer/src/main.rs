@@ -132,6 +132,11 @@ async fn run(
         otlp: otlp.as_ref().map(|o| o.stats.clone()),
     }));
 
+    if let Some(o) = otlp.as_mut() {
+        o.start_metrics(shared.clone())
+            .map_err(|e| anyhow::anyhow!("OTLP metrics exporter: {e}"))?;
+    }
+
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
@@ -218,14 +223,14 @@ async fn run(
                                 let message = logs::Message::render(&ev);
                                 logs::emit(&message, &process, &stream, &io);
                                 if let Some(o) = otlp.as_mut() {
-                                    o.log(
-                                        &message,
-                                        ev.ktime_ns,
-                                        &process,
-                                        (ev.avcl, opened),
-                                        &stream,
-                                        &io,
-                                    );
+                                    let from = otlp::LogOrigin {
+                                        process: &process,
+                                        ctx: ev.avcl,
+                                        stream_opened: opened,
+                                        stream: &stream,
+                                        io: &io,
+                                    };
+                                    o.log(&message, ev.ktime_ns, &from, &tracker);
                                 }
                             }
                             continue;
@@ -315,8 +320,7 @@ async fn run(
 fn drain_frames(rb: &mut RingBuf<MapData>, mut otlp: Option<&mut Otlp>, tracker: &Tracker) {
     while let Some(item) = rb.next() {
         if let (Some(o), Some(f)) = (otlp.as_deref_mut(), kernel::parse_frame(&item)) {
-            let process = tracker.process(f.tgid).map_or("", |p| p.comm.as_str());
-            o.traces.frame(&f, process);
+            o.traces.frame(&f, tracker);
         }
     }
 }
@@ -352,6 +356,6 @@ fn publish(
     s.scans = scans;
     s.ready = true;
     if let Some(o) = otlp {
-        o.traces.observe(&s.registry, &s.ios);
+        o.traces.observe(&s.registry, &s.ios, tracker);
     }
 }

@@ -692,7 +692,7 @@ fn otlp_families(f: &mut Families, stats: &crate::otlp::Stats) {
         ),
     ] {
         f.declare(name, kind, help);
-        for signal in [Signal::Traces, Signal::Logs] {
+        for signal in [Signal::Traces, Signal::Logs, Signal::Metrics] {
             let st = stats.of(signal);
             let v = match name {
                 "observer_otlp_exported_total" => st.exported.load(Relaxed),
@@ -1198,7 +1198,8 @@ fn encoder_stream(shared: &Shared, s: &crate::gpu::EncoderSession) -> String {
 }
 
 /// Renders the whole exposition.
-pub fn render(shared: &Shared) -> String {
+/// Every family `/metrics` shows, as the `prometheus` crate's structures (for OTLP too).
+pub fn families(shared: &Shared) -> Vec<MetricFamily> {
     let mut f = Families::default();
     let records: Vec<&Record> = shared.registry.exported_records().collect();
     stream_families(&mut f, &records, shared.aggregate, &shared.ios);
@@ -1206,7 +1207,11 @@ pub fn render(shared: &Shared) -> String {
     io_families(&mut f, shared);
     gpu_families(&mut f, shared);
     daemon_families(&mut f, shared);
-    let families = f.finish();
+    f.finish()
+}
+
+pub fn render(shared: &Shared) -> String {
+    let families = families(shared);
     let mut out = Vec::with_capacity(64 * 1024);
     if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
         tracing::error!(error = %e, "encoding /metrics failed");

@@ -34,6 +34,7 @@ use crate::{
     streams::Registry,
 };
 
+pub mod metrics;
 pub mod traces;
 
 /// The signals, as the `signal` label names them.
@@ -41,6 +42,7 @@ pub mod traces;
 pub enum Signal {
     Traces,
     Logs,
+    Metrics,
 }
 
 impl Signal {
@@ -48,6 +50,7 @@ impl Signal {
         match self {
             Signal::Traces => "traces",
             Signal::Logs => "logs",
+            Signal::Metrics => "metrics",
         }
     }
 }
@@ -69,6 +72,8 @@ pub struct SignalStats {
 pub struct Stats {
     pub traces: SignalStats,
     pub logs: SignalStats,
+    /// Counted in data points.
+    pub metrics: SignalStats,
 }
 
 impl Stats {
@@ -76,6 +81,7 @@ impl Stats {
         match signal {
             Signal::Traces => &self.traces,
             Signal::Logs => &self.logs,
+            Signal::Metrics => &self.metrics,
         }
     }
 }
@@ -247,6 +253,19 @@ impl LogProcessor for QueueProcessor {
     }
 }
 
+/// Where a captured message came from.
+#[derive(Clone, Copy, Debug)]
+pub struct LogOrigin<'a> {
+    pub process: &'a str,
+    /// The `AVClass` context that logged it.
+    pub ctx: u64,
+    /// The generation of the stream on that context, if it is one.
+    pub stream_opened: Option<u64>,
+    /// The `stream` and `io` labels ("" if none).
+    pub stream: &'a str,
+    pub io: &'a str,
+}
+
 /// Everything OTLP, once running.
 pub struct Otlp {
     pub stats: Arc<Stats>,
@@ -255,6 +274,8 @@ pub struct Otlp {
     pub logger: Option<opentelemetry_sdk::logs::SdkLogger>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _provider: Option<SdkLoggerProvider>,
+    /// For the metrics export, started once the shared state exists.
+    metrics: Option<metrics::Settings>,
 }
 
 /// The resource of everything exported: the node and the daemon, after OpenTelemetry's
@@ -422,29 +443,51 @@ impl Otlp {
             logs = logger.is_some(),
             "exporting spans over OTLP"
         );
+        let metrics = opts.otlp_metrics.then(|| metrics::Settings {
+            base: base.clone(),
+            protocol: opts.otlp_protocol,
+            interval: opts.otlp_metrics_interval,
+            timeout: opts.otlp_timeout,
+            resource: res.clone(),
+        });
         Ok(Some(Otlp {
             stats,
             traces: traces::Traces::new(span_queue, frame_queue),
             logger,
             tasks,
             _provider: provider,
+            metrics,
         }))
     }
 
+    /// Starts exporting `/metrics` as OTLP metrics, if `--otlp-metrics` asked for it.
+    pub fn start_metrics(&mut self, shared: crate::state::SharedState) -> Result<(), String> {
+        if let Some(settings) = self.metrics.take() {
+            self.tasks
+                .push(metrics::start(settings, shared, self.stats.clone())?);
+        }
+        Ok(())
+    }
+
     /// One of FFmpeg's messages as a log record, in its stream's trace when the stream is
-    /// known (`stream_opened`: the stream's generation).
+    /// known.
     pub fn log(
         &mut self,
         m: &crate::logs::Message,
         ktime_ns: u64,
-        process: &str,
-        (ctx, stream_opened): (u64, Option<u64>),
-        stream: &str,
-        io: &str,
+        from: &LogOrigin<'_>,
+        tracker: &crate::tracker::Tracker,
     ) {
         use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
         let Some(logger) = &self.logger else { return };
-        let context = stream_opened.map(|opened| self.traces.context(m.pid, process, ctx, opened));
+        let LogOrigin {
+            process,
+            ctx,
+            stream_opened,
+            stream,
+            io,
+        } = *from;
+        let context = stream_opened.map(|opened| self.traces.context(m.pid, tracker, ctx, opened));
         let mut rec = logger.create_log_record();
         rec.set_timestamp(self.traces.wall(ktime_ns));
         rec.set_observed_timestamp(std::time::SystemTime::now());

@@ -41,6 +41,10 @@ struct AttachedFile {
 #[derive(Clone, Debug)]
 pub struct Process {
     pub comm: String,
+    /// The command line, URLs redacted, read while the process surely runs.
+    pub command_line: Option<String>,
+    /// Start time, the kernel programs' clock.
+    pub start_ns: Option<u64>,
     files: Vec<FileId>,
 }
 
@@ -120,6 +124,8 @@ impl Tracker {
             pid,
             Process {
                 comm: procfs::comm(pid).unwrap_or_default(),
+                command_line: procfs::cmdline(pid).map(|c| crate::redact::redact_text(&c)),
+                start_ns: procfs::stat(pid).map(|s| s.start_ns),
                 files: files.clone(),
             },
         );

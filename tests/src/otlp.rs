@@ -15,6 +15,10 @@ use opentelemetry_proto::tonic::{
             ExportLogsServiceRequest, ExportLogsServiceResponse,
             logs_service_server::{LogsService, LogsServiceServer},
         },
+        metrics::v1::{
+            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+            metrics_service_server::{MetricsService, MetricsServiceServer},
+        },
         trace::v1::{
             ExportTraceServiceRequest, ExportTraceServiceResponse,
             trace_service_server::{TraceService, TraceServiceServer},
@@ -22,6 +26,7 @@ use opentelemetry_proto::tonic::{
     },
     common::v1::{AnyValue, KeyValue, any_value::Value},
     logs::v1::LogRecord,
+    metrics::v1::Metric,
     trace::v1::Span,
 };
 use prost::Message as _;
@@ -31,6 +36,8 @@ use prost::Message as _;
 pub struct Received {
     pub spans: Vec<Span>,
     pub logs: Vec<LogRecord>,
+    /// The metrics of the last metrics request.
+    pub metrics: Vec<Metric>,
     /// Resource attributes of the last request.
     pub resource: Vec<KeyValue>,
 }
@@ -58,7 +65,28 @@ fn keep_logs(store: &Store, req: ExportLogsServiceRequest) {
     }
 }
 
+fn keep_metrics(store: &Store, req: ExportMetricsServiceRequest) {
+    let mut r = store.lock().unwrap();
+    r.metrics = req
+        .resource_metrics
+        .into_iter()
+        .flat_map(|rm| rm.scope_metrics)
+        .flat_map(|sm| sm.metrics)
+        .collect();
+}
+
 struct Grpc(Store);
+
+#[tonic::async_trait]
+impl MetricsService for Grpc {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        keep_metrics(&self.0, req.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
 
 #[tonic::async_trait]
 impl TraceService for Grpc {
@@ -139,7 +167,8 @@ impl Receiver {
             let incoming = tonic::transport::server::TcpIncoming::from(listener);
             tonic::transport::Server::builder()
                 .add_service(TraceServiceServer::new(Grpc(s1.clone())))
-                .add_service(LogsServiceServer::new(Grpc(s1)))
+                .add_service(LogsServiceServer::new(Grpc(s1.clone())))
+                .add_service(MetricsServiceServer::new(Grpc(s1)))
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = grpc_stop.wait_for(|s| *s).await;
                 })
@@ -165,6 +194,14 @@ impl Receiver {
                         let req = ExportLogsServiceRequest::decode(body).unwrap();
                         keep_logs(&s, req);
                         ExportLogsServiceResponse::default().encode_to_vec()
+                    }),
+                )
+                .route(
+                    "/v1/metrics",
+                    post(|State(s): State<Store>, body: Bytes| async move {
+                        let req = ExportMetricsServiceRequest::decode(body).unwrap();
+                        keep_metrics(&s, req);
+                        ExportMetricsServiceResponse::default().encode_to_vec()
                     }),
                 )
                 .with_state(s2);

@@ -359,3 +359,78 @@ fn a_collector_that_goes_away_costs_bounded_memory_and_counted_drops() {
         .expect("observer_otlp_exported_total", &[("signal", "traces")]);
     assert!(exported > 0.0);
 }
+
+#[test]
+fn otlp_metrics_carry_what_prometheus_shows() {
+    let _serial = serial();
+    let rx = Receiver::start();
+    let url = rx.http_url();
+    let d = Daemon::start_env(
+        &["--otlp-metrics", "true", "--otlp-metrics-interval", "1s"],
+        &otlp_env(&url, "http/protobuf"),
+    );
+    let input = media::h264_aac_mp4();
+    let (pid, _) = run(ffmpeg()
+        .args(["-threads", "1", "-i"])
+        .arg(&input)
+        .args(["-f", "null", "-"]));
+    let s = d.wait_ended(pid);
+    let p = pid.to_string();
+    let labels = [
+        ("pid", p.as_str()),
+        ("direction", "decode"),
+        ("codec", "h264"),
+    ];
+    let frames = s.expect("media_frames_total", &labels);
+    let latency = s
+        .one("media_frame_latency_seconds", &labels)
+        .unwrap()
+        .clone();
+    let has = |attrs: &[opentelemetry_proto::tonic::common::v1::KeyValue]| {
+        labels
+            .iter()
+            .all(|(k, v)| attr_str(attrs, k).as_deref() == Some(*v))
+    };
+    use opentelemetry_proto::tonic::metrics::v1::{
+        AggregationTemporality, metric::Data, number_data_point::Value,
+    };
+    rx.wait_for("the decoder's OTLP metrics", SECS, |r| {
+        let sum = r.metrics.iter().find(|m| m.name == "media_frames_total")?;
+        let Some(Data::Sum(sum)) = &sum.data else {
+            panic!("a counter is a sum: {sum:?}")
+        };
+        assert!(sum.is_monotonic);
+        assert_eq!(
+            sum.aggregation_temporality,
+            AggregationTemporality::Cumulative as i32
+        );
+        let point = sum.data_points.iter().find(|p| has(&p.attributes))?;
+        assert_eq!(point.value, Some(Value::AsDouble(frames)));
+        let hist = r
+            .metrics
+            .iter()
+            .find(|m| m.name == "media_frame_latency_seconds")?;
+        let Some(Data::Histogram(h)) = &hist.data else {
+            panic!("a histogram: {hist:?}")
+        };
+        let point = h.data_points.iter().find(|p| has(&p.attributes))?;
+        assert_eq!(point.count as f64, latency.value);
+        assert_eq!(point.bucket_counts.iter().sum::<u64>(), point.count);
+        assert_eq!(point.bucket_counts.len(), point.explicit_bounds.len() + 1);
+        // The same bounds, and the same count at or below each.
+        let mut below = 0;
+        for ((bound, n), (le, cum)) in point
+            .explicit_bounds
+            .iter()
+            .zip(&point.bucket_counts)
+            .zip(&latency.buckets)
+        {
+            below += n;
+            assert!((bound - le).abs() <= le * 1e-9, "{bound} against {le}");
+            assert_eq!(below as f64, *cum);
+        }
+        Some(())
+    });
+    let s = d.scrape();
+    assert!(s.expect("observer_otlp_exported_total", &[("signal", "metrics")]) > 0.0);
+}

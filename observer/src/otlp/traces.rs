@@ -30,6 +30,7 @@ use crate::{
     metrics::{call_name, direction_name, media_name},
     procfs, redact,
     streams::{self, Record, Registry, StreamId},
+    tracker::Tracker,
 };
 
 /// Span events kept per stream span; more are counted as dropped.
@@ -178,12 +179,17 @@ impl Traces {
         SpanId::from(nonzero(h))
     }
 
-    /// The process's trace: known, or made from its start time (read once from /proc).
-    fn process(&mut self, pid: u32, name: &str, first_ns: u64) -> &mut ProcessSpan {
+    /// The process's trace: known, or made from its start time (from the tracker, which read
+    /// it while the process ran, or from /proc now).
+    fn process(&mut self, pid: u32, tracker: &Tracker, first_ns: u64) -> &mut ProcessSpan {
         let seed = self.seed;
         let offset = self.clock_offset_ns;
         self.processes.entry(pid).or_insert_with(|| {
-            let start_ns = procfs::stat(pid).map_or(first_ns, |s| s.start_ns);
+            let known = tracker.process(pid);
+            let start_ns = known
+                .and_then(|p| p.start_ns)
+                .or_else(|| procfs::stat(pid).map(|s| s.start_ns))
+                .unwrap_or(first_ns);
             let hi = mix(seed ^ mix(pid as u64));
             let lo = mix(hi ^ mix(start_ns));
             let wall = (start_ns as i128 - offset).max(0) as u64;
@@ -192,8 +198,13 @@ impl Traces {
                 span_id: SpanId::from(nonzero(mix(lo ^ 0x5eed))),
                 start: UNIX_EPOCH + Duration::from_nanos(wall),
                 pid,
-                name: name.to_string(),
-                command_line: procfs::cmdline(pid).map(|c| redact::redact_text(&c)),
+                name: known
+                    .map(|p| p.comm.clone())
+                    .or_else(|| procfs::comm(pid))
+                    .unwrap_or_default(),
+                command_line: known
+                    .and_then(|p| p.command_line.clone())
+                    .or_else(|| procfs::cmdline(pid).map(|c| redact::redact_text(&c))),
                 streams: 0,
                 open_streams: 0,
                 ended: None,
@@ -205,11 +216,11 @@ impl Traces {
     pub fn context(
         &mut self,
         pid: u32,
-        process: &str,
+        tracker: &Tracker,
         ctx: u64,
         opened_ns: u64,
     ) -> (TraceId, SpanId) {
-        let trace = self.process(pid, process, opened_ns).trace_id;
+        let trace = self.process(pid, tracker, opened_ns).trace_id;
         (trace, self.stream_span_id(pid, ctx, opened_ns))
     }
 
@@ -254,8 +265,8 @@ impl Traces {
     }
 
     /// One sampled or slow frame, as a child of its stream's span.
-    pub fn frame(&mut self, f: &FrameSpan, process: &str) {
-        let trace_id = self.process(f.tgid, process, f.opened_ns).trace_id;
+    pub fn frame(&mut self, f: &FrameSpan, tracker: &Tracker) {
+        let trace_id = self.process(f.tgid, tracker, f.opened_ns).trace_id;
         let parent = self.stream_span_id(f.tgid, f.ctx, f.opened_ns);
         self.frame_ids = self.frame_ids.wrapping_add(1);
         let span_id = SpanId::from(nonzero(mix(self.frame_ids)));
@@ -294,12 +305,12 @@ impl Traces {
 
     /// After each collection: opens spans for new streams, records what changed as events,
     /// exports the spans of streams that ended and of processes that are gone.
-    pub fn observe(&mut self, registry: &Registry, ios: &IoRegistry) {
+    pub fn observe(&mut self, registry: &Registry, ios: &IoRegistry, tracker: &Tracker) {
         let now = SystemTime::now();
         for (id, r) in registry.all() {
             if !self.streams.contains_key(id) {
                 let span_id = self.stream_span_id(id.0, id.1, id.2);
-                let p = self.process(r.pid(), &r.process, id.2);
+                let p = self.process(r.pid(), tracker, id.2);
                 p.streams += 1;
                 p.open_streams += 1;
                 let loss = io_of(ios, r).map(Loss::of).unwrap_or_default();
