@@ -2,6 +2,7 @@
 //! binary runs (the layout table, the ELF inspector, the kernel loader).
 
 pub mod config;
+pub mod container;
 pub mod elf;
 pub mod ffmpeg;
 pub mod gpu;

@@ -270,6 +270,9 @@ fn stream_families(
             labels.push(("pid", r.pid().to_string()));
         }
         labels.push(("process", r.process.clone()));
+        if let Some(c) = &r.container_id {
+            labels.push(("container_id", c.clone()));
+        }
         if dir == Direction::Filter {
             filter_families(f, r, labels);
             continue;

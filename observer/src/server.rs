@@ -55,6 +55,8 @@ pub struct StreamView {
     pub stream: String,
     pub pid: u32,
     pub process: String,
+    /// The container the process runs in, if any.
+    pub container_id: Option<String>,
     pub direction: &'static str,
     pub media: &'static str,
     pub codec: String,
@@ -115,6 +117,7 @@ async fn streams(State(state): State<SharedState>) -> impl IntoResponse {
                 stream: r.label.clone(),
                 pid: r.pid(),
                 process: r.process.clone(),
+                container_id: r.container_id.clone(),
                 direction: direction_name(dir),
                 media: media_name(st.media),
                 codec: if dir == Direction::Filter {

@@ -25,6 +25,8 @@ pub struct Record {
     /// Wall-clock time of the stream's last data call, seconds since the epoch.
     pub last_activity: f64,
     pub lavc_major: u32,
+    /// The id of the container the process runs in; None on the host.
+    pub container_id: Option<String>,
 }
 
 impl Record {
@@ -172,11 +174,15 @@ impl Registry {
             }
             return;
         }
-        let process = tracker
-            .process(s.tgid)
+        let known = tracker.process(s.tgid);
+        let process = known
             .map(|p| p.comm.clone())
             .or_else(|| procfs::comm(s.tgid))
             .unwrap_or_else(|| cstr(&s.comm));
+        let container_id = match known {
+            Some(p) => p.container.as_ref().map(|c| c.id.clone()),
+            None => crate::container::of_process(s.tgid).map(|c| c.id),
+        };
         let lavc_major = kernel.lavc_major(s.slot);
         let mut s = s;
         if let Some(name) = name {
@@ -191,6 +197,7 @@ impl Registry {
                 ended,
                 last_activity,
                 lavc_major,
+                container_id,
             },
         );
     }

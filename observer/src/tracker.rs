@@ -45,6 +45,8 @@ pub struct Process {
     pub command_line: Option<String>,
     /// Start time, the kernel programs' clock.
     pub start_ns: Option<u64>,
+    /// The container it runs in (None on the host).
+    pub container: Option<crate::container::Container>,
     files: Vec<FileId>,
 }
 
@@ -126,6 +128,7 @@ impl Tracker {
                 comm: procfs::comm(pid).unwrap_or_default(),
                 command_line: procfs::cmdline(pid).map(|c| crate::redact::redact_text(&c)),
                 start_ns: procfs::stat(pid).map(|s| s.start_ns),
+                container: crate::container::of_process(pid),
                 files: files.clone(),
             },
         );

@@ -279,3 +279,103 @@ fn kernel_state_returns_to_baseline_when_pipelines_exit() {
         },
     );
 }
+
+/// A cgroup laid out as containerd lays out a Kubernetes container's (systemd driver), in
+/// whichever hierarchy this machine can put a process in: cgroup v2, or v1's `pids`.
+struct ContainerCgroup {
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl ContainerCgroup {
+    fn new(id: &str, pod_uid: &str) -> ContainerCgroup {
+        let root = [
+            "/sys/fs/cgroup/pids",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup",
+        ]
+        .iter()
+        .map(std::path::Path::new)
+        .find(|r| r.join("cgroup.procs").exists())
+        .expect("a cgroup hierarchy");
+        let uid_ = pod_uid.replace('-', "_");
+        let mut dirs = Vec::new();
+        let mut at = root.to_path_buf();
+        for seg in [
+            "kubepods.slice".to_string(),
+            "kubepods-burstable.slice".to_string(),
+            format!("kubepods-burstable-pod{uid_}.slice"),
+            format!("cri-containerd-{id}.scope"),
+        ] {
+            at = at.join(seg);
+            std::fs::create_dir_all(&at).expect("make the cgroup");
+            dirs.push(at.clone());
+        }
+        ContainerCgroup { dirs }
+    }
+
+    /// A command that joins the container's cgroup, then becomes `ffmpeg args`.
+    fn ffmpeg(&self, args: &[&str]) -> Command {
+        let procs = self.dirs.last().unwrap().join("cgroup.procs");
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!(
+                "echo $$ > {} && exec ffmpeg \"$@\"",
+                procs.display()
+            ))
+            .arg("sh")
+            .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+            .args(args);
+        c
+    }
+}
+
+impl Drop for ContainerCgroup {
+    fn drop(&mut self) {
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+#[test]
+fn a_pipeline_in_a_container_carries_its_container_id() {
+    let _quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+    let id = "5d41402abc4b2a76b9719d911017c592ae2b4c4e6f7d8e9fa0b1c2d3e4f50617";
+    let cgroup = ContainerCgroup::new(id, "0b2f6a1e-9c4d-4e7a-8f3b-2c1d0e9f8a7b");
+    let d = Daemon::start(&[]);
+    let input = media::h264_aac_mp4();
+    let (pid, _) = run(&mut cgroup.ffmpeg(&[
+        "-threads",
+        "1",
+        "-i",
+        input.to_str().unwrap(),
+        "-f",
+        "null",
+        "-",
+    ]));
+    let s = d.wait_ended(pid);
+    let p = pid.to_string();
+    let streams: Vec<_> = s
+        .all("media_frames_total")
+        .filter(|x| x.label("pid") == Some(&p))
+        .collect();
+    assert!(!streams.is_empty());
+    for x in streams {
+        assert_eq!(
+            x.label("container_id").map(String::as_str),
+            Some(id),
+            "{x:?}"
+        );
+    }
+    // A pipeline on the host has none.
+    let (host, _) = run(ffmpeg().args(["-i"]).arg(&input).args(["-f", "null", "-"]));
+    let s = d.wait_ended(host);
+    let h = host.to_string();
+    assert!(
+        s.all("media_frames_total")
+            .filter(|x| x.label("pid") == Some(&h))
+            .all(|x| x.label("container_id").is_none())
+    );
+    let (_, json) = d.get("/streams").unwrap();
+    assert!(json.contains(id), "/streams names the container: {json}");
+}

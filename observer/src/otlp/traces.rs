@@ -47,6 +47,7 @@ struct ProcessSpan {
     pid: u32,
     name: String,
     command_line: Option<String>,
+    container_id: Option<String>,
     streams: u64,
     /// Streams of it whose span is still open.
     open_streams: usize,
@@ -205,6 +206,10 @@ impl Traces {
                 command_line: known
                     .and_then(|p| p.command_line.clone())
                     .or_else(|| procfs::cmdline(pid).map(|c| redact::redact_text(&c))),
+                container_id: match known {
+                    Some(p) => p.container.as_ref().map(|c| c.id.clone()),
+                    None => crate::container::of_process(pid).map(|c| c.id),
+                },
                 streams: 0,
                 open_streams: 0,
                 ended: None,
@@ -376,6 +381,9 @@ impl Traces {
         let mut attrs = stream_attributes(r, ios);
         attrs.push(KeyValue::new("process.pid", pid as i64));
         attrs.push(KeyValue::new("process.executable.name", pname));
+        if let Some(c) = &r.container_id {
+            attrs.push(KeyValue::new("container.id", c.clone()));
+        }
         if r.direction() == Direction::Filter {
             attrs.push(KeyValue::new("media.frames_in", r.stream.in_count as i64));
             attrs.push(KeyValue::new("media.frames_out", r.stream.out_count as i64));
@@ -448,6 +456,9 @@ impl Traces {
         ];
         if let Some(c) = &p.command_line {
             attrs.push(KeyValue::new("process.command_line", c.clone()));
+        }
+        if let Some(c) = &p.container_id {
+            attrs.push(KeyValue::new("container.id", c.clone()));
         }
         if unfinished {
             attrs.push(KeyValue::new("media.unfinished", true));
