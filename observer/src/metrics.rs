@@ -354,6 +354,15 @@ fn stream_families(
             &labels,
             if r.ended.is_none() { 1.0 } else { 0.0 },
         );
+        if !aggregate && s.bit_rate > 0 {
+            f.add(
+                "media_stream_bitrate_target_bits_per_second",
+                MetricType::GAUGE,
+                "The codec context's bit_rate at open: an encoder's configured target, a decoder's declared rate",
+                &labels,
+                s.bit_rate as f64,
+            );
+        }
         if !aggregate {
             f.add(
                 "media_stream_last_activity_timestamp_seconds",

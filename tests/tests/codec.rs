@@ -160,8 +160,12 @@ fn transcode_counts_equal_ffprobe() {
             "veryfast",
             "-bf",
             "2",
+            "-b:v",
+            "300k",
             "-c:a",
             "aac",
+            "-b:a",
+            "64k",
             "-f",
             "nut",
         ])
@@ -187,6 +191,12 @@ fn transcode_counts_equal_ffprobe() {
                 ("media_packet_bytes_total", t.bytes),
                 ("media_keyframes_total", t.key_packets),
             ],
+        );
+        // The configured targets, as the bit-rate alert compares output against.
+        let target = if t.media == "video" { 300_000.0 } else { 64_000.0 };
+        assert_eq!(
+            s.value("media_stream_bitrate_target_bits_per_second", &l),
+            Some(target)
         );
         let input = truth_in.values().find(|x| x.media == t.media).unwrap();
         if t.media == "video" {
