@@ -193,7 +193,11 @@ fn transcode_counts_equal_ffprobe() {
             ],
         );
         // The configured targets, as the bit-rate alert compares output against.
-        let target = if t.media == "video" { 300_000.0 } else { 64_000.0 };
+        let target = if t.media == "video" {
+            300_000.0
+        } else {
+            64_000.0
+        };
         assert_eq!(
             s.value("media_stream_bitrate_target_bits_per_second", &l),
             Some(target)

@@ -113,6 +113,9 @@ const TEST_PACKAGES: &[&str] = &[
     // the transport tests' private network: namespaces, veth, exact drop counters
     "iproute2",
     "nftables",
+    // promtool and amtool: the shipped alert rules' unit tests and config checks
+    "prometheus",
+    "prometheus-alertmanager",
 ];
 
 fn missing_packages(pkgs: &[&str]) -> Vec<String> {

@@ -1,0 +1,204 @@
+//! What ships in deploy/: the Prometheus alert rules and their unit tests (promtool), the
+//! Prometheus and Alertmanager configurations, and a real Prometheus scraping a real daemon
+//! with those rules loaded.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use observer_tests::{Daemon, ffmpeg, media, run, tempdir};
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn check(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (cargo xtask test installs it)"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn alert_rules_pass_their_unit_tests() {
+    let dir = deploy().join("prometheus");
+    let text = check(
+        Command::new("promtool")
+            .arg("check")
+            .arg("rules")
+            .arg(dir.join("rules.yml")),
+    );
+    assert!(text.contains("SUCCESS: 11 rules found"), "{text}");
+    let text = check(
+        Command::new("promtool")
+            .args(["test", "rules"])
+            .arg(dir.join("tests/rules.test.yml")),
+    );
+    assert!(text.contains("SUCCESS"), "{text}");
+}
+
+#[test]
+fn every_alert_has_a_test_a_summary_a_description_and_a_runbook() {
+    let rules = std::fs::read_to_string(deploy().join("prometheus/rules.yml")).unwrap();
+    let tests = std::fs::read_to_string(deploy().join("prometheus/tests/rules.test.yml")).unwrap();
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert_eq!(alerts.len(), 11);
+    for a in &alerts {
+        assert!(
+            tests.contains(&format!(
+                "alertname: {a}\n        exp_alerts:\n          - exp_labels"
+            )),
+            "{a} has no test that expects it to fire"
+        );
+    }
+    for key in ["summary:", "description:", "runbook:"] {
+        assert_eq!(
+            rules.matches(key).count(),
+            alerts.len(),
+            "every alert has a {key}"
+        );
+    }
+}
+
+#[test]
+fn prometheus_and_alertmanager_configs_are_valid() {
+    let dir = deploy().join("prometheus");
+    check(
+        Command::new("promtool")
+            .arg("check")
+            .arg("config")
+            .arg(dir.join("prometheus.yml")),
+    );
+    check(
+        Command::new("amtool")
+            .arg("check-config")
+            .arg(dir.join("alertmanager.yml")),
+    );
+}
+
+struct Prometheus(Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn query(port: u16, q: &str) -> serde_json::Value {
+    let mut r = ureq::get(&format!("http://127.0.0.1:{port}/api/v1/query"))
+        .query("query", q)
+        .call()
+        .expect("Prometheus query");
+    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+}
+
+/// A real Prometheus scrapes a real daemon, with the shipped rules loaded: the pipeline's
+/// counts arrive as the daemon reports them, and every rule evaluates without error.
+#[test]
+fn a_real_prometheus_scrapes_the_daemon_with_the_rules_loaded() {
+    let d = Daemon::start(&[]);
+    let dir = tempdir("prometheus");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::copy(deploy().join("prometheus/rules.yml"), dir.join("rules.yml")).unwrap();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [rules.yml]\n\
+             scrape_configs:\n  - job_name: observer\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            d.port
+        ),
+    )
+    .unwrap();
+    let _prom = Prometheus(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (cargo xtask test installs it)"),
+    );
+    let input = media::h264_aac_mp4();
+    let (pid, _) = run(ffmpeg()
+        .args(["-threads", "1", "-i"])
+        .arg(&input)
+        .args(["-f", "null", "-"]));
+    let s = d.wait_ended(pid);
+    let want = s.expect(
+        "media_frames_total",
+        &[
+            ("pid", &pid.to_string()),
+            ("direction", "decode"),
+            ("codec", "h264"),
+        ],
+    );
+    let q = format!(
+        "media_frames_total{{job=\"observer\",pid=\"{pid}\",direction=\"decode\",codec=\"h264\"}}"
+    );
+    let t0 = Instant::now();
+    loop {
+        let r = query(port, &q);
+        let got = r["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok());
+        if got == Some(want) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "Prometheus has {got:?}, the daemon {want}: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Every rule has been evaluated, none failed, and nothing fires on a healthy node.
+    let t0 = Instant::now();
+    loop {
+        let mut r = ureq::get(&format!("http://127.0.0.1:{port}/api/v1/rules"))
+            .call()
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        let rules: Vec<&serde_json::Value> = v["data"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap())
+            .collect();
+        assert_eq!(rules.len(), 11);
+        let evaluated = rules.iter().all(|r| r["health"] == "ok");
+        if evaluated {
+            for r in &rules {
+                assert_eq!(r["state"], "inactive", "{r}");
+            }
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "rules not all evaluated ok: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
