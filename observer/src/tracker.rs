@@ -269,7 +269,7 @@ impl Tracker {
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(path = shown, error = %e, "attach failed");
+                    tracing::warn!(path = shown, error = %error_chain(&e), "attach failed");
                     self.verdicts.insert(id, Verdict::Unsupported);
                     self.unsupported
                         .entry("attach_failed")
@@ -379,6 +379,22 @@ pub fn system_libraries(dirs: &[PathBuf]) -> Vec<PathBuf> {
                 out.push(path);
             }
         }
+    }
+    out
+}
+
+/// An error and every cause under it ("kernel program x: `perf_event_open` failed: Operation
+/// not permitted"): the root cause is what an operator can act on.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
     }
     out
 }

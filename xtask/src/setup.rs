@@ -106,8 +106,10 @@ const TEST_PACKAGES: &[&str] = &[
     "gcc",
     // renaming a library copy the way wheel bundlers do
     "patchelf",
-    // mount namespaces (unshare)
+    // mount namespaces (unshare); setpriv for the least-privilege test
     "util-linux",
+    // systemd-analyze verify, for the shipped unit
+    "systemd",
     // the benchmarks' probe accounting (BPF run statistics)
     "bpftool",
     // the transport tests' private network: namespaces, veth, exact drop counters
