@@ -84,7 +84,8 @@ impl<'de> Deserialize<'de> for Threshold {
 #[command(
     name = "observer",
     version,
-    about = "Zero-instrumentation observability for video pipelines"
+    about = "Zero-instrumentation observability for video pipelines",
+    after_help = "`observer top [--url URL]` shows a running daemon's streams live (`observer top --help`)."
 )]
 pub struct Options {
     /// Address to serve /metrics, /healthz, /readyz and /streams on.

@@ -16,4 +16,5 @@ pub mod redact;
 pub mod server;
 pub mod state;
 pub mod streams;
+pub mod top;
 pub mod tracker;

@@ -26,6 +26,15 @@ use observer::{
 };
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("top") {
+        use clap::Parser as _;
+        let args = observer::top::TopArgs::parse_from(std::env::args().skip(1));
+        if let Err(e) = observer::top::run(args) {
+            eprintln!("observer top: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let opts = match Options::load() {
         Ok(o) => o,
         Err(e) => {

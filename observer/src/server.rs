@@ -3,7 +3,7 @@
 
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use observer_common::stream::{Direction, Histogram};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     metrics::{self, direction_name, media_name},
@@ -50,15 +50,15 @@ async fn ready(State(state): State<SharedState>) -> impl IntoResponse {
 }
 
 /// One stream, in the units a person reads.
-#[derive(Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StreamView {
     pub stream: String,
     pub pid: u32,
     pub process: String,
     /// The container the process runs in, if any.
     pub container_id: Option<String>,
-    pub direction: &'static str,
-    pub media: &'static str,
+    pub direction: String,
+    pub media: String,
     pub codec: String,
     pub width: u32,
     pub height: u32,
@@ -72,7 +72,12 @@ pub struct StreamView {
     pub latency_p99_seconds: Option<f64>,
     pub up: bool,
     /// `none`, `cuda`, `nvdec`, `nvenc`, `vaapi`, `qsv`, ... (see `ffmpeg::hwaccel`).
-    pub hwaccel: &'static str,
+    pub hwaccel: String,
+    /// The input a decoder reads or the output an encoder writes (its `io` label; empty if
+    /// not linked).
+    pub io: String,
+    /// Packets lost on that io: RTP losses, MPEG-TS continuity errors, kernel drops.
+    pub lost: u64,
 }
 
 /// The `q` quantile of a log2 histogram, interpolating linearly inside the bucket.
@@ -108,6 +113,7 @@ async fn streams(State(state): State<SharedState>) -> impl IntoResponse {
         .map(|r| {
             let st = &r.stream;
             let dir = r.direction();
+            let io = (st.io != 0).then(|| s.ios.get(r.pid(), st.io)).flatten();
             let (frames, packets, bytes) = match dir {
                 Direction::Decode => (st.out_count, st.in_count, st.in_bytes),
                 Direction::Filter => (st.out_count, 0, 0),
@@ -118,8 +124,8 @@ async fn streams(State(state): State<SharedState>) -> impl IntoResponse {
                 pid: r.pid(),
                 process: r.process.clone(),
                 container_id: r.container_id.clone(),
-                direction: direction_name(dir),
-                media: media_name(st.media),
+                direction: direction_name(dir).into(),
+                media: media_name(st.media).into(),
                 codec: if dir == Direction::Filter {
                     "filtergraph".into()
                 } else {
@@ -136,7 +142,11 @@ async fn streams(State(state): State<SharedState>) -> impl IntoResponse {
                 latency_p50_seconds: quantile(&st.latency, 0.5),
                 latency_p99_seconds: quantile(&st.latency, 0.99),
                 up: r.ended.is_none(),
-                hwaccel: crate::ffmpeg::hwaccel(&r.codec(), st.hw_device_type),
+                hwaccel: crate::ffmpeg::hwaccel(&r.codec(), st.hw_device_type).into(),
+                io: io.map(|i| i.label.clone()).unwrap_or_default(),
+                lost: io.map_or(0, |i| {
+                    i.rtp_lost + i.io.ts_cc_errors + i.io.drops.iter().map(|d| d.count).sum::<u64>()
+                }),
             }
         })
         .collect::<Vec<_>>();
@@ -144,12 +154,12 @@ async fn streams(State(state): State<SharedState>) -> impl IntoResponse {
 }
 
 /// One input or output, as `/ios` lists it (the URL redacted, as everywhere).
-#[derive(Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IoView {
     pub io: String,
     pub pid: u32,
     pub process: String,
-    pub direction: &'static str,
+    pub direction: String,
     pub url: String,
     pub protocol: String,
     pub bytes_read: u64,
@@ -183,7 +193,7 @@ async fn ios(State(state): State<SharedState>) -> impl IntoResponse {
                 io: r.label.clone(),
                 pid: r.key.tgid,
                 process: r.process.clone(),
-                direction: r.direction(),
+                direction: r.direction().into(),
                 url: r.url.clone(),
                 protocol: r.protocol.clone(),
                 bytes_read: io.bytes[0],

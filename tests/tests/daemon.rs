@@ -379,3 +379,71 @@ fn a_pipeline_in_a_container_carries_its_container_id() {
     let (_, json) = d.get("/streams").unwrap();
     assert!(json.contains(id), "/streams names the container: {json}");
 }
+
+#[test]
+fn observer_top_shows_live_streams_with_their_rates_sorted() {
+    let _quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start(&[]);
+    // Two live encoders at known frame rates (-re: real time).
+    let live = |rate: u32| {
+        ffmpeg()
+            .args(["-re", "-f", "lavfi", "-i"])
+            .arg(format!("testsrc2=size=64x48:rate={rate}"))
+            .args(["-t", "8", "-c:v", "mpeg4", "-f", "null", "-"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut fast = live(25);
+    let mut slow = live(10);
+    std::thread::sleep(Duration::from_secs(3));
+    let top = |sort: &str| {
+        let out = daemon_cmd()
+            .args(["top", "--once", "--interval", "2s", "--sort", sort, "--url"])
+            .arg(format!("http://127.0.0.1:{}", d.port))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // (pid, fps) of each live encoder row, in the order shown.
+    let encoders = |text: &str| -> Vec<(u32, f64)> {
+        text.lines()
+            .filter(|l| l.contains(" encode ") && l.contains("mpeg4"))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[0].parse().unwrap(), f[6].parse().unwrap())
+            })
+            .collect()
+    };
+    let by_fps = top("fps");
+    let rows = encoders(&by_fps);
+    let (f, s) = (fast.id(), slow.id());
+    let fps_of = |pid| rows.iter().find(|(p, _)| *p == pid).map(|(_, v)| *v);
+    let (ff, sf) = (fps_of(f).expect(&by_fps), fps_of(s).expect(&by_fps));
+    assert!(
+        (ff - 25.0).abs() <= 3.0,
+        "{ff} fps for the 25 fps encoder\n{by_fps}"
+    );
+    assert!(
+        (sf - 10.0).abs() <= 2.0,
+        "{sf} fps for the 10 fps encoder\n{by_fps}"
+    );
+    let pos = |pid| rows.iter().position(|(p, _)| *p == pid).unwrap();
+    assert!(pos(f) < pos(s), "sorted by fps, largest first\n{by_fps}");
+    let by_pid = encoders(&top("pid"));
+    let pids: Vec<u32> = by_pid.iter().map(|(p, _)| *p).collect();
+    let mut sorted = pids.clone();
+    sorted.sort();
+    assert_eq!(pids, sorted, "sorted by pid");
+    let _ = fast.wait();
+    let _ = slow.wait();
+    // A daemon that is not there: a message that says where it looked, and status 1.
+    let out = daemon_cmd()
+        .args(["top", "--once", "--url", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read http://127.0.0.1:1"));
+}
