@@ -330,3 +330,137 @@ fn the_systemd_unit_is_valid() {
     );
     assert!(out.status.success() && text.trim().is_empty(), "{text}");
 }
+
+/// `python3` with the kubernetes-validate `cargo xtask test` installed on its path.
+fn python() -> Command {
+    let mut c = Command::new("python3");
+    c.env(
+        "PYTHONPATH",
+        observer_tests::assets().join("kubernetes-validate"),
+    );
+    c
+}
+
+/// The manifests as Kubernetes would get them: rendered by `kubectl kustomize` where kubectl
+/// is installed, else the base's resource files as listed in its kustomization (the
+/// privileged overlay needs kustomize's patching, so it is rendered only with kubectl).
+fn rendered() -> Vec<(String, String)> {
+    let k8s = deploy().join("kubernetes");
+    if Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_ok()
+    {
+        return ["", "privileged"]
+            .iter()
+            .map(|dir| {
+                let text = check(Command::new("kubectl").arg("kustomize").arg(k8s.join(dir)));
+                (format!("kubectl kustomize deploy/kubernetes/{dir}"), text)
+            })
+            .collect();
+    }
+    eprintln!("no kubectl here: validating the base's files as its kustomization lists them");
+    let base = k8s.join("base");
+    let list = std::fs::read_to_string(base.join("kustomization.yaml")).unwrap();
+    let files: Vec<&str> = list
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .collect();
+    assert!(!files.is_empty());
+    let text = files
+        .iter()
+        .map(|f| std::fs::read_to_string(base.join(f)).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    vec![("deploy/kubernetes/base".into(), text)]
+}
+
+#[test]
+fn kubernetes_manifests_render_and_pass_the_kubernetes_schemas() {
+    let dir = tempdir("k8s");
+    for (what, text) in rendered() {
+        let file = dir.join("rendered.yaml");
+        std::fs::write(&file, &text).unwrap();
+        // Strict: unknown fields are errors. The PodMonitor is a CRD the schemas do not
+        // carry; it is checked below against the DaemonSet instead.
+        let out = check(
+            python()
+                .args(["-m", "kubernetes_validate", "--strict", "-k", "1.30.0"])
+                .arg(&file),
+        );
+        for kind in [
+            "namespace",
+            "serviceaccount",
+            "clusterrole",
+            "clusterrolebinding",
+            "daemonset",
+        ] {
+            assert!(
+                out.contains(&format!("passed for resource {kind}/observer")),
+                "{what}: {kind} not validated:\n{out}"
+            );
+        }
+        // The parts that must agree with each other, read as data.
+        let json = check(
+            python()
+                .args([
+                    "-c",
+                    "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
+                ])
+                .arg(&file),
+        );
+        let docs: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+        let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+        let pod = &ds["spec"]["template"];
+        let spec = &pod["spec"];
+        assert_eq!(spec["hostPID"], true, "{what}");
+        assert_eq!(spec["tolerations"][0]["operator"], "Exists", "{what}");
+        let c = &spec["containers"][0];
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert!(c["resources"]["limits"]["memory"].is_string());
+        let sc = &c["securityContext"];
+        if sc["privileged"] != true {
+            // The same set the systemd unit grants and the capability test proves.
+            let unit = std::fs::read_to_string(deploy().join("systemd/observer.service")).unwrap();
+            let mut want: Vec<String> = unit
+                .lines()
+                .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+                .unwrap()
+                .split_whitespace()
+                .map(|c| c.trim_start_matches("CAP_").to_string())
+                .collect();
+            let mut got: Vec<String> = sc["capabilities"]["add"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect();
+            want.sort();
+            got.sort();
+            assert_eq!(got, want, "{what}: DaemonSet and systemd unit capabilities");
+            assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+        }
+        assert_eq!(
+            pod["metadata"]["annotations"]["prometheus.io/scrape"],
+            "true"
+        );
+        let port = c["ports"][0]["name"].as_str().unwrap();
+        let pm = docs.iter().find(|d| d["kind"] == "PodMonitor").unwrap();
+        assert_eq!(
+            pm["spec"]["selector"]["matchLabels"],
+            pod["metadata"]["labels"]
+        );
+        assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], port);
+        let role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
+        for rule in role["rules"].as_array().unwrap() {
+            for verb in rule["verbs"].as_array().unwrap() {
+                assert!(
+                    ["get", "list", "watch"].contains(&verb.as_str().unwrap()),
+                    "read-only RBAC: {rule}"
+                );
+            }
+        }
+    }
+}

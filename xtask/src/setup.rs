@@ -179,14 +179,14 @@ pub fn test_deps(root: &Path) -> anyhow::Result<PathBuf> {
                 "installing PyAV {v} (a bundled FFmpeg) into {}",
                 dir.display()
             ));
-            pip_target(&dir, &format!("av=={v}"))?;
+            pip_target(&dir, &format!("av=={v}"), false)?;
         }
     }
     let static_dir = assets.join("static-ffmpeg");
     if !static_dir.join("ffmpeg").exists() {
         step("fetching a static ffmpeg build (imageio-ffmpeg's)");
         let tmp = assets.join("imageio-ffmpeg");
-        pip_target(&tmp, IMAGEIO_FFMPEG)?;
+        pip_target(&tmp, IMAGEIO_FFMPEG, false)?;
         let bin = std::fs::read_dir(tmp.join("imageio_ffmpeg").join("binaries"))?
             .flatten()
             .map(|e| e.path())
@@ -199,10 +199,18 @@ pub fn test_deps(root: &Path) -> anyhow::Result<PathBuf> {
         std::fs::rename(&bin, static_dir.join("ffmpeg"))?;
         std::fs::remove_dir_all(&tmp)?;
     }
+    let validator = assets.join("kubernetes-validate");
+    if !validator.join("kubernetes_validate").exists() {
+        step("installing kubernetes-validate (the manifests' schema check) from PyPI");
+        pip_target(&validator, KUBERNETES_VALIDATE, true)?;
+    }
     Ok(assets)
 }
 
-fn pip_target(dir: &Path, requirement: &str) -> anyhow::Result<()> {
+/// Validates rendered manifests against Kubernetes' own schemas, offline.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+fn pip_target(dir: &Path, requirement: &str, deps: bool) -> anyhow::Result<()> {
     let python = ["python3", "python"]
         .into_iter()
         .find(|p| output(Command::new(p).arg("--version")).is_some())
@@ -215,11 +223,11 @@ fn pip_target(dir: &Path, requirement: &str) -> anyhow::Result<()> {
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
-                "--no-deps",
                 "--only-binary=:all:",
                 "--target",
             ])
             .arg(dir)
+            .args((!deps).then_some("--no-deps"))
             .arg(requirement),
         &format!("pip install {requirement}"),
     )
