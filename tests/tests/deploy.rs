@@ -173,6 +173,54 @@ fn a_real_prometheus_scrapes_the_daemon_with_the_rules_loaded() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Every query of every shipped dashboard is valid PromQL to this Prometheus, and names
+    // only metrics the daemon exports (or documents: GPU series need a GPU).
+    let readme = std::fs::read_to_string(deploy().join("../README.md")).unwrap();
+    let stream = s
+        .one(
+            "media_frames_total",
+            &[
+                ("pid", &pid.to_string()),
+                ("direction", "decode"),
+                ("codec", "h264"),
+            ],
+        )
+        .and_then(|x| x.label("stream").cloned())
+        .unwrap();
+    let mut queries = 0;
+    for entry in std::fs::read_dir(deploy().join("grafana/dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        let d: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for panel in d["panels"].as_array().unwrap() {
+            for t in panel["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                let q = expr
+                    .replace("$instance", ".*")
+                    .replace("$stream", &stream)
+                    .replace("$__rate_interval", "1m")
+                    .replace("$__range", "1h");
+                let r = query(port, &q);
+                assert_eq!(r["status"], "success", "{}: {q}: {r}", path.display());
+                queries += 1;
+                for name in q
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| w.starts_with("media_") || w.starts_with("observer_"))
+                {
+                    let base = name
+                        .trim_end_matches("_bucket")
+                        .trim_end_matches("_sum")
+                        .trim_end_matches("_count");
+                    assert!(
+                        s.all(base).next().is_some() || readme.contains(&format!("`{base}")),
+                        "{}: {name} is neither exported nor documented",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+    assert!(queries > 40, "{queries} dashboard queries");
     // Every rule has been evaluated, none failed, and nothing fires on a healthy node.
     let t0 = Instant::now();
     loop {
