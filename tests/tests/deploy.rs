@@ -379,14 +379,57 @@ fn the_systemd_unit_is_valid() {
     assert!(out.status.success() && text.trim().is_empty(), "{text}");
 }
 
-/// `python3` with the kubernetes-validate `cargo xtask test` installed on its path.
-fn python() -> Command {
+/// `python3` with one of the tools `cargo xtask test` installed from PyPI (each in a
+/// directory of its own, with its own dependencies) on its path.
+fn python(tool: &str) -> Command {
     let mut c = Command::new("python3");
-    c.env(
-        "PYTHONPATH",
-        observer_tests::assets().join("kubernetes-validate"),
-    );
+    c.env("PYTHONPATH", observer_tests::assets().join(tool));
     c
+}
+
+#[test]
+fn the_compose_stack_follows_the_compose_spec_and_its_files_exist() {
+    let compose = deploy().join("compose");
+    check(
+        python("check-jsonschema")
+            .args([
+                "-m",
+                "check_jsonschema",
+                "--builtin-schema",
+                "vendor.compose-spec",
+            ])
+            .arg(compose.join("compose.yaml")),
+    );
+    // Every file it mounts from the repository is there.
+    let text = std::fs::read_to_string(compose.join("compose.yaml")).unwrap();
+    let mut mounts = 0;
+    for l in text.lines() {
+        let Some(src) = l
+            .trim()
+            .strip_prefix("- ./")
+            .map(|s| format!("./{s}"))
+            .or_else(|| l.trim().strip_prefix("- ../").map(|s| format!("../{s}")))
+        else {
+            continue;
+        };
+        let path = src.split(':').next().unwrap();
+        assert!(
+            compose.join(path).exists(),
+            "compose mounts {path}, which is missing"
+        );
+        mounts += 1;
+    }
+    assert!(mounts >= 6, "{mounts} mounts");
+    // Its Prometheus configuration, with the rules where the stack mounts them.
+    let dir = tempdir("compose-prometheus");
+    std::fs::copy(compose.join("prometheus.yml"), dir.join("prometheus.yml")).unwrap();
+    std::fs::copy(deploy().join("prometheus/rules.yml"), dir.join("rules.yml")).unwrap();
+    check(
+        Command::new("promtool")
+            .arg("check")
+            .arg("config")
+            .arg(dir.join("prometheus.yml")),
+    );
 }
 
 /// The manifests as Kubernetes would get them: rendered by `kubectl kustomize` where kubectl
@@ -433,7 +476,7 @@ fn kubernetes_manifests_render_and_pass_the_kubernetes_schemas() {
         // Strict: unknown fields are errors. The PodMonitor is a CRD the schemas do not
         // carry; it is checked below against the DaemonSet instead.
         let out = check(
-            python()
+            python("kubernetes-validate")
                 .args(["-m", "kubernetes_validate", "--strict", "-k", "1.30.0"])
                 .arg(&file),
         );
@@ -451,7 +494,7 @@ fn kubernetes_manifests_render_and_pass_the_kubernetes_schemas() {
         }
         // The parts that must agree with each other, read as data.
         let json = check(
-            python()
+            python("kubernetes-validate")
                 .args([
                     "-c",
                     "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",

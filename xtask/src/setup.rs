@@ -199,16 +199,28 @@ pub fn test_deps(root: &Path) -> anyhow::Result<PathBuf> {
         std::fs::rename(&bin, static_dir.join("ffmpeg"))?;
         std::fs::remove_dir_all(&tmp)?;
     }
-    let validator = assets.join("kubernetes-validate");
-    if !validator.join("kubernetes_validate").exists() {
-        step("installing kubernetes-validate (the manifests' schema check) from PyPI");
-        pip_target(&validator, KUBERNETES_VALIDATE, true)?;
+    for (dir, module, requirement, what) in [
+        (
+            "kubernetes-validate",
+            "kubernetes_validate",
+            "kubernetes-validate==1.37.0",
+            "Kubernetes' schemas, for the manifests",
+        ),
+        (
+            "check-jsonschema",
+            "check_jsonschema",
+            "check-jsonschema==0.39.0",
+            "the Compose specification's schema, for the compose stack",
+        ),
+    ] {
+        let target = assets.join(dir);
+        if !target.join(module).exists() {
+            step(&format!("installing {requirement} ({what}) from PyPI"));
+            pip_target(&target, requirement, true)?;
+        }
     }
     Ok(assets)
 }
-
-/// Validates rendered manifests against Kubernetes' own schemas, offline.
-const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 fn pip_target(dir: &Path, requirement: &str, deps: bool) -> anyhow::Result<()> {
     let python = ["python3", "python"]
