@@ -447,3 +447,126 @@ fn observer_top_shows_live_streams_with_their_rates_sorted() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read http://127.0.0.1:1"));
 }
+
+/// A tmux session that runs one command in a terminal of a known size.
+struct Tmux(String);
+
+impl Tmux {
+    fn start(cmd: &[&str]) -> Tmux {
+        let name = format!("observer-test-{}", std::process::id());
+        let ok = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &name, "-x", "160", "-y", "40"])
+            .args(cmd)
+            .status()
+            .expect("tmux (cargo xtask test installs it)")
+            .success();
+        assert!(ok, "tmux new-session");
+        Tmux(name)
+    }
+
+    fn keys(&self, keys: &str) {
+        Command::new("tmux")
+            .args(["send-keys", "-t", &self.0, keys])
+            .status()
+            .unwrap();
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.0])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn wait_for(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
+        let t0 = Instant::now();
+        loop {
+            let s = self.screen();
+            if f(&s) {
+                return s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "waiting for {what}; the screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn alive(&self) -> bool {
+        Command::new("tmux")
+            .args(["has-session", "-t", &self.0])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn observer_top_in_a_terminal_sorts_on_keys_and_quits_on_q() {
+    let _quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start(&[]);
+    let live = |rate: u32| {
+        ffmpeg()
+            .args(["-re", "-f", "lavfi", "-i"])
+            .arg(format!("testsrc2=size=64x48:rate={rate}"))
+            .args(["-t", "12", "-c:v", "mpeg4", "-f", "null", "-"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut fast = live(25);
+    let mut slow = live(5);
+    let bin = std::env::var("OBSERVER_BIN").unwrap();
+    let url = format!("http://127.0.0.1:{}", d.port);
+    let t = Tmux::start(&[&bin, "top", "--url", &url, "--interval", "1s"]);
+    let (f, s) = (fast.id().to_string(), slow.id().to_string());
+    // The first encoder row of the screen.
+    let first = |screen: &str| -> Option<String> {
+        screen
+            .lines()
+            .find(|l| l.contains(" encode ") && l.contains("mpeg4"))
+            .and_then(|l| l.split_whitespace().next().map(str::to_string))
+    };
+    let screen = t.wait_for("both encoders at their rates", |sc| {
+        sc.contains("[f]FPS")
+            && sc.contains(&f)
+            && sc.contains(&s)
+            && first(sc).as_deref() == Some(f.as_str())
+    });
+    assert!(screen.contains("observer top"), "{screen}");
+    // p: sorted by pid, smallest first.
+    t.keys("p");
+    let want = fast.id().min(slow.id()).to_string();
+    t.wait_for("the pid sort", |sc| {
+        sc.contains("[p]PID") && first(sc).as_deref() == Some(want.as_str())
+    });
+    // f again: the 25 fps encoder on top.
+    t.keys("f");
+    t.wait_for("the fps sort", |sc| {
+        sc.contains("[f]FPS") && first(sc).as_deref() == Some(f.as_str())
+    });
+    t.keys("q");
+    let t0 = Instant::now();
+    while t.alive() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "q did not quit:\n{}",
+            t.screen()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = fast.kill();
+    let _ = slow.kill();
+    let _ = fast.wait();
+    let _ = slow.wait();
+}

@@ -110,6 +110,8 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     // systemd-analyze verify, for the shipped unit
     "systemd",
+    // `observer top` driven as a person would: keys sent, screen read
+    "tmux",
     // the benchmarks' probe accounting (BPF run statistics)
     "bpftool",
     // the transport tests' private network: namespaces, veth, exact drop counters
