@@ -253,3 +253,24 @@ pub fn ffmpeg() -> Command {
     c.args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"]);
     c
 }
+
+/// Builds the tests' stand-in NVML library (`tests/c/nvml_standin.c`) into `dir`; `older`
+/// leaves out the encoder-session and JPEG/OFA entry points, as older drivers do. Its values
+/// come from the script file named by `OBSERVER_NVML_STANDIN`, re-read on every call.
+pub fn nvml_standin(dir: &Path, older: bool) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/nvml_standin.c");
+    let out = dir.join(if older {
+        "libnvml-old.so"
+    } else {
+        "libnvml.so"
+    });
+    let mut gcc = Command::new("gcc");
+    gcc.args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&out)
+        .arg(&src);
+    if older {
+        gcc.arg("-DOLDER_DRIVER");
+    }
+    run(&mut gcc);
+    out
+}

@@ -3,28 +3,9 @@
 //! scripted in a file) and point the daemon at it with `--nvml-library`: nvml-wrapper loads
 //! it exactly as it loads the driver's `libnvidia-ml.so.1`.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
-use observer_tests::{Daemon, ffmpeg, prom::Scrape, run, tempdir};
-
-/// Builds the stand-in; `older` leaves out the encoder-session and JPEG/OFA entry points.
-fn standin(dir: &std::path::Path, older: bool) -> PathBuf {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("c/nvml_standin.c");
-    let out = dir.join(if older {
-        "libnvml-old.so"
-    } else {
-        "libnvml.so"
-    });
-    let mut gcc = std::process::Command::new("gcc");
-    gcc.args(["-shared", "-fPIC", "-O1", "-o"])
-        .arg(&out)
-        .arg(&src);
-    if older {
-        gcc.arg("-DOLDER_DRIVER");
-    }
-    run(&mut gcc);
-    out
-}
+use observer_tests::{Daemon, ffmpeg, nvml_standin, prom::Scrape, run, tempdir};
 
 const SECS: Duration = Duration::from_secs(20);
 
@@ -41,7 +22,7 @@ fn gpu_labels<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
 #[test]
 fn every_value_nvml_reports_is_exported_and_joined_to_the_process_and_stream() {
     let dir = tempdir("gpu");
-    let lib = standin(&dir, false);
+    let lib = nvml_standin(&dir, false);
     let script = dir.join("nvml.txt");
     // A real encode that runs a while: its pid goes into NVML's process and session lists.
     let mut enc = ffmpeg()
@@ -189,7 +170,7 @@ fn every_value_nvml_reports_is_exported_and_joined_to_the_process_and_stream() {
 #[test]
 fn an_older_driver_without_an_entry_point_loses_that_metric_only() {
     let dir = tempdir("gpu-old");
-    let lib = standin(&dir, true);
+    let lib = nvml_standin(&dir, true);
     let script = dir.join("nvml.txt");
     std::fs::write(
         &script,
