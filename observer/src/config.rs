@@ -178,6 +178,16 @@ pub struct Options {
     #[arg(long, env = "OBSERVER_NVML_LIBRARY")]
     pub nvml_library: Option<String>,
 
+    /// The Kubernetes node this daemon runs on (the DaemonSet sets it from `spec.nodeName`):
+    /// with it, the daemon watches this node's pods and labels streams with their pod,
+    /// namespace, container and workload. Unset: no Kubernetes labels.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Watch this node's pods through the API server when `--node-name` is set.
+    #[arg(long, env = "OBSERVER_KUBERNETES", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub kubernetes: bool,
+
     /// OpenTelemetry collector to export spans and logs to, e.g. `http://localhost:4318` (HTTP)
     /// or `http://localhost:4317` (gRPC). Unset: nothing is exported over OTLP.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -270,6 +280,8 @@ struct FileOptions {
     #[serde(default, with = "opt_duration")]
     gpu_interval: Option<Duration>,
     nvml_library: Option<String>,
+    node_name: Option<String>,
+    kubernetes: Option<bool>,
     otlp_endpoint: Option<String>,
     otlp_protocol: Option<OtlpProtocol>,
     service_name: Option<String>,
@@ -362,6 +374,7 @@ impl Options {
             stall_after,
             gpu,
             gpu_interval,
+            kubernetes,
             otlp_protocol,
             service_name,
             frame_sample_ratio,
@@ -377,6 +390,9 @@ impl Options {
         );
         if unset("nvml_library") && f.nvml_library.is_some() {
             self.nvml_library = f.nvml_library;
+        }
+        if unset("node_name") && f.node_name.is_some() {
+            self.node_name = f.node_name;
         }
         if unset("otlp_endpoint") && f.otlp_endpoint.is_some() {
             self.otlp_endpoint = f.otlp_endpoint;

@@ -8,6 +8,7 @@ pub mod ffmpeg;
 pub mod gpu;
 pub mod io;
 pub mod kernel;
+pub mod kubernetes;
 pub mod logs;
 pub mod metrics;
 pub mod otlp;

@@ -139,6 +139,16 @@ async fn run(
         ready: false,
         aggregate: opts.aggregate,
         otlp: otlp.as_ref().map(|o| o.stats.clone()),
+        pods: match opts.node_name.as_deref().filter(|n| !n.is_empty()) {
+            Some(node) if opts.kubernetes => match observer::kubernetes::start(node).await {
+                Ok(index) => Some(index),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no Kubernetes labels");
+                    None
+                }
+            },
+            _ => None,
+        },
     }));
 
     if let Some(o) = otlp.as_mut() {

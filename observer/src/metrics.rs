@@ -236,6 +236,7 @@ fn stream_families(
     records: &[&Record],
     aggregate: bool,
     ios: &crate::io::IoRegistry,
+    pods: Option<&crate::kubernetes::PodIndex>,
 ) {
     for kind in [
         (
@@ -272,6 +273,15 @@ fn stream_families(
         labels.push(("process", r.process.clone()));
         if let Some(c) = &r.container_id {
             labels.push(("container_id", c.clone()));
+            if let Some(k) = pods.and_then(|p| p.container(c).map(|k| (k, &p.node))) {
+                let (pc, node) = k;
+                labels.push(("k8s_namespace_name", pc.namespace));
+                labels.push(("k8s_pod_name", pc.pod));
+                labels.push(("k8s_container_name", pc.container));
+                labels.push(("k8s_node_name", node.clone()));
+                labels.push(("k8s_workload_kind", pc.workload_kind));
+                labels.push(("k8s_workload_name", pc.workload_name));
+            }
         }
         if dir == Direction::Filter {
             filter_families(f, r, labels);
@@ -1214,7 +1224,13 @@ fn encoder_stream(shared: &Shared, s: &crate::gpu::EncoderSession) -> String {
 pub fn families(shared: &Shared) -> Vec<MetricFamily> {
     let mut f = Families::default();
     let records: Vec<&Record> = shared.registry.exported_records().collect();
-    stream_families(&mut f, &records, shared.aggregate, &shared.ios);
+    stream_families(
+        &mut f,
+        &records,
+        shared.aggregate,
+        &shared.ios,
+        shared.pods.as_ref(),
+    );
     log_families(&mut f, shared);
     io_families(&mut f, shared);
     gpu_families(&mut f, shared);

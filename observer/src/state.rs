@@ -29,6 +29,8 @@ pub struct Shared {
     pub scans: u64,
     pub ready: bool,
     pub aggregate: bool,
+    /// This node's pods, when on Kubernetes.
+    pub pods: Option<crate::kubernetes::PodIndex>,
     /// OTLP export counts, when exporting.
     pub otlp: Option<Arc<crate::otlp::Stats>>,
 }

@@ -274,3 +274,60 @@ pub fn nvml_standin(dir: &Path, older: bool) -> PathBuf {
     run(&mut gcc);
     out
 }
+
+/// A cgroup laid out as containerd lays out a Kubernetes container's (systemd driver), in
+/// whichever hierarchy this machine can put a process in: cgroup v2, or v1's `pids`.
+pub struct ContainerCgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl ContainerCgroup {
+    pub fn new(id: &str, pod_uid: &str) -> ContainerCgroup {
+        let root = [
+            "/sys/fs/cgroup/pids",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup",
+        ]
+        .iter()
+        .map(Path::new)
+        .find(|r| r.join("cgroup.procs").exists())
+        .expect("a cgroup hierarchy");
+        let uid_ = pod_uid.replace('-', "_");
+        let mut dirs = Vec::new();
+        let mut at = root.to_path_buf();
+        for seg in [
+            "kubepods.slice".to_string(),
+            "kubepods-burstable.slice".to_string(),
+            format!("kubepods-burstable-pod{uid_}.slice"),
+            format!("cri-containerd-{id}.scope"),
+        ] {
+            at = at.join(seg);
+            std::fs::create_dir_all(&at).expect("make the cgroup");
+            dirs.push(at.clone());
+        }
+        ContainerCgroup { dirs }
+    }
+
+    /// A command that joins the container's cgroup, then becomes `ffmpeg args`.
+    pub fn ffmpeg(&self, args: &[&str]) -> Command {
+        let procs = self.dirs.last().unwrap().join("cgroup.procs");
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!(
+                "echo $$ > {} && exec ffmpeg \"$@\"",
+                procs.display()
+            ))
+            .arg("sh")
+            .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+            .args(args);
+        c
+    }
+}
+
+impl Drop for ContainerCgroup {
+    fn drop(&mut self) {
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
