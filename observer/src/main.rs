@@ -152,6 +152,9 @@ async fn run(
     }));
 
     if let Some(o) = otlp.as_mut() {
+        if let Ok(s) = shared.lock() {
+            o.traces.set_pods(s.pods.clone());
+        }
         o.start_metrics(shared.clone())
             .map_err(|e| anyhow::anyhow!("OTLP metrics exporter: {e}"))?;
     }

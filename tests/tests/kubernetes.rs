@@ -9,7 +9,11 @@ use std::{
     time::Duration,
 };
 
-use observer_tests::{ContainerCgroup, Daemon, Scrape, media, run, tempdir};
+use observer_tests::{
+    ContainerCgroup, Daemon, Scrape, media,
+    otlp::{Receiver, attr_int, attr_str},
+    run, tempdir,
+};
 
 const NODE: &str = "node-1";
 const ID_A1: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
@@ -198,11 +202,13 @@ fn streams_carry_their_pods_identity_through_list_watch_restart_and_delete() {
         ),
     )
     .unwrap();
+    let otlp = Receiver::start();
     let d = Daemon::start_env(
         &[],
         &[
             ("NODE_NAME", NODE),
             ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.http_url()),
         ],
     );
     let input = media::h264_aac_mp4();
@@ -227,6 +233,26 @@ fn streams_carry_their_pods_identity_through_list_watch_restart_and_delete() {
         want("encoder-7d4b9c-x2x9z", "ffmpeg", "Deployment", "encoder"),
         "from the list"
     );
+    // The same identity, in OpenTelemetry's words, on the pipeline's spans.
+    let root = otlp.wait_for("the pipeline's root span", Duration::from_secs(30), |r| {
+        r.spans
+            .iter()
+            .find(|s| {
+                s.parent_span_id.is_empty()
+                    && attr_int(&s.attributes, "process.pid") == Some(pid as i64)
+            })
+            .cloned()
+    });
+    for (k, v) in [
+        ("k8s.namespace.name", "media"),
+        ("k8s.pod.name", "encoder-7d4b9c-x2x9z"),
+        ("k8s.container.name", "ffmpeg"),
+        ("k8s.node.name", NODE),
+        ("k8s.deployment.name", "encoder"),
+        ("container.id", ID_A1),
+    ] {
+        assert_eq!(attr_str(&root.attributes, k).as_deref(), Some(v), "{k}");
+    }
     // Only this node's pods were asked for.
     let requests = api.requests.lock().unwrap().clone();
     assert!(

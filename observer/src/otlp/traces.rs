@@ -134,6 +134,8 @@ pub struct Traces {
     processes: HashMap<u32, ProcessSpan>,
     streams: HashMap<StreamId, StreamSpan>,
     frame_ids: u64,
+    /// This node's pods, on Kubernetes: their identity goes on the spans of their containers.
+    pods: Option<crate::kubernetes::PodIndex>,
 }
 
 /// splitmix64's finalizer: a cheap, well-mixed 64-bit hash step.
@@ -167,7 +169,42 @@ impl Traces {
             processes: HashMap::new(),
             streams: HashMap::new(),
             frame_ids: mix(seed ^ streams::clock_offset_ns() as u64),
+            pods: None,
         }
+    }
+
+    pub fn set_pods(&mut self, pods: Option<crate::kubernetes::PodIndex>) {
+        self.pods = pods;
+    }
+
+    /// OpenTelemetry's `k8s.*` resource attributes of a container, when a pod of this node
+    /// lists it.
+    fn k8s(&self, container: Option<&str>) -> Vec<KeyValue> {
+        let (Some(pods), Some(c)) = (&self.pods, container) else {
+            return Vec::new();
+        };
+        let Some(pc) = pods.container(c) else {
+            return Vec::new();
+        };
+        let workload = match pc.workload_kind.as_str() {
+            "Deployment" => Some("k8s.deployment.name"),
+            "StatefulSet" => Some("k8s.statefulset.name"),
+            "DaemonSet" => Some("k8s.daemonset.name"),
+            "ReplicaSet" => Some("k8s.replicaset.name"),
+            "Job" => Some("k8s.job.name"),
+            "CronJob" => Some("k8s.cronjob.name"),
+            _ => None,
+        };
+        let mut v = vec![
+            KeyValue::new("k8s.namespace.name", pc.namespace),
+            KeyValue::new("k8s.pod.name", pc.pod),
+            KeyValue::new("k8s.container.name", pc.container),
+            KeyValue::new("k8s.node.name", pods.node.clone()),
+        ];
+        if let Some(k) = workload {
+            v.push(KeyValue::new(k, pc.workload_name));
+        }
+        v
     }
 
     pub fn wall(&self, ktime_ns: u64) -> SystemTime {
@@ -384,6 +421,7 @@ impl Traces {
         if let Some(c) = &r.container_id {
             attrs.push(KeyValue::new("container.id", c.clone()));
         }
+        attrs.extend(self.k8s(r.container_id.as_deref()));
         if r.direction() == Direction::Filter {
             attrs.push(KeyValue::new("media.frames_in", r.stream.in_count as i64));
             attrs.push(KeyValue::new("media.frames_out", r.stream.out_count as i64));
@@ -460,6 +498,7 @@ impl Traces {
         if let Some(c) = &p.container_id {
             attrs.push(KeyValue::new("container.id", c.clone()));
         }
+        let container = p.container_id.clone();
         if unfinished {
             attrs.push(KeyValue::new("media.unfinished", true));
         }
@@ -469,6 +508,7 @@ impl Traces {
             p.start,
             format!("pipeline {}", p.name),
         );
+        attrs.extend(self.k8s(container.as_deref()));
         let span = self.span(
             trace_id,
             span_id,
