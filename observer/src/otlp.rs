@@ -367,21 +367,26 @@ impl Otlp {
         };
         let mut tasks = Vec::new();
 
-        let builder = opentelemetry_otlp::SpanExporter::builder();
-        let mut spans = match opts.otlp_protocol {
-            OtlpProtocol::Grpc => builder
-                .with_tonic()
-                .with_endpoint(&base)
-                .with_timeout(opts.otlp_timeout)
-                .build(),
-            OtlpProtocol::HttpProtobuf => builder
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(format!("{base}/v1/traces"))
-                .with_timeout(opts.otlp_timeout)
-                .build(),
+        // The span and log exporters' builders are different types with the same methods.
+        macro_rules! exporter {
+            ($builder:expr, $path:literal) => {
+                match opts.otlp_protocol {
+                    OtlpProtocol::Grpc => $builder
+                        .with_tonic()
+                        .with_endpoint(&base)
+                        .with_timeout(opts.otlp_timeout)
+                        .build(),
+                    OtlpProtocol::HttpProtobuf => $builder
+                        .with_http()
+                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                        .with_endpoint(format!("{base}{}", $path))
+                        .with_timeout(opts.otlp_timeout)
+                        .build(),
+                }
+            };
         }
-        .map_err(|e| build_err("traces", e))?;
+        let mut spans = exporter!(opentelemetry_otlp::SpanExporter::builder(), "/v1/traces")
+            .map_err(|e| build_err("traces", e))?;
         spans.set_resource(&res);
         let spans = Arc::new(spans);
         let (span_queue, first) = queue::<SpanData>(&stats, Signal::Traces, opts.otlp_queue_size);
@@ -400,21 +405,8 @@ impl Otlp {
         let mut logger = None;
         let mut provider = None;
         if let Some(pipe) = log_pipe {
-            let builder = opentelemetry_otlp::LogExporter::builder();
-            let mut exporter = match opts.otlp_protocol {
-                OtlpProtocol::Grpc => builder
-                    .with_tonic()
-                    .with_endpoint(&base)
-                    .with_timeout(opts.otlp_timeout)
-                    .build(),
-                OtlpProtocol::HttpProtobuf => builder
-                    .with_http()
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                    .with_endpoint(format!("{base}/v1/logs"))
-                    .with_timeout(opts.otlp_timeout)
-                    .build(),
-            }
-            .map_err(|e| build_err("logs", e))?;
+            let mut exporter = exporter!(opentelemetry_otlp::LogExporter::builder(), "/v1/logs")
+                .map_err(|e| build_err("logs", e))?;
             opentelemetry_sdk::logs::LogExporter::set_resource(&mut exporter, &res);
             let exporter = Arc::new(exporter);
             tasks.push(tokio::spawn(drain(

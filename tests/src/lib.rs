@@ -9,6 +9,7 @@ pub mod media;
 pub mod net;
 pub mod otlp;
 pub mod prom;
+pub mod prometheus;
 
 use std::{
     io::Read as _,

@@ -328,16 +328,7 @@ fn observer_top_shows_live_streams_with_their_rates_sorted() {
     let _quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&[]);
     // Two live encoders at known frame rates (-re: real time).
-    let live = |rate: u32| {
-        ffmpeg()
-            .args(["-re", "-f", "lavfi", "-i"])
-            .arg(format!("testsrc2=size=64x48:rate={rate}"))
-            .args(["-t", "8", "-c:v", "mpeg4", "-f", "null", "-"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let live = |rate| live_encoder(rate, 8);
     let mut fast = live(25);
     let mut slow = live(10);
     std::thread::sleep(Duration::from_secs(3));
@@ -457,16 +448,7 @@ impl Drop for Tmux {
 fn observer_top_in_a_terminal_sorts_on_keys_and_quits_on_q() {
     let _quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&[]);
-    let live = |rate: u32| {
-        ffmpeg()
-            .args(["-re", "-f", "lavfi", "-i"])
-            .arg(format!("testsrc2=size=64x48:rate={rate}"))
-            .args(["-t", "12", "-c:v", "mpeg4", "-f", "null", "-"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let live = |rate| live_encoder(rate, 12);
     let mut fast = live(25);
     let mut slow = live(5);
     let bin = std::env::var("OBSERVER_BIN").unwrap();
@@ -512,4 +494,18 @@ fn observer_top_in_a_terminal_sorts_on_keys_and_quits_on_q() {
     let _ = slow.kill();
     let _ = fast.wait();
     let _ = slow.wait();
+}
+
+/// An encoder running in real time (-re) at `rate` frames a second for `secs` seconds.
+fn live_encoder(rate: u32, secs: u32) -> std::process::Child {
+    ffmpeg()
+        .args(["-re", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size=64x48:rate={rate}"))
+        .arg("-t")
+        .arg(secs.to_string())
+        .args(["-c:v", "mpeg4", "-f", "null", "-"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }

@@ -4,11 +4,11 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use observer_tests::{Daemon, ffmpeg, media, run, tempdir};
+use observer_tests::{Daemon, ffmpeg, media, prometheus::Prometheus, run, tempdir};
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -87,60 +87,14 @@ fn prometheus_and_alertmanager_configs_are_valid() {
     );
 }
 
-struct Prometheus(Child);
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn query(port: u16, q: &str) -> serde_json::Value {
-    let mut r = ureq::get(&format!("http://127.0.0.1:{port}/api/v1/query"))
-        .query("query", q)
-        .call()
-        .expect("Prometheus query");
-    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
-}
-
 /// A real Prometheus scrapes a real daemon, with the shipped rules loaded: the pipeline's
 /// counts arrive as the daemon reports them, and every rule evaluates without error.
 #[test]
 fn a_real_prometheus_scrapes_the_daemon_with_the_rules_loaded() {
     let d = Daemon::start(&[]);
     let dir = tempdir("prometheus");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::copy(deploy().join("prometheus/rules.yml"), dir.join("rules.yml")).unwrap();
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [rules.yml]\n\
-             scrape_configs:\n  - job_name: observer\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-            d.port
-        ),
-    )
-    .unwrap();
-    let _prom = Prometheus(
-        Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus (cargo xtask test installs it)"),
-    );
+    let rules = std::fs::read_to_string(deploy().join("prometheus/rules.yml")).unwrap();
+    let prom = Prometheus::start(&dir, d.port, &rules);
     let input = media::h264_aac_mp4();
     let (pid, _) = run(ffmpeg()
         .args(["-threads", "1", "-i"])
@@ -160,7 +114,7 @@ fn a_real_prometheus_scrapes_the_daemon_with_the_rules_loaded() {
     );
     let t0 = Instant::now();
     loop {
-        let r = query(port, &q);
+        let r = prom.query(&q);
         let got = r["data"]["result"][0]["value"][1]
             .as_str()
             .and_then(|v| v.parse::<f64>().ok());
@@ -200,7 +154,7 @@ fn a_real_prometheus_scrapes_the_daemon_with_the_rules_loaded() {
                     .replace("$stream", &stream)
                     .replace("$__rate_interval", "1m")
                     .replace("$__range", "1h");
-                let r = query(port, &q);
+                let r = prom.query(&q);
                 assert_eq!(r["status"], "success", "{}: {q}: {r}", path.display());
                 queries += 1;
                 for name in q
@@ -224,11 +178,7 @@ fn a_real_prometheus_scrapes_the_daemon_with_the_rules_loaded() {
     // Every rule has been evaluated, none failed, and nothing fires on a healthy node.
     let t0 = Instant::now();
     loop {
-        let mut r = ureq::get(&format!("http://127.0.0.1:{port}/api/v1/rules"))
-            .call()
-            .unwrap();
-        let v: serde_json::Value =
-            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        let v = prom.api("/api/v1/rules", &[]);
         let rules: Vec<&serde_json::Value> = v["data"]["groups"]
             .as_array()
             .unwrap()

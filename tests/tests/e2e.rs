@@ -6,11 +6,14 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
-use observer_tests::{Daemon, media::fixture, net::Link, nvml_standin, otlp::Receiver, tempdir};
+use observer_tests::{
+    Daemon, media::fixture, net::Link, nvml_standin, otlp::Receiver, prometheus::Prometheus,
+    tempdir,
+};
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -23,15 +26,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn get(port: u16, path: &str, query: &[(&str, &str)]) -> serde_json::Value {
-    let mut req = ureq::get(&format!("http://127.0.0.1:{port}{path}"));
-    for (k, v) in query {
-        req = req.query(*k, *v);
-    }
-    let mut r = req.call().expect("Prometheus API");
-    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
 }
 
 /// The shipped rules with their windows shortened (minutes to seconds), so a test can see an
@@ -56,8 +50,8 @@ fn fast_rules(text: &str) -> String {
 }
 
 /// Firing alerts named `name`, as Prometheus reports them.
-fn firing(port: u16, name: &str) -> Vec<serde_json::Value> {
-    get(port, "/api/v1/alerts", &[])["data"]["alerts"]
+fn firing(prom: &Prometheus, name: &str) -> Vec<serde_json::Value> {
+    prom.api("/api/v1/alerts", &[])["data"]["alerts"]
         .as_array()
         .unwrap()
         .iter()
@@ -137,38 +131,8 @@ fn loss_fires_the_alert_and_every_dashboard_panel_has_data() {
         ],
     );
     // Prometheus: the daemon every second, the shipped rules with short windows.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let rules = std::fs::read_to_string(deploy().join("prometheus/rules.yml")).unwrap();
-    std::fs::write(dir.join("rules.yml"), fast_rules(&rules)).unwrap();
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [rules.yml]\n\
-             scrape_configs:\n  - job_name: observer\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-            d.port
-        ),
-    )
-    .unwrap();
-    let _prom = Killed(
-        Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus (cargo xtask test installs it)"),
-    );
+    let prom = Prometheus::start(&dir, d.port, &fast_rules(&rules));
     // The receiver starts after the daemon, as pipelines on a watched node do: its socket is
     // followed from its creation.
     let receiver = Killed(
@@ -213,8 +177,7 @@ fn loss_fires_the_alert_and_every_dashboard_panel_has_data() {
     // Clean first: no loss alert.
     let t0 = Instant::now();
     loop {
-        let r = get(
-            port,
+        let r = prom.api(
             "/api/v1/query",
             &[(
                 "query",
@@ -239,7 +202,7 @@ fn loss_fires_the_alert_and_every_dashboard_panel_has_data() {
     }
     std::thread::sleep(Duration::from_secs(8));
     assert!(
-        firing(port, "MediaPacketLossHigh").is_empty(),
+        firing(&prom, "MediaPacketLossHigh").is_empty(),
         "loss alert without loss"
     );
 
@@ -255,19 +218,19 @@ fn loss_fires_the_alert_and_every_dashboard_panel_has_data() {
     // SAFETY: as above.
     unsafe { libc::kill(rx_pid as i32, libc::SIGCONT) };
     let t0 = Instant::now();
-    while !firing(port, "MediaPacketLossHigh")
+    while !firing(&prom, "MediaPacketLossHigh")
         .iter()
         .any(|a| a["labels"]["pid"] == p.as_str())
     {
         if t0.elapsed() > Duration::from_secs(40) {
-            let q = |q: &str| get(port, "/api/v1/query", &[("query", q)])["data"]["result"].clone();
+            let q = |q: &str| prom.api("/api/v1/query", &[("query", q)])["data"]["result"].clone();
             panic!(
                 "the packet-loss alert did not fire; dropped {:?}\nlost: {}\nreceived: {}\ndrops: {}\nalerts: {}",
                 link.counter("dropped"),
                 q("media_io_rtp_packets_lost_total"),
                 q("media_io_rtp_packets_received_total"),
                 q("media_io_kernel_drops_total"),
-                get(port, "/api/v1/alerts", &[])
+                prom.api("/api/v1/alerts", &[])
             );
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -278,7 +241,7 @@ fn loss_fires_the_alert_and_every_dashboard_panel_has_data() {
     // The decoder meets the damage (errors, not concealment: -err_detect explode).
     wait("the decoder's errors", Duration::from_secs(40), || {
         let q = format!("media_codec_errors_total{{pid=\"{p}\",direction=\"decode\"}}");
-        get(port, "/api/v1/query", &[("query", &q)])["data"]["result"]
+        prom.api("/api/v1/query", &[("query", &q)])["data"]["result"]
             .as_array()
             .is_some_and(|a| !a.is_empty())
     });
@@ -288,7 +251,7 @@ fn loss_fires_the_alert_and_every_dashboard_panel_has_data() {
     // the encoder's.
     let stream_of = |direction: &str| {
         let q = format!("media_stream_info{{pid=\"{p}\",direction=\"{direction}\"}}");
-        get(port, "/api/v1/query", &[("query", &q)])["data"]["result"][0]["metric"]["stream"]
+        prom.api("/api/v1/query", &[("query", &q)])["data"]["result"][0]["metric"]["stream"]
             .as_str()
             .unwrap()
             .to_string()
@@ -310,7 +273,7 @@ fn loss_fires_the_alert_and_every_dashboard_panel_has_data() {
                     .replace("$__rate_interval", "15s")
                     .replace("$__range", "5m");
                 queries += 1;
-                let r = get(port, "/api/v1/query", &[("query", &q)]);
+                let r = prom.api("/api/v1/query", &[("query", &q)]);
                 assert_eq!(r["status"], "success", "{q}: {r}");
                 if r["data"]["result"].as_array().is_none_or(|a| a.is_empty()) {
                     empty.push(format!(
@@ -339,7 +302,7 @@ fn loss_fires_the_alert_and_every_dashboard_panel_has_data() {
         "the packet-loss alert to resolve",
         Duration::from_secs(40),
         || {
-            !firing(port, "MediaPacketLossHigh")
+            !firing(&prom, "MediaPacketLossHigh")
                 .iter()
                 .any(|a| a["labels"]["pid"] == p.as_str())
         },

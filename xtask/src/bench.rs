@@ -242,6 +242,15 @@ fn account(bin: &Path, port: u16, args: &[String]) -> anyhow::Result<(u64, u64)>
     Ok((hits, ns))
 }
 
+/// Ratios of `samples` to `base` run by run (the modes ran back to back, so slow drift on a
+/// noisy machine cancels): median and interquartile range over the rounds.
+fn paired(samples: &[Sample], base: &[Sample], f: impl Fn(&Sample) -> f64) -> (f64, f64, f64) {
+    let mut r: Vec<f64> = samples.iter().zip(base).map(|(m, a)| f(m) / f(a)).collect();
+    r.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| r[((r.len() - 1) as f64 * p).round() as usize];
+    (q(0.5), q(0.25), q(0.75))
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -318,16 +327,7 @@ pub fn run(
             .collect();
         // Ratios within each round (the modes ran back to back), so slow drift on a noisy
         // machine cancels; median and interquartile range over the rounds.
-        let paired = |i: usize, f: fn(&Sample) -> f64| -> (f64, f64, f64) {
-            let mut r: Vec<f64> = samples[i]
-                .iter()
-                .zip(&samples[0])
-                .map(|(m, a)| f(m) / f(a))
-                .collect();
-            r.sort_by(|a, b| a.total_cmp(b));
-            let q = |p: f64| r[((r.len() - 1) as f64 * p).round() as usize];
-            (q(0.5), q(0.25), q(0.75))
-        };
+        let paired = |i: usize, f: fn(&Sample) -> f64| paired(&samples[i], &samples[0], f);
         let _ = writeln!(
             report,
             "{} [{}]",
@@ -544,20 +544,11 @@ fn ingest(
     let mut ratio = 0.0;
     for (i, (name, _)) in MODES.iter().enumerate() {
         let cpu = median(&mut samples[i].iter().map(|x| x.cpu).collect::<Vec<_>>());
-        let mut r: Vec<f64> = samples[i]
-            .iter()
-            .zip(&samples[0])
-            .map(|(m, a)| m.cpu / a.cpu)
-            .collect();
-        r.sort_by(|a, b| a.total_cmp(b));
-        let q = |p: f64| r[((r.len() - 1) as f64 * p).round() as usize];
-        ratio = q(0.5);
+        let (q50, q25, q75) = paired(&samples[i], &samples[0], |x| x.cpu);
+        ratio = q50;
         let _ = writeln!(
             report,
-            "| {name} | {cpu:.3} | {:.3}x ({:.3}-{:.3}) |",
-            q(0.5),
-            q(0.25),
-            q(0.75)
+            "| {name} | {cpu:.3} | {q50:.3}x ({q25:.3}-{q75:.3}) |"
         );
     }
     // The per-datagram program's exact cost, from the kernel's BPF statistics: time inside
@@ -794,19 +785,10 @@ fn frame_spans(
     let _ = writeln!(report, "|---|---|---|---|---|");
     for (i, (name, _)) in modes.iter().enumerate() {
         let wall = median(&mut pipeline[i].iter().map(|x| x.wall).collect::<Vec<_>>());
-        let mut r: Vec<f64> = pipeline[i]
-            .iter()
-            .zip(&pipeline[0])
-            .map(|(m, a)| m.wall / a.wall)
-            .collect();
-        r.sort_by(|a, b| a.total_cmp(b));
-        let q = |p: f64| r[((r.len() - 1) as f64 * p).round() as usize];
+        let (q50, q25, q75) = paired(&pipeline[i], &pipeline[0], |x| x.wall);
         let _ = writeln!(
             report,
-            "| {name} | {wall:.3} | {:.3}x ({:.3}-{:.3}) | {:.3} | {:.0} |",
-            q(0.5),
-            q(0.25),
-            q(0.75),
+            "| {name} | {wall:.3} | {q50:.3}x ({q25:.3}-{q75:.3}) | {:.3} | {:.0} |",
             median(&mut daemon_cpu[i]),
             exported[i]
         );
