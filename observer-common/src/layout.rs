@@ -56,7 +56,10 @@ pub struct LibLayout {
     // AVHWDeviceContext), and AVHWDeviceContext.type (libavutil of the same release).
     pub ctx_hw_device_ctx: u16,
     pub hwdev_type: u16,
-    pub _pad: [u16; 2],
+    /// AVCodecContext.framerate (AVRational): the nominal frame rate the caller set (an
+    /// encoder's output rate; a decoder's, where the caller or the bitstream gives one).
+    pub ctx_framerate: u16,
+    pub _pad: u16,
 }
 
 crate::user_pod!(LibLayout);

@@ -217,6 +217,8 @@ pub struct Stream {
     pub channels: u32,
     /// `AVHWDeviceType` of the context's `hw_device_ctx` at open (0: none).
     pub hw_device_type: u32,
+    /// AVCodecContext.framerate at open (num, den); 0/0 when the caller set none.
+    pub frame_rate: [i32; 2],
     pub bit_rate: i64,
     /// Address of the codec's name in the process. BPF cannot fault pages in, so when the
     /// name's page is not resident yet the kernel leaves `codec_name` empty and the daemon

@@ -353,7 +353,9 @@ const STABLE: LibLayout = LibLayout {
     ctx_hw_device_ctx: 0,
     // AVHWDeviceContext lost its `internal` pointer in libavutil 59 (FFmpeg 7).
     hwdev_type: 16,
-    _pad: [0; 2],
+    // Moved up next to time_base and pkt_timebase in libavcodec 61.
+    ctx_framerate: 100,
+    _pad: 0,
 };
 
 pub const LAYOUTS: &[LayoutRow] = &[
@@ -364,6 +366,7 @@ pub const LAYOUTS: &[LayoutRow] = &[
         layout: LibLayout {
             lavc_major: 58,
             ctx_hw_device_ctx: 1032,
+            ctx_framerate: 872,
             ctx_sample_rate: 400,
             ctx_sample_fmt: 408,
             // `channels`; AVChannelLayout came in 59.
@@ -379,6 +382,7 @@ pub const LAYOUTS: &[LayoutRow] = &[
         layout: LibLayout {
             lavc_major: 59,
             ctx_hw_device_ctx: 872,
+            ctx_framerate: 712,
             ctx_sample_rate: 352,
             ctx_sample_fmt: 360,
             // ch_layout (920) + 4: AVChannelLayout.nb_channels. The deprecated `channels`
@@ -395,6 +399,8 @@ pub const LAYOUTS: &[LayoutRow] = &[
         layout: LibLayout {
             lavc_major: 60,
             ctx_hw_device_ctx: 864,
+            // framerate, sw_pix_fmt, then option "pkt_timebase" 716, as in 58 and 59.
+            ctx_framerate: 704,
             // Between 59 (16) and 61 (8), and PyAV's build has no hardware device type to
             // find it with: not read (the hwaccel label then goes by codec name only).
             hwdev_type: ABSENT,
@@ -510,6 +516,7 @@ fields! {
     fmt_pb: "AVFormatContext" ["pb"],
     ctx_hw_device_ctx: "AVCodecContext" ["hw_device_ctx"],
     hwdev_type: "AVHWDeviceContext" ["type"],
+    ctx_framerate: "AVCodecContext" ["framerate"],
 }
 
 pub fn layout_for(lavc_major: u32) -> Option<&'static LayoutRow> {

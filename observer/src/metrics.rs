@@ -364,6 +364,16 @@ fn stream_families(
             &labels,
             if r.ended.is_none() { 1.0 } else { 0.0 },
         );
+        let [num, den] = s.frame_rate;
+        if !aggregate && num > 0 && den > 0 {
+            f.add(
+                "media_stream_nominal_frame_rate",
+                MetricType::GAUGE,
+                "The codec context's framerate at open: an encoder's output rate, a decoder's where its caller set one (frames per second)",
+                &labels,
+                num as f64 / den as f64,
+            );
+        }
         if !aggregate && s.bit_rate > 0 {
             f.add(
                 "media_stream_bitrate_target_bits_per_second",

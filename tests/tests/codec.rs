@@ -192,6 +192,15 @@ fn transcode_counts_equal_ffprobe() {
                 ("media_keyframes_total", t.key_packets),
             ],
         );
+        // The encoders' nominal frame rate, as the frame-rate alert compares output against
+        // (the ffmpeg CLI sets the output rate on the encoder before opening it).
+        if t.media == "video" {
+            assert_eq!(
+                s.value("media_stream_nominal_frame_rate", &l),
+                Some(25.0),
+                "nominal frame rate of {l:?}"
+            );
+        }
         // The configured targets, as the bit-rate alert compares output against.
         let target = if t.media == "video" {
             300_000.0

@@ -36,7 +36,7 @@ fn alert_rules_pass_their_unit_tests() {
             .arg("rules")
             .arg(dir.join("rules.yml")),
     );
-    assert!(text.contains("SUCCESS: 11 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 12 rules found"), "{text}");
     let text = check(
         Command::new("promtool")
             .args(["test", "rules"])
@@ -53,7 +53,7 @@ fn every_alert_has_a_test_a_summary_a_description_and_a_runbook() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 11);
+    assert_eq!(alerts.len(), 12);
     for a in &alerts {
         assert!(
             tests.contains(&format!(
@@ -185,7 +185,7 @@ fn a_real_prometheus_scrapes_the_daemon_with_the_rules_loaded() {
             .iter()
             .flat_map(|g| g["rules"].as_array().unwrap())
             .collect();
-        assert_eq!(rules.len(), 11);
+        assert_eq!(rules.len(), 12);
         let evaluated = rules.iter().all(|r| r["health"] == "ok");
         if evaluated {
             for r in &rules {

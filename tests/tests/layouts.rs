@@ -216,6 +216,15 @@ fn offsets_match_the_option_tables_of_majors_without_headers() {
                 .unwrap_or_else(|| panic!("no option {name} in {major}"))
         };
         assert_eq!(l.ctx_bit_rate, opt("b"), "{major} bit_rate");
+        // framerate sits 12 bytes before pkt_timebase (framerate, sw_pix_fmt, pkt_timebase)
+        // up to 60, and right after it from 61 on (time_base, pkt_timebase, framerate), as the
+        // headers of 58, 59, 61 and 63 show.
+        let framerate = if major <= 60 {
+            opt("pkt_timebase") - 12
+        } else {
+            opt("pkt_timebase") + 8
+        };
+        assert_eq!(l.ctx_framerate, framerate, "{major} framerate");
         assert_eq!(l.ctx_width, opt("video_size"), "{major} width");
         assert_eq!(l.ctx_height, opt("video_size") + 4, "{major} height");
         assert_eq!(l.ctx_pix_fmt, opt("pixel_format"), "{major} pix_fmt");

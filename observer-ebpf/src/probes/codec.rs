@@ -251,6 +251,9 @@ fn describe_codec(s: &mut Stream, l: &LibLayout, ctx: u64) -> bool {
         s.hw_device_type = t;
     }
     s.bit_rate = field::<i64>(ctx, l.ctx_bit_rate).unwrap_or(0);
+    if let Some(fr) = field::<[i32; 2]>(ctx, l.ctx_framerate) {
+        s.frame_rate = fr;
+    }
     let w = field::<i32>(ctx, l.ctx_width).unwrap_or(0);
     let h = field::<i32>(ctx, l.ctx_height).unwrap_or(0);
     if !(0..=65536).contains(&w) || !(0..=65536).contains(&h) {
