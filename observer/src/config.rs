@@ -230,8 +230,9 @@ pub struct Options {
     #[arg(long, env = "OBSERVER_OTLP_METRICS_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub otlp_metrics_interval: Duration,
 
-    /// Spans (and, apart, log records) waiting for export at most; beyond it new ones are
-    /// dropped and counted (`observer_otlp_dropped_total`).
+    /// Items waiting for export at most, in each of three queues (spans of processes and
+    /// streams, frame spans, log records); beyond it new ones are dropped and counted
+    /// (`observer_otlp_dropped_total`).
     #[arg(long, env = "OTEL_BSP_MAX_QUEUE_SIZE", default_value_t = 8192)]
     pub otlp_queue_size: usize,
 

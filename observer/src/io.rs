@@ -73,6 +73,11 @@ impl IoRecord {
         }
     }
 
+    /// Packets the kernel dropped at the io's sockets, every reason together.
+    pub fn kernel_drops(&self) -> u64 {
+        self.io.drops.iter().map(|d| d.count).sum()
+    }
+
     /// Whether the io is open and has moved nothing for `after`.
     pub fn stalled(&self, now_wall: f64, after: Duration) -> bool {
         if self.ended.is_some() || self.io.opened == 0 {

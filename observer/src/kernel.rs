@@ -354,6 +354,11 @@ impl Kernel {
     /// The generation of the stream of `tgid` on context `ctx`: live, or ended and not yet
     /// collected (a short pipeline can free its codec before the daemon reads its messages).
     pub fn stream_opened(&self, tgid: u32, ctx: u64) -> Option<u64> {
+        // Messages logged with no context (most of the ffmpeg CLI's own) are no stream's: no
+        // map lookups for them.
+        if ctx == 0 {
+            return None;
+        }
         if let Ok(s) = self.streams.get(&StreamKey { tgid, _pad: 0, ctx }, 0) {
             return Some(s.opened_ns);
         }

@@ -114,10 +114,10 @@ async fn streams(State(state): State<SharedState>) -> impl IntoResponse {
             let st = &r.stream;
             let dir = r.direction();
             let io = (st.io != 0).then(|| s.ios.get(r.pid(), st.io)).flatten();
-            let (frames, packets, bytes) = match dir {
-                Direction::Decode => (st.out_count, st.in_count, st.in_bytes),
-                Direction::Filter => (st.out_count, 0, 0),
-                _ => (st.in_count, st.out_count, st.out_bytes),
+            let (frames, packets, bytes) = if dir == Direction::Filter {
+                (st.out_count, 0, 0)
+            } else {
+                r.totals()
             };
             StreamView {
                 stream: r.label.clone(),
@@ -144,9 +144,7 @@ async fn streams(State(state): State<SharedState>) -> impl IntoResponse {
                 up: r.ended.is_none(),
                 hwaccel: crate::ffmpeg::hwaccel(&r.codec(), st.hw_device_type).into(),
                 io: io.map(|i| i.label.clone()).unwrap_or_default(),
-                lost: io.map_or(0, |i| {
-                    i.rtp_lost + i.io.ts_cc_errors + i.io.drops.iter().map(|d| d.count).sum::<u64>()
-                }),
+                lost: io.map_or(0, |i| i.rtp_lost + i.io.ts_cc_errors + i.kernel_drops()),
             }
         })
         .collect::<Vec<_>>();
@@ -204,7 +202,7 @@ async fn ios(State(state): State<SharedState>) -> impl IntoResponse {
                 corrupt_packets: io.corrupt_packets,
                 mpegts_continuity_errors: io.ts_cc_errors,
                 rtp_lost: r.rtp_lost,
-                kernel_drops: io.drops.iter().map(|d| d.count).sum(),
+                kernel_drops: r.kernel_drops(),
                 tcp_retransmits: io.tcp_retransmits,
                 stalled: r.stalled(now, s.stall_after),
                 up: r.ended.is_none(),

@@ -179,10 +179,7 @@ impl Registry {
             .map(|p| p.comm.clone())
             .or_else(|| procfs::comm(s.tgid))
             .unwrap_or_else(|| cstr(&s.comm));
-        let container_id = match known {
-            Some(p) => p.container.as_ref().map(|c| c.id.clone()),
-            None => crate::container::of_process(s.tgid).map(|c| c.id),
-        };
+        let container_id = tracker.container_id(s.tgid);
         let lavc_major = kernel.lavc_major(s.slot);
         let mut s = s;
         if let Some(name) = name {

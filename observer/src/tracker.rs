@@ -293,6 +293,15 @@ impl Tracker {
         a.file.identifier_at(a.handle.as_ref()?, open_ip, name_ptr)
     }
 
+    /// The id of the container `pid` runs in: as read at its scan, or from /proc now for a
+    /// process the tracker does not know.
+    pub fn container_id(&self, pid: u32) -> Option<String> {
+        match self.process(pid) {
+            Some(p) => p.container.as_ref().map(|c| c.id.clone()),
+            None => crate::container::of_process(pid).map(|c| c.id),
+        }
+    }
+
     pub fn process(&self, pid: u32) -> Option<&Process> {
         self.processes.get(&pid)
     }

@@ -69,7 +69,7 @@ impl Loss {
         Loss {
             rtp_lost: io.rtp_lost,
             continuity_errors: io.io.ts_cc_errors,
-            kernel_drops: io.io.drops.iter().map(|d| d.count).sum(),
+            kernel_drops: io.kernel_drops(),
             corrupt_packets: io.io.corrupt_packets,
             tcp_retransmits: io.io.tcp_retransmits,
         }
@@ -243,10 +243,7 @@ impl Traces {
                 command_line: known
                     .and_then(|p| p.command_line.clone())
                     .or_else(|| procfs::cmdline(pid).map(|c| redact::redact_text(&c))),
-                container_id: match known {
-                    Some(p) => p.container.as_ref().map(|c| c.id.clone()),
-                    None => crate::container::of_process(pid).map(|c| c.id),
-                },
+                container_id: tracker.container_id(pid),
                 streams: 0,
                 open_streams: 0,
                 ended: None,
