@@ -11,7 +11,12 @@ use std::{
 };
 
 use observer_tests::{
-    Daemon, media::fixture, net::Link, nvml_standin, otlp::Receiver, prometheus::Prometheus,
+    Daemon,
+    media::fixture,
+    net::Link,
+    nvml_standin,
+    otlp::{Receiver, attr_int},
+    prometheus::Prometheus,
     tempdir,
 };
 
@@ -307,4 +312,46 @@ fn loss_fires_the_alert_and_every_dashboard_panel_has_data() {
                 .any(|a| a["labels"]["pid"] == p.as_str())
         },
     );
+
+    // The receiver stops: its decoder's span carries the loss bursts as events, adding up to
+    // the totals on the span and on /metrics.
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(rx_pid as i32, libc::SIGINT) };
+    let s = d.wait_ended(rx_pid);
+    let input = s
+        .one("media_io_info", &[("pid", &p), ("direction", "input")])
+        .and_then(|x| x.label("io").cloned())
+        .expect("the receiver's input");
+    let metric = |name: &str| s.sum(name, &[("io", &input)]) as i64;
+    let span = otlp.wait_for("the decoder's span", Duration::from_secs(30), |r| {
+        r.spans
+            .iter()
+            .find(|x| {
+                x.name == "decode h264"
+                    && attr_int(&x.attributes, "process.pid") == Some(rx_pid as i64)
+            })
+            .cloned()
+    });
+    let bursts: Vec<_> = span
+        .events
+        .iter()
+        .filter(|e| e.name == "packet loss")
+        .collect();
+    assert!(!bursts.is_empty(), "no packet-loss events: {span:?}");
+    for (attr, name) in [
+        ("media.io.rtp_lost", "media_io_rtp_packets_lost_total"),
+        ("media.io.kernel_drops", "media_io_kernel_drops_total"),
+    ] {
+        let events: i64 = bursts
+            .iter()
+            .filter_map(|e| attr_int(&e.attributes, attr))
+            .sum();
+        assert!(events > 0, "{attr} in no event");
+        assert_eq!(
+            Some(events),
+            attr_int(&span.attributes, attr),
+            "{attr}: events and span"
+        );
+        assert_eq!(events, metric(name), "{attr}: span and {name}");
+    }
 }

@@ -434,3 +434,54 @@ fn otlp_metrics_carry_what_prometheus_shows() {
     let s = d.scrape();
     assert!(s.expect("observer_otlp_exported_total", &[("signal", "metrics")]) > 0.0);
 }
+
+#[test]
+fn a_resolution_change_is_an_event_on_the_decoders_span() {
+    let _serial = serial();
+    let rx = Receiver::start();
+    let url = rx.http_url();
+    let d = Daemon::start_env(&[], &otlp_env(&url, "http/protobuf"));
+    let clip = |name: &str, size: &str| {
+        fixture(
+            name,
+            &[
+                "-f",
+                "lavfi",
+                "-i",
+                &format!("testsrc2=size={size}:rate=25:duration=2"),
+                "-c:v",
+                "libx264",
+                "-f",
+                "mpegts",
+                "{out}",
+            ],
+        )
+    };
+    let (big, small) = (clip("res-320.ts", "320x240"), clip("res-160.ts", "160x120"));
+    // Real time, so the daemon's collections see both sizes.
+    let (pid, _) = run(ffmpeg()
+        .args(["-re", "-threads", "1", "-i"])
+        .arg(format!("concat:{}|{}", big.display(), small.display()))
+        .args(["-f", "null", "-"]));
+    d.wait_ended(pid);
+    let span = rx.wait_for("the decoder's span", SECS, |r| {
+        r.spans
+            .iter()
+            .find(|s| {
+                s.name == "decode h264"
+                    && attr_int(&s.attributes, "process.pid") == Some(pid as i64)
+            })
+            .cloned()
+    });
+    let change = span
+        .events
+        .iter()
+        .find(|e| e.name == "parameters changed")
+        .unwrap_or_else(|| panic!("no parameters-changed event: {span:?}"));
+    let a = &change.attributes;
+    assert_eq!(attr_int(a, "media.previous.width"), Some(320));
+    assert_eq!(attr_int(a, "media.previous.height"), Some(240));
+    assert_eq!(attr_int(a, "media.width"), Some(160));
+    assert_eq!(attr_int(a, "media.height"), Some(120));
+    assert_eq!(attr_int(&span.attributes, "media.width"), Some(160));
+}
