@@ -107,6 +107,11 @@ pub struct IoRegistry {
 }
 
 impl IoRegistry {
+    /// Inputs and outputs held (open, and ended within the grace period).
+    pub fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
     pub fn new(grace: Duration, max: usize) -> Self {
         IoRegistry {
             records: BTreeMap::new(),
@@ -192,11 +197,12 @@ impl IoRegistry {
 
     /// Reads the kernel's ios; closed ones and those of processes that are gone are taken
     /// out of the kernel map after this last read.
-    pub fn collect(&mut self, kernel: &mut Kernel, tracker: &Tracker) {
+    /// Takes `ios`, the kernel's io map as read just before ([`Kernel::ios`]).
+    pub fn collect(&mut self, ios: Vec<(IoKey, Io)>, kernel: &mut Kernel, tracker: &Tracker) {
         let now = Instant::now();
         let mut processes = streams::Liveness::default();
         let mut seen = HashSet::new();
-        for (key, io) in kernel.ios() {
+        for (key, io) in ios {
             let ended = io.closed_ns != 0 || !processes.alive(key.tgid, io.opened_ns);
             // An ended io stays in the kernel map a little longer: its TCP sockets still
             // retransmit the last data and the FIN after the close (or the process's exit).

@@ -65,10 +65,16 @@ impl LogRegistry {
             .or_else(|| procfs::read_template(k.tgid, k.fmt, TEMPLATE_LEN))
     }
 
-    pub fn collect(&mut self, kernel: &mut Kernel, tracker: &Tracker) {
+    /// Takes `entries`, the kernel's log map as read just before ([`Kernel::log_entries`]).
+    pub fn collect(
+        &mut self,
+        entries: Vec<(LogKey, LogEntry)>,
+        kernel: &mut Kernel,
+        tracker: &Tracker,
+    ) {
         let now = Instant::now();
         let mut processes = streams::Liveness::default();
-        for (k, e) in kernel.log_entries() {
+        for (k, e) in entries {
             let alive = processes.alive(k.tgid, e.first_ns);
             if !alive {
                 kernel.remove_log(&k);
@@ -113,6 +119,19 @@ impl LogRegistry {
             .map(|r| r.key.tgid)
             .collect();
         self.templates.retain(|(tgid, _), _| live.contains(tgid));
+        // Hash maps keep their largest size: after a burst of short pipelines (a hundred
+        // templates each) that is megabytes held for nothing.
+        if self.records.len() < self.records.capacity() / 4 {
+            self.records.shrink_to_fit();
+        }
+        if self.templates.len() < self.templates.capacity() / 4 {
+            self.templates.shrink_to_fit();
+        }
+    }
+
+    /// Series held (live, and ended within the grace period).
+    pub fn record_count(&self) -> usize {
+        self.records.len()
     }
 
     pub fn records(&self) -> impl Iterator<Item = &LogRecord> {

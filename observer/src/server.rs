@@ -21,21 +21,39 @@ pub fn router(state: SharedState) -> Router {
 }
 
 async fn metrics_handler(State(state): State<SharedState>) -> impl IntoResponse {
-    let body = match state.lock() {
-        Ok(s) => metrics::render(&s),
-        Err(_) => {
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                [("content-type", "text/plain")],
-                String::from("state poisoned\n"),
-            );
-        }
+    // Tens of milliseconds at a thousand streams: rendered on a blocking thread, so the async
+    // workers keep answering /healthz and /readyz meanwhile.
+    let body = tokio::task::spawn_blocking(move || {
+        let body = metrics::render(&state);
+        release_free_memory();
+        body
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some(body) = body else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/plain")],
+            String::from("state poisoned\n"),
+        );
     };
     (
         StatusCode::OK,
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         body,
     )
+}
+
+/// A scrape at a thousand streams allocates and frees tens of megabytes on a blocking-pool
+/// thread, and glibc keeps what a thread's arena freed: without this the daemon's resident
+/// memory stays at its largest scrape's high-water mark (BENCHMARKS.md, "Churn").
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 async fn ready(State(state): State<SharedState>) -> impl IntoResponse {

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use observer_common::stream::{Direction, FLAG_INSANE, FLAG_PROBE_DECODER, Stream};
+use observer_common::stream::{Direction, FLAG_INSANE, FLAG_PROBE_DECODER, Stream, StreamKey};
 
 use crate::{kernel::Kernel, procfs, tracker::Tracker};
 
@@ -110,6 +110,11 @@ pub fn clock_offset_ns() -> i128 {
 }
 
 impl Registry {
+    /// Streams held (live, and ended within the grace period).
+    pub fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
     pub fn new(grace: Duration, max: usize) -> Self {
         Registry {
             records: BTreeMap::new(),
@@ -201,12 +206,17 @@ impl Registry {
 
     /// One collection: reads the kernel's live and ended streams, ends the streams of
     /// processes that are gone, expires ended streams past the grace period.
-    pub fn collect(&mut self, kernel: &mut Kernel, tracker: &Tracker) {
+    /// Takes `live`, the kernel's stream map as read just before ([`Kernel::live_streams`]).
+    pub fn collect(
+        &mut self,
+        live: Vec<(StreamKey, Stream)>,
+        kernel: &mut Kernel,
+        tracker: &Tracker,
+    ) {
         let now = Instant::now();
         let mut seen_live = std::collections::HashSet::new();
         let mut dead_tgids = std::collections::HashSet::new();
         let mut processes = Liveness::default();
-        let live = kernel.live_streams();
         let mut kernel_streams = live.len();
         for (key, s) in live {
             if !processes.alive(key.tgid, s.opened_ns) {
