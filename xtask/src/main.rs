@@ -3,10 +3,14 @@
 //! - `cargo xtask run`: install what the build needs, build, start the daemon, and show a
 //!   live per-stream table.
 //! - `cargo xtask test`: install what the tests need too, then run every test.
-//! - `cargo xtask bench`: the overhead benchmarks behind BENCHMARKS.md.
+//! - `cargo xtask bench`: the benchmarks behind BENCHMARKS.md: overhead on pipelines (beside
+//!   the empty-probe floor and a bpftrace peer), the ingest, GPU sampling, frame spans, and
+//!   the daemon at scale (streams, reaction, churn), with plots.
 //! - `cargo xtask setup [--tests]`: only the installing.
 
 mod bench;
+mod plot;
+mod scale;
 mod setup;
 mod table;
 
@@ -53,7 +57,8 @@ enum Cmd {
         /// Repetitions of each measurement.
         #[arg(long, default_value_t = 7)]
         runs: usize,
-        /// Only the workloads whose name contains this.
+        /// Only these parts (comma-separated): `worst-case`, `720p`, `AAC`, `ingest`, `gpu`,
+        /// `spans`, `scale`, `reaction`, `churn`.
         #[arg(long)]
         only: Option<String>,
     },
@@ -99,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             setup::require_root("the benchmarks load kernel programs")?;
             setup::build_deps()?;
             let assets = setup::test_deps(&root)?;
+            setup::bench_deps()?;
             let bin = build_daemon(true)?;
             bench::run(&root, &bin, &assets, runs, only.as_deref())
         }

@@ -132,6 +132,18 @@ fn missing_packages(pkgs: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// What only `cargo xtask bench` needs, beyond the tests' packages.
+const BENCH_PACKAGES: &[&str] = &[
+    // the peer the overhead benchmark compares with: the same counting as a bpftrace script
+    "bpftrace",
+    // text in the plots, which are rasterized with the system's fonts
+    "fonts-dejavu-core",
+];
+
+pub fn bench_deps() -> anyhow::Result<()> {
+    apt_install(BENCH_PACKAGES)
+}
+
 fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
     let missing = missing_packages(pkgs);
     if missing.is_empty() {
