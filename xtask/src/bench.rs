@@ -99,14 +99,27 @@ impl Daemon {
 struct Peer(Child);
 
 impl Peer {
-    fn start(root: &Path, dir: &Path) -> anyhow::Result<Peer> {
+    /// `xtask/bench/codec-peer.bt`, on the libraries the `ffmpeg` CLI links.
+    fn codec(root: &Path, dir: &Path) -> anyhow::Result<Peer> {
         let script = std::fs::read_to_string(root.join("xtask/bench/codec-peer.bt"))?
             .replace("LIBAVCODEC", &ffmpeg_library("libavcodec")?)
             .replace("LIBAVFILTER", &ffmpeg_library("libavfilter")?);
+        Peer::start(&script, dir)
+    }
+
+    /// `xtask/bench/ingest-peer.bt`.
+    fn ingest(root: &Path, dir: &Path) -> anyhow::Result<Peer> {
+        Peer::start(
+            &std::fs::read_to_string(root.join("xtask/bench/ingest-peer.bt"))?,
+            dir,
+        )
+    }
+
+    fn start(script: &str, dir: &Path) -> anyhow::Result<Peer> {
         let out = dir.join("bpftrace-peer.txt");
         let child = Command::new("bpftrace")
             .arg("-e")
-            .arg(&script)
+            .arg(script)
             .stdout(std::fs::File::create(&out)?)
             .stderr(Stdio::null())
             .spawn()
@@ -397,7 +410,7 @@ pub fn run(
         for r in 0..runs {
             for (i, mode) in MODES.iter().enumerate() {
                 let _peer = match mode {
-                    Mode::Bpftrace => Some(Peer::start(root, &dir)?),
+                    Mode::Bpftrace => Some(Peer::codec(root, &dir)?),
                     _ => None,
                 };
                 let _daemon = match mode {
@@ -496,7 +509,7 @@ pub fn run(
             (false, "50 Mbit/s ingest, recorded"),
             (true, "50 Mbit/s ingest, decoded"),
         ] {
-            if !ingest(bin, &dir, port, runs, decode, &mut report)? {
+            if !ingest(root, bin, &dir, port, runs, decode, &mut report)? {
                 missed.push(name);
             }
         }
@@ -525,6 +538,7 @@ pub fn run(
 /// measured: it makes one recv per datagram, and every datagram passes observer's syscall
 /// programs and is parsed for MPEG-TS continuity.
 fn ingest(
+    root: &Path,
     bin: &Path,
     dir: &Path,
     port: u16,
@@ -559,17 +573,30 @@ fn ingest(
             input.to_str().unwrap(),
         ])?;
     }
-    const MODES: [(&str, Option<&[&str]>); 3] = [
-        ("no daemon", None),
-        ("observer, --io-stats false", Some(&["--io-stats", "false"])),
-        ("observer", Some(&[])),
+    enum Run {
+        Alone,
+        Daemon(&'static [&'static str]),
+        Peer,
+    }
+    const MODES: [(&str, Run); 5] = [
+        ("no daemon", Run::Alone),
+        // --empty-probes attaches no socket programs: the floor of the codec probes only.
+        ("empty codec probes (floor)", Run::Daemon(&["--empty-probes"])),
+        ("observer, --io-stats false", Run::Daemon(&["--io-stats", "false"])),
+        ("observer", Run::Daemon(&[])),
+        ("bpftrace peer script", Run::Peer),
     ];
+    const OBSERVER: usize = 3;
     let udp_port = 15000;
     let recording = dir.join("ingest-recording.ts");
-    let one = |extra: Option<&[&str]>| -> anyhow::Result<Sample> {
-        let _daemon = match extra {
-            Some(args) => Some(Daemon::start(bin, port, args)?),
-            None => None,
+    let one = |mode: &Run| -> anyhow::Result<Sample> {
+        let _daemon = match mode {
+            Run::Daemon(args) => Some(Daemon::start(bin, port, args)?),
+            _ => None,
+        };
+        let _peer = match mode {
+            Run::Peer => Some(Peer::ingest(root, dir)?),
+            _ => None,
         };
         let t0 = Instant::now();
         let mut rx = Command::new("ffmpeg");
@@ -630,8 +657,8 @@ fn ingest(
     ));
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); MODES.len()];
     for r in 0..runs {
-        for (i, (name, extra)) in MODES.iter().enumerate() {
-            let s = one(*extra)?;
+        for (i, (name, mode)) in MODES.iter().enumerate() {
+            let s = one(mode)?;
             eprintln!(
                 "    run {}/{runs} {name:<28} receiver cpu {:.3}s",
                 r + 1,
@@ -654,7 +681,9 @@ fn ingest(
     for (i, (name, _)) in MODES.iter().enumerate() {
         let cpu = median(&mut samples[i].iter().map(|x| x.cpu).collect::<Vec<_>>());
         let (q50, q25, q75) = paired(&samples[i], &samples[0], |x| x.cpu);
-        ratio = q50;
+        if i == OBSERVER {
+            ratio = q50;
+        }
         let _ = writeln!(
             report,
             "| {name} | {cpu:.3} | {q50:.3}x ({q25:.3}-{q75:.3}) |"
@@ -667,7 +696,7 @@ fn ingest(
     // The daemon outlives the run, so its programs are still loaded when bpftool reads them.
     let daemon = Daemon::start(bin, port, &[])?;
     stats("1").context("enabling kernel.bpf_stats_enabled")?;
-    let ran = one(None);
+    let ran = one(&Run::Alone);
     let shown = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output();
