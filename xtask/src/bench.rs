@@ -581,8 +581,14 @@ fn ingest(
     const MODES: [(&str, Run); 5] = [
         ("no daemon", Run::Alone),
         // --empty-probes attaches no socket programs: the floor of the codec probes only.
-        ("empty codec probes (floor)", Run::Daemon(&["--empty-probes"])),
-        ("observer, --io-stats false", Run::Daemon(&["--io-stats", "false"])),
+        (
+            "empty codec probes (floor)",
+            Run::Daemon(&["--empty-probes"]),
+        ),
+        (
+            "observer, --io-stats false",
+            Run::Daemon(&["--io-stats", "false"]),
+        ),
         ("observer", Run::Daemon(&[])),
         ("bpftrace peer script", Run::Peer),
     ];
