@@ -12,6 +12,7 @@ pub mod kubernetes;
 pub mod logs;
 pub mod metrics;
 pub mod otlp;
+pub mod privilege;
 pub mod procfs;
 pub mod redact;
 pub mod server;

@@ -19,7 +19,7 @@ use observer::{
     kernel::{self, Event, Kernel, LoadOptions},
     logs::{self, LogRegistry},
     otlp::{self, Otlp},
-    procfs, server,
+    privilege, procfs, server,
     state::{Shared, SharedState},
     streams::{self, Registry},
     tracker::{self, Tracker},
@@ -84,6 +84,15 @@ async fn run(
     opts: Options,
     log_pipe: Option<(otlp::LogPipe, Arc<otlp::Stats>)>,
 ) -> anyhow::Result<()> {
+    // Said before anything else: a missing capability would otherwise show only as a failed
+    // attach, later and less clearly.
+    let kernel_version = privilege::kernel_version();
+    let needed = privilege::check(privilege::effective(), kernel_version)?;
+    tracing::info!(
+        capabilities = needed.join(" "),
+        kernel = format!("{}.{}", kernel_version.0, kernel_version.1),
+        "running with the capabilities this kernel needs"
+    );
     let mut otlp = Otlp::start(&opts, log_pipe)?;
     // Frames leave the kernel only when something exports them.
     let (frame_sample, slow_frame_ns) = match &otlp {
@@ -103,10 +112,7 @@ async fn run(
         frame_sample,
         slow_frame_ns,
     })
-    .context(
-        "cannot load the kernel programs; observer needs root or CAP_BPF, CAP_PERFMON and \
-         CAP_SYS_PTRACE, and a kernel with uprobes and BTF",
-    )?;
+    .context("cannot load the kernel programs; observer needs a kernel with uprobes and BTF")?;
     tracing::info!(
         exec = kernel.life.exec,
         exit = kernel.life.exit,

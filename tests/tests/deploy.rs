@@ -295,16 +295,61 @@ fn with_capabilities(caps: &[String]) -> (f64, f64) {
 }
 
 #[test]
-fn the_systemd_units_capabilities_are_enough_and_sys_admin_is_needed() {
+fn the_systemd_units_capabilities_are_enough_and_each_missing_one_is_named() {
     let (caps, withheld) = unit_capabilities();
     eprintln!("capabilities: {caps:?}; not held by this test, so not granted: {withheld:?}");
     let (attached, frames) = with_capabilities(&caps);
     assert!(attached >= 1.0, "attached {attached} files");
     assert_eq!(frames, 20.0, "the pipeline's frames are counted");
-    // Without CAP_SYS_ADMIN the uprobes cannot be attached here (EACCES).
-    let without: Vec<String> = caps.into_iter().filter(|c| c != "sys_admin").collect();
-    let (attached, _) = with_capabilities(&without);
-    assert_eq!(attached, 0.0, "uprobes attached without CAP_SYS_ADMIN");
+    // The unit grants what the daemon's own table says it needs, on any kernel.
+    let mut granted: Vec<String> = caps.iter().chain(&withheld).cloned().collect();
+    let mut needed: Vec<String> = observer::privilege::NEEDS
+        .iter()
+        .map(|n| n.name.trim_start_matches("CAP_").to_lowercase())
+        .collect();
+    granted.sort();
+    needed.sort();
+    assert_eq!(
+        granted, needed,
+        "the unit's capabilities and observer::privilege::NEEDS"
+    );
+    // Each capability this kernel needs, taken away: the daemon refuses to start and names
+    // it (CAP_SYS_RESOURCE only matters before Linux 5.11).
+    let bin = std::env::var("OBSERVER_BIN").expect("run through cargo xtask test");
+    for cap in caps.iter().filter(|c| *c != "sys_resource") {
+        let set = caps
+            .iter()
+            .map(|c| format!("{}{c}", if c == cap { '-' } else { '+' }))
+            .collect::<Vec<_>>()
+            .join(",");
+        let set = format!("-all,{set}");
+        let mut child = Command::new("setpriv")
+            .arg(format!("--bounding-set={set}"))
+            .arg(format!("--inh-caps={set}"))
+            .arg(format!("--ambient-caps={set}"))
+            .arg(&bin)
+            .args(["--listen", "127.0.0.1:0", "--gpu", "false"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("setpriv (util-linux)");
+        let t0 = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("the daemon kept running without CAP_{}", cap.to_uppercase());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let name = format!("CAP_{}", cap.to_uppercase());
+        assert_eq!(out.status.code(), Some(1), "without {name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("missing {name} (to ")),
+            "without {name}: {stderr}"
+        );
+    }
 }
 
 #[test]
