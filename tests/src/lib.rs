@@ -118,6 +118,15 @@ impl Daemon {
         self.child.as_ref().map_or(0, |c| c.id())
     }
 
+    /// Stops the daemon with SIGTERM; returns how it exited and its log.
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let mut c = self.child.take().expect("a running daemon");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let status = c.wait().expect("the daemon's exit");
+        (status, self.log_text())
+    }
+
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)

@@ -1,6 +1,7 @@
 //! The daemon as operators meet it: flags, environment and config file, endpoints, the grace
-//! period for ended streams, the aggregation mode, the stream cap, JSON logs, and its kernel
-//! state returning to where it started when pipelines exit.
+//! period for ended streams, the aggregation mode, the stream cap, JSON logs, its kernel
+//! state returning to where it started when pipelines exit, and nothing of it left in the
+//! kernel after SIGTERM.
 
 use std::{
     process::{Command, Stdio},
@@ -278,6 +279,118 @@ fn kernel_state_returns_to_baseline_when_pipelines_exit() {
                 .then_some(())
         },
     );
+}
+
+/// The BPF objects a process holds (`prog_id`, `map_id`, `link_id` in its descriptors'
+/// fdinfo), and how many perf events (uprobes and tracepoints attached the perf way).
+fn bpf_objects(pid: u32) -> (Vec<(String, u64)>, usize) {
+    let (mut ids, mut perf) = (Vec::new(), 0);
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        if std::fs::read_link(fd.path())
+            .is_ok_and(|t| t.to_string_lossy() == "anon_inode:[perf_event]")
+        {
+            perf += 1;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        for line in info.lines() {
+            for kind in ["prog_id", "map_id", "link_id"] {
+                if let Some(id) = line
+                    .strip_prefix(kind)
+                    .and_then(|v| v.trim_start_matches(':').trim().parse().ok())
+                {
+                    ids.push((kind.to_string(), id));
+                }
+            }
+        }
+    }
+    (ids, perf)
+}
+
+/// Ids of every BPF object of one kind in the kernel, from bpftool.
+fn kernel_ids(kind: &str) -> Vec<u64> {
+    let what = match kind {
+        "prog_id" => "prog",
+        "map_id" => "map",
+        _ => "link",
+    };
+    let out = Command::new("bpftool")
+        .args([what, "show", "--json"])
+        .output()
+        .expect("bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["id"].as_u64())
+        .collect()
+}
+
+#[test]
+fn sigterm_detaches_every_probe_and_leaves_nothing_in_the_kernel() {
+    let _quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start(&[]);
+    let pid = d.pid();
+    // A pipeline, so the codec probes have fired.
+    run(ffmpeg()
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=64x48:rate=25",
+            "-frames:v",
+            "10",
+        ])
+        .args(["-f", "null", "-"]));
+    let (held, perf) = bpf_objects(pid);
+    let count = |k: &str| held.iter().filter(|(kind, _)| kind == k).count();
+    assert!(
+        count("prog_id") >= 10 && count("map_id") >= 10 && count("link_id") + perf >= 10,
+        "the daemon holds its programs, maps and attachments: {held:?}, {perf} perf events"
+    );
+    let (status, log) = d.stop();
+    assert!(
+        status.success(),
+        "SIGTERM is a clean stop ({status}):\n{log}"
+    );
+    assert!(log.contains("detaching every probe"), "{log}");
+    // The kernel frees a closed program or map shortly after its last reference goes.
+    let t0 = Instant::now();
+    loop {
+        let live: Vec<(&str, Vec<u64>)> = ["prog_id", "map_id", "link_id"]
+            .into_iter()
+            .map(|k| (k, kernel_ids(k)))
+            .collect();
+        let left: Vec<&(String, u64)> = held
+            .iter()
+            .filter(|(kind, id)| live.iter().any(|(k, ids)| k == kind && ids.contains(id)))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "still in the kernel: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Probes attached through tracefs (kernels without the perf uprobe type) are named
+    // aya_<pid>_...: none may outlive the daemon.
+    for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        for file in ["uprobe_events", "kprobe_events"] {
+            let events = std::fs::read_to_string(format!("{dir}/{file}")).unwrap_or_default();
+            assert!(
+                !events.contains(&format!("aya_{pid}_")),
+                "{dir}/{file}: {events}"
+            );
+        }
+    }
 }
 
 #[test]
