@@ -281,6 +281,56 @@ fn kernel_state_returns_to_baseline_when_pipelines_exit() {
     );
 }
 
+#[test]
+fn concurrent_scrapers_are_all_answered_while_a_pipeline_is_counted_exactly() {
+    let _quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start(&[]);
+    let mut child = ffmpeg()
+        .args(["-re", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25"])
+        .args(["-frames:v", "100", "-c:v", "mpeg4", "-f", "null", "-"])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // ApacheBench on loopback: 16 scrapers at once, 800 requests, while the pipeline runs
+    // (-l: the page's length changes from one scrape to the next).
+    let out = Command::new("ab")
+        .args(["-l", "-n", "800", "-c", "16", "-s", "30"])
+        .arg(format!("http://127.0.0.1:{}/metrics", d.port))
+        .output()
+        .expect("ab (apache2-utils)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> Option<u64> {
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    };
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(field("Complete requests:"), Some(800), "{report}");
+    assert_eq!(field("Failed requests:"), Some(0), "{report}");
+    assert!(!report.contains("Non-2xx responses"), "{report}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the scrapes overlapped the pipeline"
+    );
+    assert!(child.wait().unwrap().success());
+    let s = d.wait_ended(pid);
+    // lavfi's source is not a decoder: the encoder's 100 frames are the pipeline's.
+    let frames = s.value(
+        "media_frames_total",
+        &[("pid", &pid.to_string()), ("direction", "encode")],
+    );
+    assert_eq!(
+        frames,
+        Some(100.0),
+        "every frame counted under the scrapers"
+    );
+}
+
 /// The BPF objects a process holds (`prog_id`, `map_id`, `link_id` in its descriptors'
 /// fdinfo), and how many perf events (uprobes and tracepoints attached the perf way).
 fn bpf_objects(pid: u32) -> (Vec<(String, u64)>, usize) {

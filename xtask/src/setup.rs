@@ -117,6 +117,8 @@ const TEST_PACKAGES: &[&str] = &[
     // the transport tests' private network: namespaces, veth, exact drop counters
     "iproute2",
     "nftables",
+    // ApacheBench: many concurrent scrapers of /metrics
+    "apache2-utils",
     // promtool and amtool: the shipped alert rules' unit tests and config checks
     "prometheus",
     "prometheus-alertmanager",
