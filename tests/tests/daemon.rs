@@ -331,6 +331,66 @@ fn concurrent_scrapers_are_all_answered_while_a_pipeline_is_counted_exactly() {
     );
 }
 
+#[test]
+fn a_restarted_daemon_finds_running_pipelines_again() {
+    let _quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+    let input = media::h264_aac_mp4();
+    let mut child = ffmpeg()
+        .args(["-re", "-stream_loop", "-1", "-i"])
+        .arg(&input)
+        .args(["-t", "12", "-f", "null", "-"])
+        .spawn()
+        .unwrap();
+    let p = child.id().to_string();
+    let decoded = |s: &observer_tests::Scrape| {
+        s.value(
+            "media_frames_total",
+            &[("pid", &p), ("direction", "decode"), ("media", "video")],
+        )
+    };
+    let first = Daemon::start(&[]);
+    let before = first.wait_for(
+        "frames under the first daemon",
+        Duration::from_secs(20),
+        |s| decoded(s).filter(|f| *f > 20.0),
+    );
+    let stream = |s: &observer_tests::Scrape| {
+        s.one(
+            "media_frames_total",
+            &[("pid", &p), ("direction", "decode"), ("media", "video")],
+        )
+        .and_then(|x| x.label("stream").cloned())
+    };
+    let stream_before = stream(&first.scrape());
+    assert!(stream_before.is_some());
+    let (status, _) = first.stop();
+    assert!(status.success());
+    // A new daemon attaches to the libraries the running process already maps and counts
+    // the stream from its first call after that: as a new stream (its `stream` label is
+    // the pid and the time the daemon first saw it), so no series jumps backwards.
+    let second = Daemon::start(&[]);
+    let after = second.wait_for(
+        "frames under the second daemon",
+        Duration::from_secs(20),
+        |s| decoded(s).filter(|f| *f > 20.0),
+    );
+    let s = second.scrape();
+    let stream_after = stream(&s);
+    assert!(
+        stream_after.is_some() && stream_after != stream_before,
+        "a new stream identity after the restart: {stream_before:?} then {stream_after:?}"
+    );
+    assert!(
+        s.value(
+            "media_stream_up",
+            &[("pid", &p), ("direction", "decode"), ("media", "video")]
+        ) == Some(1.0),
+        "the running stream is live again"
+    );
+    assert!(child.wait().unwrap().success());
+    eprintln!("frames seen by the first daemon {before}, by the second {after}");
+}
+
 /// The BPF objects a process holds (`prog_id`, `map_id`, `link_id` in its descriptors'
 /// fdinfo), and how many perf events (uprobes and tracepoints attached the perf way).
 fn bpf_objects(pid: u32) -> (Vec<(String, u64)>, usize) {
