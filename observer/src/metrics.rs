@@ -245,10 +245,8 @@ impl Families {
                             );
                         }
                         let total: u64 = buckets.iter().sum();
-                        let mut cum = 0;
-                        for (i, n) in buckets.iter().enumerate().take(hi + 1) {
-                            cum += n;
-                            if let Some(le) = i.checked_sub(*lo).and_then(|j| bounds.3.get(j)) {
+                        for (j, _, cum) in cumulative(buckets, *lo, *hi, *scale) {
+                            if let Some(le) = bounds.3.get(j) {
                                 sample(out, name, "_bucket", &set, Some(le), cum as f64);
                             }
                         }
@@ -297,18 +295,16 @@ impl Families {
                         ) => {
                             let mut h = proto::Histogram::default();
                             let total: u64 = buckets.iter().sum();
-                            let mut cum = 0;
-                            let mut out = Vec::with_capacity(hi - lo + 1);
-                            for (i, n) in buckets.iter().enumerate().take(hi + 1) {
-                                cum += n;
-                                if i >= lo {
-                                    let mut b = proto::Bucket::default();
-                                    b.set_upper_bound((1u64 << (i + 1)) as f64 / scale);
-                                    b.set_cumulative_count(cum);
-                                    out.push(b);
-                                }
-                            }
-                            h.set_bucket(out);
+                            h.set_bucket(
+                                cumulative(&buckets, lo, hi, scale)
+                                    .map(|(_, bound, cum)| {
+                                        let mut b = proto::Bucket::default();
+                                        b.set_upper_bound(bound);
+                                        b.set_cumulative_count(cum);
+                                        b
+                                    })
+                                    .collect(),
+                            );
                             h.set_sample_count(total);
                             h.set_sample_sum(sum);
                             m.set_histogram(h);
@@ -320,6 +316,26 @@ impl Families {
             })
             .collect()
     }
+}
+
+/// A histogram's exported buckets, kernel buckets `lo..=hi`: (index from `lo`, upper bound
+/// in exported units, cumulative count, which includes every bucket below `lo`).
+fn cumulative(
+    buckets: &[u64],
+    lo: usize,
+    hi: usize,
+    scale: f64,
+) -> impl Iterator<Item = (usize, f64, u64)> + '_ {
+    buckets
+        .iter()
+        .take(hi + 1)
+        .scan(0u64, |cum, n| {
+            *cum += n;
+            Some(*cum)
+        })
+        .enumerate()
+        .skip(lo)
+        .map(move |(i, cum)| (i - lo, (1u64 << (i + 1)) as f64 / scale, cum))
 }
 
 /// One exposition line, as the text format (and the prometheus crate) writes it; `set` is
