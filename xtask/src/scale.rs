@@ -97,12 +97,12 @@ fn spawn_streams(
         .context("starting a pipeline")
 }
 
-pub(crate) struct Scrape {
-    pub body: String,
-    pub took: Duration,
+struct Scrape {
+    body: String,
+    took: Duration,
 }
 
-pub(crate) fn scrape(port: u16) -> anyhow::Result<Scrape> {
+fn scrape(port: u16) -> anyhow::Result<Scrape> {
     let t0 = Instant::now();
     let mut r = ureq::get(&format!("http://127.0.0.1:{port}/metrics")).call()?;
     let body = r.body_mut().with_config().limit(1 << 30).read_to_string()?;
