@@ -57,8 +57,6 @@ fn label(name: &str, value: impl Into<String>) -> LabelPair {
     l
 }
 
-/// Families under construction, keyed by name; series with equal labels are summed (the
-/// aggregation mode drops the per-stream labels and folds streams together).
 /// Series of one family, by their label pairs, in the order they were first added (a
 /// stream's series stay together).
 type Series = IndexMap<Labels, Value, foldhash::fast::FixedState>;
@@ -67,6 +65,8 @@ type Labels = Vec<(&'static str, Text)>;
 /// strings was a third of a scrape at 1,000 streams).
 type Text = std::rc::Rc<str>;
 
+/// Families under construction, keyed by name; series with equal labels are summed (the
+/// aggregation mode drops the per-stream labels and folds streams together).
 #[derive(Default)]
 struct Families {
     /// name -> (type, help, series)
@@ -573,7 +573,7 @@ fn stream_families(
             ));
             l.push((
                 "io",
-                Text::from(ios.label_of(s.tgid, s.io).unwrap_or_default().to_string()),
+                Text::from(ios.label_of(s.tgid, s.io).unwrap_or_default()),
             ));
             f.add(
                 "media_stream_info",
@@ -659,15 +659,14 @@ fn log_families(f: &mut Families, shared: &Shared) {
                 .registry
                 .newest(r.key.tgid, r.key.avcl)
                 .map_or("", |r| r.label.as_str());
-            labels.push(("stream", Text::from(stream.to_string())));
+            labels.push(("stream", Text::from(stream)));
             labels.push((
                 "io",
                 Text::from(
                     shared
                         .ios
                         .label_of_context(r.key.tgid, r.key.avcl)
-                        .unwrap_or("")
-                        .to_string(),
+                        .unwrap_or(""),
                 ),
             ));
             labels.push(("pid", Text::from(r.key.tgid.to_string())));
