@@ -117,18 +117,25 @@ impl Peer {
 
     fn start(script: &str, dir: &Path) -> anyhow::Result<Peer> {
         let out = dir.join("bpftrace-peer.txt");
+        let err = dir.join("bpftrace-peer.err");
         let child = Command::new("bpftrace")
             .arg("-e")
             .arg(script)
             .stdout(std::fs::File::create(&out)?)
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&err)?)
             .spawn()
             .context("starting bpftrace (apt-get install bpftrace)")?;
-        let peer = Peer(child);
+        let mut peer = Peer(child);
         // bpftrace prints "Attaching N probes..." as it starts attaching, then nothing until
-        // it exits; uprobes on two libraries attach well within the second after it.
+        // it exits; a dozen probes attach well within the second after it.
         let t0 = Instant::now();
         while !std::fs::read_to_string(&out)?.contains("Attaching") {
+            if let Some(status) = peer.0.try_wait()? {
+                bail!(
+                    "bpftrace exited ({status}): {}",
+                    std::fs::read_to_string(&err).unwrap_or_default()
+                );
+            }
             if t0.elapsed() > Duration::from_secs(30) {
                 bail!("bpftrace did not start attaching within 30 s");
             }
