@@ -349,6 +349,48 @@ fn the_systemd_units_capabilities_are_enough_and_each_missing_one_is_named() {
             stderr.contains(&format!("missing {name} (to ")),
             "without {name}: {stderr}"
         );
+    } // Why CAP_SYS_ADMIN is in the table although CAP_PERFMON should cover uprobes: this
+    // kernel refuses a uprobe perf event without it. tests/c/uprobe_open.c opens one the way
+    // aya attaches a uprobe.
+    if caps.iter().any(|c| c == "sys_admin") {
+        let dir = tempdir("uprobe-open");
+        let prog = dir.join("uprobe_open");
+        run(Command::new("gcc")
+            .args(["-O1", "-o"])
+            .arg(&prog)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("c/uprobe_open.c")));
+        let open = |caps: &[&String]| {
+            let set = format!(
+                "-all,{}",
+                caps.iter()
+                    .map(|c| format!("+{c}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            Command::new("setpriv")
+                .arg(format!("--bounding-set={set}"))
+                .arg(format!("--inh-caps={set}"))
+                .arg(format!("--ambient-caps={set}"))
+                .arg(&prog)
+                .arg(&bin)
+                .arg("0x1000")
+                .output()
+                .expect("setpriv (util-linux)")
+        };
+        let all: Vec<&String> = caps.iter().collect();
+        let out = open(&all);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let without: Vec<&String> = caps.iter().filter(|c| *c != "sys_admin").collect();
+        let out = open(&without);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "Permission denied",
+            "a uprobe without CAP_SYS_ADMIN"
+        );
     }
 }
 
