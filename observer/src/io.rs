@@ -198,9 +198,14 @@ impl IoRegistry {
     /// Reads the kernel's ios; closed ones and those of processes that are gone are taken
     /// out of the kernel map after this last read.
     /// Takes `ios`, the kernel's io map as read just before ([`Kernel::ios`]).
-    pub fn collect(&mut self, ios: Vec<(IoKey, Io)>, kernel: &mut Kernel, tracker: &Tracker) {
+    pub fn collect(
+        &mut self,
+        ios: Vec<(IoKey, Io)>,
+        processes: &mut streams::Liveness,
+        kernel: &mut Kernel,
+        tracker: &Tracker,
+    ) {
         let now = Instant::now();
-        let mut processes = streams::Liveness::default();
         let mut seen = HashSet::new();
         for (key, io) in ios {
             let ended = io.closed_ns != 0 || !processes.alive(key.tgid, io.opened_ns);

@@ -69,11 +69,11 @@ impl LogRegistry {
     pub fn collect(
         &mut self,
         entries: Vec<(LogKey, LogEntry)>,
+        processes: &mut streams::Liveness,
         kernel: &mut Kernel,
         tracker: &Tracker,
     ) {
         let now = Instant::now();
-        let mut processes = streams::Liveness::default();
         for (k, e) in entries {
             let alive = processes.alive(k.tgid, e.first_ns);
             if !alive {
@@ -132,6 +132,14 @@ impl LogRegistry {
     /// Series held (live, and ended within the grace period).
     pub fn record_count(&self) -> usize {
         self.records.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
     }
 
     pub fn records(&self) -> impl Iterator<Item = &LogRecord> {

@@ -375,13 +375,22 @@ fn publish(
     // The maps are read before the lock is taken: at a thousand streams that is most of a
     // collection, and a scrape waits for the lock.
     let (streams, logs, ios) = (kernel.live_streams(), kernel.log_entries(), kernel.ios());
+    let (counters, io_map_entries) = (kernel.counters(), kernel.io_map_entries());
+    let mut processes = observer::streams::Liveness::read(
+        streams
+            .iter()
+            .map(|(k, _)| k.tgid)
+            .chain(logs.iter().map(|(k, _)| k.tgid))
+            .chain(ios.iter().map(|(k, _)| k.tgid)),
+    );
     let Ok(mut s) = shared.lock() else { return };
+    let locked = std::time::Instant::now();
     let held =
         |s: &Shared| s.registry.record_count() + s.logs.record_count() + s.ios.record_count();
     let before = held(&s);
-    s.registry.collect(streams, kernel, tracker);
-    s.logs.collect(logs, kernel, tracker);
-    s.ios.collect(ios, kernel, tracker);
+    s.registry.collect(streams, &mut processes, kernel, tracker);
+    s.logs.collect(logs, &mut processes, kernel, tracker);
+    s.ios.collect(ios, &mut processes, kernel, tracker);
     if held(&s) < before {
         // Ended streams left the registry: give their memory back to the system, or the
         // daemon keeps the high-water mark of its busiest minute (BENCHMARKS.md, "Churn").
@@ -389,12 +398,16 @@ fn publish(
     }
     s.attached = tracker.attached();
     s.unsupported = tracker.unsupported();
-    s.kernel_counters = kernel.counters();
-    s.io_map_entries = kernel.io_map_entries();
+    s.kernel_counters = counters;
+    s.io_map_entries = io_map_entries;
     s.processes = tracker.pids().len();
     s.scans = scans;
     s.ready = true;
     if let Some(o) = otlp {
         o.traces.observe(&s.registry, &s.ios, tracker);
     }
+    tracing::trace!(
+        lock_held_ms = locked.elapsed().as_secs_f64() * 1e3,
+        "collection published"
+    );
 }
