@@ -227,6 +227,8 @@ pub fn format_message(template: &str, ev: &LogEvent) -> (String, Vec<String>) {
     let mut out = String::new();
     let mut shown = Vec::new();
     let mut chars = template.chars().peekable();
+    /// The widest field or longest precision formatted: FFmpeg's own use a few characters.
+    const MAX_FIELD: usize = 64;
     while let Some(c) = chars.next() {
         if c != '%' {
             out.push(c);
@@ -249,10 +251,13 @@ pub fn format_message(template: &str, ev: &LogEvent) -> (String, Vec<String>) {
             }
             n.parse().ok()
         };
-        let width = number(&mut chars, &mut args);
+        // Width and precision come from the process's memory (the template, or an argument
+        // for `*`): bounded, or `%.99999f` panics in the formatter and `%999999999d`
+        // allocates a gigabyte (both found by `cargo xtask fuzz`).
+        let width = number(&mut chars, &mut args).map(|w| w.min(MAX_FIELD));
         let precision = if chars.peek() == Some(&'.') {
             chars.next();
-            Some(number(&mut chars, &mut args).unwrap_or(0))
+            Some(number(&mut chars, &mut args).unwrap_or(0).min(MAX_FIELD))
         } else {
             None
         };
@@ -427,6 +432,17 @@ mod tests {
             format_message("%ld %lld %zu", &event(&[u64::MAX, 3, 4], &[], &[])).0,
             "-1 3 4"
         );
+    }
+
+    /// Templates are the process's memory: absurd widths and precisions are bounded, not
+    /// formatted (they panicked, or allocated a gigabyte, before `cargo xtask fuzz` found them).
+    #[test]
+    fn absurd_widths_and_precisions_are_bounded() {
+        let ev = event(&[7, u64::MAX >> 1], &[1.5], &[]);
+        for template in ["%.99999f", "%999999999d", "%.70000d", "%*d", "%-99999999s"] {
+            let (msg, _) = format_message(template, &ev);
+            assert!(msg.len() <= 64 + 20, "{template}: {} bytes", msg.len());
+        }
     }
 
     #[test]
