@@ -347,6 +347,24 @@ impl Options {
         Ok(opts)
     }
 
+    /// Options from these arguments (the program name first), the environment and this
+    /// config file's text, as `load` reads them but returning every error instead of exiting:
+    /// for the fuzzer and tests.
+    pub fn parse_from(args: &[&str], file: &str) -> Result<Options, ConfigError> {
+        let m = Options::command()
+            .try_get_matches_from(args)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut o =
+            Options::from_arg_matches(&m).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let f: FileOptions = toml::from_str(file).map_err(|source| ConfigError::Parse {
+            path: "(text)".into(),
+            source,
+        })?;
+        o.merge(&m, f);
+        o.validate()?;
+        Ok(o)
+    }
+
     fn merge(&mut self, m: &ArgMatches, f: FileOptions) {
         let unset = |id: &str| matches!(m.value_source(id), None | Some(ValueSource::DefaultValue));
         macro_rules! take {
@@ -456,18 +474,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str], file: &str) -> Result<Options, ConfigError> {
-        let m = Options::command()
-            .try_get_matches_from(args)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let mut o =
-            Options::from_arg_matches(&m).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let f: FileOptions = toml::from_str(file).map_err(|source| ConfigError::Parse {
-            path: "t".into(),
-            source,
-        })?;
-        o.merge(&m, f);
-        o.validate()?;
-        Ok(o)
+        Options::parse_from(args, file)
     }
 
     #[test]

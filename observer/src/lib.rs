@@ -5,6 +5,7 @@ pub mod config;
 pub mod container;
 pub mod elf;
 pub mod ffmpeg;
+pub mod fuzzing;
 pub mod gpu;
 pub mod io;
 pub mod kernel;

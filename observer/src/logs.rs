@@ -147,6 +147,12 @@ impl LogRegistry {
     }
 }
 
+/// `AV_LOG_WARNING`: messages at least this severe keep their string arguments.
+const AV_LOG_WARNING: i32 = 24;
+
+/// What a withheld string argument reads as.
+pub const WITHHELD: &str = "<withheld>";
+
 /// One captured message, formatted and redacted.
 #[derive(Clone, Debug)]
 pub struct Message {
@@ -161,10 +167,11 @@ pub struct Message {
 }
 
 impl Message {
-    /// Formats the kernel's copy of a message; URLs in it are redacted.
+    /// Formats the kernel's copy of a message; URLs in it are redacted, and string
+    /// arguments of messages below warning severity withheld ([`format_message`]).
     pub fn render(ev: &LogEvent) -> Self {
         let template = clean(&streams::cstr(&ev.template));
-        let (message, args) = format_message(&template, ev);
+        let (message, args) = format_message(&template, ev, ev.level <= AV_LOG_WARNING);
         Message {
             message: crate::redact::redact_text(&message),
             args: args.iter().map(|a| crate::redact::redact_text(a)).collect(),
@@ -216,7 +223,11 @@ pub fn emit(m: &Message, process: &str, stream: &str, io: &str) {
 /// `vsnprintf` would: integer-class arguments from the `va_list`'s register save area and
 /// stack part, doubles from its SSE area, strings from the kernel's copies. Returns the
 /// message and each argument as text. Arguments the capture did not reach read as `?`.
-pub fn format_message(template: &str, ev: &LogEvent) -> (String, Vec<String>) {
+///
+/// Without `strings`, string arguments read as [`WITHHELD`]: below warning severity, FFmpeg
+/// prints the media's own text through them (a container's metadata at info level, H.264 SEI
+/// user data at debug level), and no payload byte may leave the node.
+pub fn format_message(template: &str, ev: &LogEvent, strings: bool) -> (String, Vec<String>) {
     let mut args = Args {
         ev,
         gp: ev.gp_offset as usize,
@@ -289,6 +300,10 @@ pub fn format_message(template: &str, ev: &LogEvent) -> (String, Vec<String>) {
                 }
             }),
             'p' => args.int().map(|v| format!("{v:#x}")),
+            's' if !strings => {
+                args.string();
+                Some(WITHHELD.to_string())
+            }
             's' => args.string().map(|s| match precision {
                 Some(p) => s.chars().take(p).collect(),
                 None => s,
@@ -419,18 +434,32 @@ mod tests {
             &[2.5],
             &[(3, "h264")],
         );
-        let (msg, args) = format_message("pid %d cc %02d flags 0x%08X %s x%d at %.2f%%", &ev);
+        let (msg, args) = format_message("pid %d cc %02d flags 0x%08X %s x%d at %.2f%%", &ev, true);
         assert_eq!(msg, "pid 188 cc 07 flags 0x00001234 h264 x5 at 2.50%");
         assert_eq!(args, ["188", "07", "00001234", "h264", "5", "2.50"]);
         // Integer arguments beyond the registers come from the stack part.
         let ev = event(&[1, 2, 3, 4, 5], &[], &[]);
-        assert_eq!(format_message("%d %d %d %d %d", &ev).0, "1 2 3 4 5");
+        assert_eq!(format_message("%d %d %d %d %d", &ev, true).0, "1 2 3 4 5");
         // What the capture did not reach reads as "?", never as garbage.
         let ev = event(&[1], &[], &[]);
-        assert_eq!(format_message("%s", &ev).0, "?");
+        assert_eq!(format_message("%s", &ev, true).0, "?");
         assert_eq!(
-            format_message("%ld %lld %zu", &event(&[u64::MAX, 3, 4], &[], &[])).0,
+            format_message("%ld %lld %zu", &event(&[u64::MAX, 3, 4], &[], &[]), true).0,
             "-1 3 4"
+        );
+    }
+
+    /// Below warnings, string arguments are withheld (the media's own text goes through
+    /// them), and the arguments after them still line up.
+    #[test]
+    fn strings_of_verbose_messages_are_withheld() {
+        let ev = event(&[0x7f00_0000_1000, 42], &[], &[(0, "PLANTEDPAYLOAD")]);
+        let (msg, args) = format_message("title: %s (%d)", &ev, false);
+        assert_eq!(msg, "title: <withheld> (42)");
+        assert_eq!(args, [WITHHELD, "42"]);
+        assert_eq!(
+            format_message("title: %s (%d)", &ev, true).0,
+            "title: PLANTEDPAYLOAD (42)"
         );
     }
 
@@ -440,7 +469,7 @@ mod tests {
     fn absurd_widths_and_precisions_are_bounded() {
         let ev = event(&[7, u64::MAX >> 1], &[1.5], &[]);
         for template in ["%.99999f", "%999999999d", "%.70000d", "%*d", "%-99999999s"] {
-            let (msg, _) = format_message(template, &ev);
+            let (msg, _) = format_message(template, &ev, true);
             assert!(msg.len() <= 64 + 20, "{template}: {} bytes", msg.len());
         }
     }

@@ -485,3 +485,100 @@ fn a_resolution_change_is_an_event_on_the_decoders_span() {
     assert_eq!(attr_int(a, "media.height"), Some(120));
     assert_eq!(attr_int(&span.attributes, "media.width"), Some(160));
 }
+
+/// A secret in URLs (credentials, a token) and in the media itself (H.264 SEI user data, the
+/// container's service name and title) never leaves the node: not on `/metrics`, `/streams`,
+/// `/ios`, in the daemon's own log at debug level, nor in any span, log record or metric sent
+/// over OTLP, with every frame a span and FFmpeg's messages at every level sent as events.
+/// The payload passes through everything observer reads: the decoder's calls, the muxer's
+/// packets and the UDP datagrams whose MPEG-TS headers the kernel parses.
+#[test]
+fn a_planted_secret_in_urls_and_payload_never_leaves_the_node() {
+    const PAYLOAD: &str = "PLANTEDPAYLOAD";
+    const SECRETS: [&str; 3] = [PAYLOAD, "PLANTEDPASSWORD", "PLANTEDTOKEN"];
+    let _serial = serial();
+    let dir = tempdir("planted");
+    let input = dir.join("secret.ts");
+    run(ffmpeg()
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=64x64:rate=25",
+            "-frames:v",
+            "50",
+        ])
+        .args(["-c:v", "libx264", "-bsf:v"])
+        .arg(format!(
+            "h264_metadata=sei_user_data=086f3693-b7b3-4f2c-9653-21492feee5b8+{PAYLOAD}"
+        ))
+        .args(["-metadata", &format!("service_name={PAYLOAD}")])
+        .args(["-metadata", &format!("title={PAYLOAD}"), "-f", "mpegts"])
+        .arg(&input));
+    let bytes = std::fs::read(&input).unwrap();
+    let planted = bytes
+        .windows(PAYLOAD.len())
+        .filter(|w| *w == PAYLOAD.as_bytes())
+        .count();
+    // In the SEI of the first access unit and in each service description table.
+    assert!(planted >= 3, "the secret is in the payload {planted} times");
+
+    let rx = Receiver::start();
+    let url = rx.http_url();
+    let d = Daemon::start_env(
+        &[
+            "--frame-sample-ratio",
+            "1",
+            "--slow-frame",
+            "0s",
+            "--ffmpeg-log-events",
+            "debug",
+            "--otlp-logs",
+            "true",
+            "--otlp-metrics",
+            "true",
+            "--otlp-metrics-interval",
+            "1s",
+        ],
+        &otlp_env(&url, "http/protobuf"),
+    );
+    // Decoded (every frame a span), and sent as MPEG-TS over UDP to a URL with credentials.
+    let out = "udp://viewer:PLANTEDPASSWORD@127.0.0.1:5998?token=PLANTEDTOKEN&pkt_size=1316";
+    let (pid, _) = run(ffmpeg()
+        .args(["-loglevel", "debug", "-threads", "1", "-i"])
+        .arg(&input)
+        .args([
+            "-map", "0:v", "-f", "null", "-", "-map", "0:v", "-c", "copy", "-f", "mpegts", out,
+        ]));
+    d.wait_ended(pid);
+    let got = rx.wait_for("the pipeline's root span", SECS, |r| {
+        root(&r.spans, pid).map(|_| r.clone())
+    });
+    // What was sent is there (so the search below searched something), redacted.
+    let ios = d.get("/ios").unwrap().1;
+    assert!(
+        ios.contains("udp://REDACTED@127.0.0.1:5998?token=REDACTED&pkt_size=1316"),
+        "{ios}"
+    );
+    assert!(got.spans.len() > 50, "{} spans", got.spans.len());
+    assert!(!got.logs.is_empty(), "no log records");
+    let outputs = [
+        ("/metrics", d.get("/metrics").unwrap().1),
+        ("/streams", d.get("/streams").unwrap().1),
+        ("/ios", ios),
+        ("the daemon's log", d.log_text()),
+        ("OTLP spans", format!("{:?}", got.spans)),
+        ("OTLP logs", format!("{:?}", got.logs)),
+        ("OTLP metrics", format!("{:?}", got.metrics)),
+    ];
+    for (what, text) in outputs {
+        for secret in SECRETS {
+            if let Some(at) = text.find(secret) {
+                panic!(
+                    "{secret} leaked in {what}: ...{}...",
+                    &text[at.saturating_sub(300)..(at + 100).min(text.len())]
+                );
+            }
+        }
+    }
+}

@@ -9,6 +9,7 @@
 //! - `cargo xtask setup [--tests]`: only the installing.
 
 mod bench;
+mod fuzz;
 mod plot;
 mod scale;
 mod setup;
@@ -52,6 +53,16 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Fuzz the parsers of untrusted input (ELF files, configuration, kernel records, /proc
+    /// and URLs) with `cargo fuzz`, each target for a bounded time.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (comma-separated): `elf`, `config`, `events`, `text`.
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Measure the daemon's overhead on real pipelines (see BENCHMARKS.md).
     Bench {
         /// Repetitions of each measurement.
@@ -87,6 +98,13 @@ fn main() -> anyhow::Result<()> {
             setup::build_deps()?;
             let assets = setup::test_deps(&root)?;
             let bin = build_daemon(false)?;
+            setup::cargo_tool(
+                "cargo-deny",
+                CARGO_DENY_VERSION,
+                None,
+                "checks the dependencies' advisories, licenses and sources",
+            )?;
+            check_dependencies()?;
             step("running the tests");
             let status = Command::new(cargo())
                 .args(["test", "--workspace", "--exclude", "observer-ebpf"])
@@ -100,6 +118,10 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Fuzz { seconds, only } => {
+            setup::build_deps()?;
+            fuzz::run(&root, seconds, only.as_deref())
+        }
         Cmd::Bench { runs, only } => {
             setup::require_root("the benchmarks load kernel programs")?;
             setup::build_deps()?;
@@ -109,6 +131,38 @@ fn main() -> anyhow::Result<()> {
             bench::run(&root, &bin, &assets, runs, only.as_deref())
         }
     }
+}
+
+const CARGO_DENY_VERSION: &str = "0.20.2";
+
+/// `cargo deny` with deny.toml: licenses, bans and sources always; advisories when the
+/// RustSec database can be fetched (it lives on GitHub, which some build machines cannot
+/// reach: then the run says so, loudly, rather than pass in silence).
+fn check_dependencies() -> anyhow::Result<()> {
+    step("checking the dependencies' licenses, bans and sources (cargo deny, deny.toml)");
+    let deny = |args: &[&str]| {
+        Command::new(cargo())
+            .arg("deny")
+            .args(args)
+            .status()
+            .context("running cargo deny")
+    };
+    if !deny(&["check", "licenses", "bans", "sources"])?.success() {
+        bail!("cargo deny check failed (see above; the policy is deny.toml)");
+    }
+    step("fetching the RustSec advisory database");
+    if deny(&["fetch", "db"])?.success() {
+        step("checking the dependencies against RustSec advisories");
+        if !deny(&["--offline", "check", "advisories"])?.success() {
+            bail!("a dependency has a RustSec advisory (see above; deny.toml says what to do)");
+        }
+    } else {
+        eprintln!(
+            "\n    WARNING: dependencies NOT checked against RustSec advisories: the database \
+             (github.com/RustSec/advisory-db) cannot be fetched from this machine.\n"
+        );
+    }
+    Ok(())
 }
 
 pub fn step(what: &str) {

@@ -94,6 +94,37 @@ pub fn build_deps() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A cargo subcommand at a pinned version (installed from crates.io if missing or another
+/// version): `toolchain` is `+nightly` for tools that need it to build.
+pub fn cargo_tool(
+    krate: &str,
+    version: &str,
+    toolchain: Option<&str>,
+    why: &str,
+) -> anyhow::Result<()> {
+    let sub = krate.trim_start_matches("cargo-");
+    let found = output(Command::new("cargo").args([sub, "--version"])).unwrap_or_default();
+    if found.contains(version) {
+        return Ok(());
+    }
+    step(&format!("installing {krate} {version} ({why})"));
+    let mut cmd = Command::new("cargo");
+    if let Some(t) = toolchain {
+        cmd.arg(t);
+    }
+    run(
+        cmd.args([
+            "install",
+            krate,
+            "--version",
+            version,
+            "--locked",
+            "--force",
+        ]),
+        &format!("installing {krate}"),
+    )
+}
+
 /// Debian packages the tests use.
 const TEST_PACKAGES: &[&str] = &[
     // real pipelines and ground truth (ffprobe)
