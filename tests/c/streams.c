@@ -34,6 +34,12 @@ int main(int argc, char **argv) {
         return 2;
     }
     int n = atoi(argv[2]), fps = atoi(argv[3]), seconds = atoi(argv[4]);
+    /* With STREAMS_WAIT set, a line on stdin first: a test lets the daemon attach to a
+     * library copy it has never seen before the first codec call. */
+    if (getenv("STREAMS_WAIT")) {
+        char line[16];
+        if (!fgets(line, sizeof line, stdin)) return 1;
+    }
     AVFormatContext *fmt = NULL;
     if (avformat_open_input(&fmt, argv[1], NULL, NULL) < 0 || avformat_find_stream_info(fmt, NULL) < 0)
         return 1;
