@@ -272,13 +272,17 @@ fn corrupt_input_counts_codec_errors_by_name() {
     assert_eq!(reported, damaged, "ffmpeg's own error count: {stderr}");
     let p = pid.to_string();
     // Both processes have exited: wait for the second one's final counts.
-    let s = d.wait_for("two ended decoders under one pid", std::time::Duration::from_secs(20), |s| {
-        let up: Vec<_> = s
-            .all("media_stream_up")
-            .filter(|x| x.has(&[("pid", p.as_str()), ("direction", "decode")]))
-            .collect();
-        (up.len() == 2 && up.iter().all(|x| x.value == 0.0)).then(|| s.clone())
-    });
+    let s = d.wait_for(
+        "two ended decoders under one pid",
+        std::time::Duration::from_secs(20),
+        |s| {
+            let up: Vec<_> = s
+                .all("media_stream_up")
+                .filter(|x| x.has(&[("pid", p.as_str()), ("direction", "decode")]))
+                .collect();
+            (up.len() == 2 && up.iter().all(|x| x.value == 0.0)).then(|| s.clone())
+        },
+    );
     let l = [
         ("pid", p.as_str()),
         ("direction", "decode"),
@@ -400,13 +404,17 @@ fn subtitles_are_streams_too() {
         .arg(&out));
     let p = pid.to_string();
     // Both processes have exited: wait for the second one's final counts.
-    let s = d.wait_for("two ended decoders under one pid", std::time::Duration::from_secs(20), |s| {
-        let up: Vec<_> = s
-            .all("media_stream_up")
-            .filter(|x| x.has(&[("pid", p.as_str()), ("direction", "decode")]))
-            .collect();
-        (up.len() == 2 && up.iter().all(|x| x.value == 0.0)).then(|| s.clone())
-    });
+    let s = d.wait_for(
+        "two ended decoders under one pid",
+        std::time::Duration::from_secs(20),
+        |s| {
+            let up: Vec<_> = s
+                .all("media_stream_up")
+                .filter(|x| x.has(&[("pid", p.as_str()), ("direction", "decode")]))
+                .collect();
+            (up.len() == 2 && up.iter().all(|x| x.value == 0.0)).then(|| s.clone())
+        },
+    );
     let tin = truth(&input, false);
     let subs_in = tin.values().find(|t| t.media == "subtitle").unwrap();
     let dec = [
@@ -517,18 +525,40 @@ fn a_reused_context_starts_a_new_stream() {
 fn a_reused_pid_never_merges_two_processes_streams() {
     let short = fixture(
         "h264-64x64-30.mp4",
-        &["-f", "lavfi", "-i", "testsrc2=size=64x64:rate=25", "-frames:v", "30", "-c:v", "libx264", "{out}"],
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=64x64:rate=25",
+            "-frames:v",
+            "30",
+            "-c:v",
+            "libx264",
+            "{out}",
+        ],
     );
     let long = fixture(
         "h264-64x64-45.mp4",
-        &["-f", "lavfi", "-i", "testsrc2=size=64x64:rate=25", "-frames:v", "45", "-c:v", "libx264", "{out}"],
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=64x64:rate=25",
+            "-frames:v",
+            "45",
+            "-c:v",
+            "libx264",
+            "{out}",
+        ],
     );
     let (t_short, t_long) = (&truth(&short, true)[&0], &truth(&long, true)[&0]);
     assert_ne!(t_short.frames, t_long.frames);
     let d = Daemon::start(&[]);
     let decode = |input: &std::path::Path| {
         let mut cmd = ffmpeg();
-        cmd.args(["-threads", "1", "-i"]).arg(input).args(["-f", "null", "-"]);
+        cmd.args(["-threads", "1", "-i"])
+            .arg(input)
+            .args(["-f", "null", "-"]);
         cmd
     };
     let (pid, _) = run(&mut decode(&short));
@@ -542,13 +572,17 @@ fn a_reused_pid_never_merges_two_processes_streams() {
     assert!(reused, "pid {pid} was never handed out again");
     let p = pid.to_string();
     // Both processes have exited: wait for the second one's final counts.
-    let s = d.wait_for("two ended decoders under one pid", std::time::Duration::from_secs(20), |s| {
-        let up: Vec<_> = s
-            .all("media_stream_up")
-            .filter(|x| x.has(&[("pid", p.as_str()), ("direction", "decode")]))
-            .collect();
-        (up.len() == 2 && up.iter().all(|x| x.value == 0.0)).then(|| s.clone())
-    });
+    let s = d.wait_for(
+        "two ended decoders under one pid",
+        std::time::Duration::from_secs(20),
+        |s| {
+            let up: Vec<_> = s
+                .all("media_stream_up")
+                .filter(|x| x.has(&[("pid", p.as_str()), ("direction", "decode")]))
+                .collect();
+            (up.len() == 2 && up.iter().all(|x| x.value == 0.0)).then(|| s.clone())
+        },
+    );
     let mut frames: Vec<u64> = s
         .all("media_frames_total")
         .filter(|x| x.has(&[("pid", p.as_str()), ("direction", "decode")]))

@@ -432,7 +432,11 @@ fn paced_decoder(exe: &Path, input: &Path, libdir: &Path, secs: u32) -> Child {
 fn go_and_count(mut child: Child) -> u64 {
     child.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .nth(1)
@@ -450,7 +454,19 @@ fn a_library_replaced_on_disk_while_mapped_is_followed_to_the_new_file() {
     let exe = streams_program(&dir);
     let input = fixture(
         "h264-32x32-25.mp4",
-        &["-f", "lavfi", "-i", "testsrc2=size=32x32:rate=25", "-frames:v", "25", "-c:v", "libx264", "-bf", "0", "{out}"],
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=32x32:rate=25",
+            "-frames:v",
+            "25",
+            "-c:v",
+            "libx264",
+            "-bf",
+            "0",
+            "{out}",
+        ],
     );
     let libdir = dir.join("lib");
     std::fs::create_dir_all(&libdir).unwrap();
@@ -474,16 +490,21 @@ fn a_library_replaced_on_disk_while_mapped_is_followed_to_the_new_file() {
     assert_ne!(std::fs::metadata(&lib).unwrap().ino(), old_inode);
     let new = paced_decoder(&exe, &input, &libdir, 2);
     let new_pid = new.id();
-    d.wait_for("the new file attached beside the old one", Duration::from_secs(20), |s| {
-        (files(s) > before).then_some(())
-    });
+    d.wait_for(
+        "the new file attached beside the old one",
+        Duration::from_secs(20),
+        |s| (files(s) > before).then_some(()),
+    );
     let new_frames = go_and_count(new);
     let old_frames = old.join().unwrap();
     for (pid, frames) in [(old_pid, old_frames), (new_pid, new_frames)] {
         let s = d.wait_ended(pid);
         let p = pid.to_string();
         assert_eq!(
-            s.value("media_frames_total", &[("pid", p.as_str()), ("direction", "decode")]),
+            s.value(
+                "media_frames_total",
+                &[("pid", p.as_str()), ("direction", "decode")]
+            ),
             Some(frames as f64),
             "pid {pid}"
         );
