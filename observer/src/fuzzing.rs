@@ -8,8 +8,11 @@
 
 use observer_common::{event::EventKind, log::LogEvent};
 
+/// A target's body: one input, any bytes.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its `cargo fuzz` binary and corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("elf", elf),
     ("config", config),
     ("events", events),
