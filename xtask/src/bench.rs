@@ -385,6 +385,7 @@ pub fn run(
     _assets: &Path,
     runs: usize,
     only: Option<&str>,
+    soak_minutes: u64,
 ) -> anyhow::Result<()> {
     let dir = root.join("target").join("bench");
     let workloads: Vec<Workload> = inputs(&dir)?
@@ -530,6 +531,11 @@ pub fn run(
     }
     if only.is_none_or(|o| o.contains("churn")) {
         crate::scale::churn(bin, &dir, port, 2000, &mut report)?;
+    }
+    if only.is_none_or(|o| o.contains("soak"))
+        && !crate::scale::soak(root, bin, &dir, port, soak_minutes, &mut report)?
+    {
+        missed.push("soak: flat memory, files, threads and map entries, every scrape answered");
     }
     println!("\n{report}");
     std::fs::write(dir.join("results.md"), &report)?;

@@ -69,9 +69,12 @@ enum Cmd {
         #[arg(long, default_value_t = 7)]
         runs: usize,
         /// Only these parts (comma-separated): `worst-case`, `720p`, `AAC`, `ingest`, `gpu`,
-        /// `spans`, `scale`, `reaction`, `churn`.
+        /// `spans`, `scale`, `reaction`, `churn`, `soak`.
         #[arg(long)]
         only: Option<String>,
+        /// Length of the soak run.
+        #[arg(long, default_value_t = 30)]
+        soak_minutes: u64,
     },
 }
 
@@ -122,13 +125,17 @@ fn main() -> anyhow::Result<()> {
             setup::build_deps()?;
             fuzz::run(&root, seconds, only.as_deref())
         }
-        Cmd::Bench { runs, only } => {
+        Cmd::Bench {
+            runs,
+            only,
+            soak_minutes,
+        } => {
             setup::require_root("the benchmarks load kernel programs")?;
             setup::build_deps()?;
             let assets = setup::test_deps(&root)?;
             setup::bench_deps()?;
             let bin = build_daemon(true)?;
-            bench::run(&root, &bin, &assets, runs, only.as_deref())
+            bench::run(&root, &bin, &assets, runs, only.as_deref(), soak_minutes)
         }
     }
 }

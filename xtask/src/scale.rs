@@ -412,20 +412,7 @@ pub(crate) fn churn(
     runs: usize,
     report: &mut String,
 ) -> anyhow::Result<()> {
-    let input = dir.join("h264-64x64-5.mp4");
-    if !input.exists() {
-        ffmpeg(&[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=64x64:rate=30",
-            "-frames:v",
-            "5",
-            "-c:v",
-            "libx264",
-            input.to_str().unwrap_or_default(),
-        ])?;
-    }
+    let input = short_input(dir)?;
     step(&format!("churn: {runs} short ffmpeg runs, two at a time"));
     // Longer than a batch takes, so a batch's streams are all still on /metrics when it is
     // checked.
@@ -509,6 +496,173 @@ pub(crate) fn churn(
     }
     let _ = writeln!(report);
     Ok(())
+}
+
+/// The 5-frame decode the churn and soak runs start over and over.
+fn short_input(dir: &Path) -> anyhow::Result<PathBuf> {
+    let input = dir.join("h264-64x64-5.mp4");
+    if !input.exists() {
+        ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=64x64:rate=30",
+            "-frames:v",
+            "5",
+            "-c:v",
+            "libx264",
+            input.to_str().unwrap_or_default(),
+        ])?;
+    }
+    Ok(input)
+}
+
+/// `minutes` of pipelines starting and stopping without pause (two short ffmpeg runs at a
+/// time, beside one paced 30 fps stream that runs throughout) with `/metrics` scraped every
+/// second: the daemon's memory, open files, threads and kernel map entries, sampled each
+/// minute, must stay flat.
+pub(crate) fn soak(
+    root: &Path,
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    minutes: u64,
+    report: &mut String,
+) -> anyhow::Result<bool> {
+    let input = short_input(dir)?;
+    let program = streams_program(root, dir)?;
+    let paced = small_input(dir)?;
+    step(&format!(
+        "soak: {minutes} min of pipelines starting and stopping, scraped every second"
+    ));
+    let grace = 30;
+    let daemon = Daemon::start(bin, port, &["--ended-stream-grace", &format!("{grace}s")])?;
+    let pid = daemon.0.id();
+    let steady = spawn_streams(&program, &paced, 1, 30, (minutes * 60 + 30) as u32)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match scrape(port) {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            (ok, failed)
+        })
+    };
+    let sample = || -> anyhow::Result<[f64; 4]> {
+        Ok([
+            status_value(pid, "VmRSS") as f64 / 1024.0,
+            open_files(pid) as f64,
+            status_value(pid, "Threads") as f64,
+            kernel_map_entries()? as f64,
+        ])
+    };
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs(minutes * 60);
+    let mut samples: Vec<(u64, [f64; 4])> = Vec::new();
+    let mut next_sample = t0;
+    let mut running: Vec<Child> = Vec::new();
+    let mut started = 0u64;
+    while Instant::now() < end {
+        if running.len() == 2 {
+            let mut c = running.remove(0);
+            if !c.wait()?.success() {
+                bail!("an ffmpeg run failed");
+            }
+        }
+        running.push(
+            Command::new("ffmpeg")
+                .args(["-nostdin", "-loglevel", "error", "-i"])
+                .arg(&input)
+                .args(["-f", "null", "-"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        started += 1;
+        if Instant::now() >= next_sample {
+            samples.push((t0.elapsed().as_secs() / 60, sample()?));
+            next_sample += Duration::from_secs(60);
+        }
+    }
+    for mut c in running {
+        c.wait()?;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (scrapes, failed) = scraper
+        .join()
+        .map_err(|_| anyhow::anyhow!("scraper panicked"))?;
+    let last = sample()?;
+    let (steady_truth, _) = truth(vec![steady])?;
+    drop(daemon);
+    // Flat: the last quarter's largest value within 10% (or 2 units) of the largest after the
+    // first two minutes of warm-up; a leak grows through the run and fails this.
+    let warm: Vec<&[f64; 4]> = samples
+        .iter()
+        .filter(|(m, _)| *m >= 2)
+        .map(|(_, v)| v)
+        .chain(std::iter::once(&last))
+        .collect();
+    if warm.len() < 2 {
+        bail!("a soak needs at least 4 minutes: 2 of warm-up and 2 to compare");
+    }
+    let quarter = (warm.len() / 4).max(1);
+    let mut flat = true;
+    let mut verdicts = Vec::new();
+    for (i, name) in ["RSS (MiB)", "open files", "threads", "kernel map entries"]
+        .iter()
+        .enumerate()
+    {
+        let early = warm[..warm.len() - quarter]
+            .iter()
+            .map(|v| v[i])
+            .fold(0.0, f64::max);
+        let late = warm[warm.len() - quarter..]
+            .iter()
+            .map(|v| v[i])
+            .fold(0.0, f64::max);
+        let ok = late <= (early * 1.1).max(early + 2.0);
+        flat &= ok;
+        verdicts.push(format!(
+            "{name}: largest {early:.1} before the last quarter, {late:.1} in it ({})",
+            if ok { "flat" } else { "GROWING" }
+        ));
+    }
+    let _ = writeln!(
+        report,
+        "Soak: {minutes} min, {started} ffmpeg runs started (two at a time) beside one paced \
+         stream ({steady_truth} frames); /metrics scraped every second: {scrapes} answered, \
+         {failed} failed; ended-stream grace {grace} s"
+    );
+    let _ = writeln!(
+        report,
+        "| minute | RSS (MiB) | open files | threads | kernel map entries |"
+    );
+    let _ = writeln!(report, "|---|---|---|---|---|");
+    let rows = samples
+        .iter()
+        .filter(|(m, _)| m % 5 == 0)
+        .map(|(m, v)| (m.to_string(), v))
+        .chain(std::iter::once(("end".to_string(), &last)));
+    for (m, v) in rows {
+        let _ = writeln!(
+            report,
+            "| {m} | {:.1} | {:.0} | {:.0} | {:.0} |",
+            v[0], v[1], v[2], v[3]
+        );
+    }
+    let _ = writeln!(
+        report,
+        "{}
+",
+        verdicts.join("; ")
+    );
+    Ok(flat && failed == 0)
 }
 
 /// The scale points as PNG plots next to the report.
