@@ -253,17 +253,35 @@ fn kernel_state_returns_to_baseline_when_pipelines_exit() {
         let v = |m| s.value("observer_kernel_map_entries", &[("map", m)]);
         (v("ios")? > baseline[1] && v("fds")? > baseline[2]).then_some(())
     });
+    // Stopped first, so the count at the kill is known exactly: once two collections agree,
+    // the daemon has everything the process decoded.
+    let video = [
+        ("pid", p.as_str()),
+        ("direction", "decode"),
+        ("media", "video"),
+    ];
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let last = std::cell::Cell::new(-1.0);
+    let at_kill = d.wait_for(
+        "the stopped pipeline's count to settle",
+        Duration::from_secs(10),
+        |s| {
+            let v = s.value("media_frames_total", &video)?;
+            let settled = v == last.replace(v);
+            std::thread::sleep(Duration::from_millis(1200));
+            settled.then_some(v)
+        },
+    );
     // SAFETY: killing our own child.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let _ = child.wait();
     let s = d.wait_ended(pid);
-    let frames = s
-        .value(
-            "media_frames_total",
-            &[("pid", &p), ("direction", "decode"), ("media", "video")],
-        )
-        .unwrap();
-    assert!(frames > 10.0, "final counts kept after SIGKILL: {frames}");
+    assert_eq!(
+        s.value("media_frames_total", &video),
+        Some(at_kill),
+        "final counts kept exactly after SIGKILL"
+    );
     // Ios linger five seconds in the kernel after they end (their TCP sockets may still
     // retransmit), then go with everything else the process left.
     d.wait_for(
