@@ -290,38 +290,17 @@ impl Families {
                             );
                         }
                         let total: u64 = buckets.iter().sum();
+                        let mut line = |suffix, le, v| {
+                            sample(&mut out, &mut number, name, suffix, set, le, v);
+                        };
                         for (j, _, cum) in cumulative(buckets, *lo, *hi, *scale) {
                             if let Some(le) = bounds.3.get(j) {
-                                sample(
-                                    &mut out,
-                                    &mut number,
-                                    name,
-                                    "_bucket",
-                                    set,
-                                    Some(le),
-                                    cum as f64,
-                                );
+                                line("_bucket", Some(le), cum as f64);
                             }
                         }
-                        sample(
-                            &mut out,
-                            &mut number,
-                            name,
-                            "_bucket",
-                            set,
-                            Some("+Inf"),
-                            total as f64,
-                        );
-                        sample(&mut out, &mut number, name, "_sum", set, None, *sum);
-                        sample(
-                            &mut out,
-                            &mut number,
-                            name,
-                            "_count",
-                            set,
-                            None,
-                            total as f64,
-                        );
+                        line("_bucket", Some("+Inf"), total as f64);
+                        line("_sum", None, *sum);
+                        line("_count", None, total as f64);
                     }
                 }
                 if out.len() >= chunk
