@@ -372,8 +372,9 @@ fn publish(
     scans: u64,
     otlp: Option<&mut Otlp>,
 ) {
-    // The maps are read before the lock is taken: at a thousand streams that is most of a
-    // collection, and a scrape waits for the lock.
+    // The maps, and /proc for whether each process still runs, are read before the lock is
+    // taken: at a thousand streams that is most of a collection, and a scrape waits for the
+    // lock.
     let (streams, logs, ios) = (kernel.live_streams(), kernel.log_entries(), kernel.ios());
     let (counters, io_map_entries) = (kernel.counters(), kernel.io_map_entries());
     let mut processes = observer::streams::Liveness::read(
