@@ -343,6 +343,55 @@ fn unknown_major_is_reported_not_read() {
     assert_eq!(d.get("/healthz").map(|x| x.0), Some(200));
 }
 
+/// A truncated library (a copy cut off mid-write, a damaged download) mapped executable by two
+/// processes: skipped with the reason `malformed_elf` in the metric, one log line for the
+/// file however many map it, nothing attached, and the daemon keeps serving.
+#[test]
+fn a_truncated_library_is_reported_malformed_once_and_skipped() {
+    let dir = tempdir("truncated");
+    let system = std::fs::read("/usr/lib/x86_64-linux-gnu/libavcodec.so.59").unwrap();
+    let lib = dir.join("libavcodec-cut.so.59");
+    std::fs::write(&lib, &system[..system.len() * 6 / 10]).unwrap();
+    let d = Daemon::start(&[]);
+    let map_exec = || {
+        Command::new("python3")
+            .args([
+                "-c",
+                "import mmap, os, sys\n\
+                 fd = os.open(sys.argv[1], os.O_RDONLY)\n\
+                 m = mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_EXEC)\n\
+                 sys.stdin.readline()\n",
+            ])
+            .arg(&lib)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("python3")
+    };
+    let (mut a, mut b) = (map_exec(), map_exec());
+    let s = d.wait_for(
+        "the truncated library reported malformed",
+        Duration::from_secs(20),
+        |s| {
+            (s.value("observer_unsupported_files", &[("reason", "malformed_elf")])? >= 1.0)
+                .then(|| s.clone())
+        },
+    );
+    assert!(!attached(&s, "libavcodec-cut"));
+    // Both processes are seen by the periodic rescan too; still one line for the file.
+    std::thread::sleep(Duration::from_secs(3));
+    let log = d.log_text();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("libavcodec-cut.so.59") && l.contains("malformed_elf"))
+        .count();
+    assert_eq!(lines, 1, "{log}");
+    for c in [&mut a, &mut b] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert_eq!(d.get("/healthz").map(|x| x.0), Some(200));
+}
+
 #[test]
 fn garbage_behind_ffmpeg_names_is_distrusted() {
     let dir = tempdir("fake-garbage");
