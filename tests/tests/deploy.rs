@@ -231,16 +231,16 @@ fn unit_capabilities() -> (Vec<String>, Vec<String>) {
         .partition(|c| bounding & (1 << bit(c)) != 0)
 }
 
+/// setpriv's capability list granting exactly `caps`: `-all,+cap_a,+cap_b`.
+fn inheritable<'a>(caps: impl IntoIterator<Item = &'a String>) -> String {
+    let granted: Vec<String> = caps.into_iter().map(|c| format!("+{c}")).collect();
+    format!("-all,{}", granted.join(","))
+}
+
 /// Runs the daemon with only `caps`; returns its attached files and frames counted for a
 /// pipeline, once ready.
 fn with_capabilities(caps: &[String]) -> (f64, f64) {
-    let set = format!(
-        "-all,{}",
-        caps.iter()
-            .map(|c| format!("+{c}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let set = inheritable(caps);
     let bin = std::env::var("OBSERVER_BIN").expect("run through cargo xtask test");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -360,13 +360,7 @@ fn the_systemd_units_capabilities_are_enough_and_each_missing_one_is_named() {
             .arg(&prog)
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("c/uprobe_open.c")));
         let open = |caps: &[&String]| {
-            let set = format!(
-                "-all,{}",
-                caps.iter()
-                    .map(|c| format!("+{c}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
+            let set = inheritable(caps.iter().copied());
             Command::new("setpriv")
                 .arg(format!("--bounding-set={set}"))
                 .arg(format!("--inh-caps={set}"))
