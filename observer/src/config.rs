@@ -114,6 +114,12 @@ pub struct Options {
     #[arg(long, env = "OBSERVER_MAX_STREAMS", default_value_t = 5000)]
     pub max_streams: usize,
 
+    /// Streams the kernel's maps hold, live and just ended; above 15/16 of it the streams
+    /// idle longest (10 s or more) are evicted and counted. About 3.8 KiB of kernel memory a
+    /// stream in use.
+    #[arg(long, env = "OBSERVER_KERNEL_MAX_STREAMS", default_value_t = observer_common::stream::MAX_STREAMS, value_parser = clap::value_parser!(u32).range(KERNEL_MAX_STREAMS))]
+    pub kernel_max_streams: u32,
+
     /// Drop the per-stream labels (`stream`, `pid`) and sum streams that share process,
     /// direction, media and codec: for nodes that run thousands of short jobs.
     #[arg(long, env = "OBSERVER_AGGREGATE", default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
@@ -254,6 +260,10 @@ pub struct Options {
     pub empty_probes: bool,
 }
 
+/// Sizes `--kernel-max-streams` may take: room for the eviction's two water marks, and at
+/// most 262,144 streams (about 1 GiB of kernel memory when all are in use).
+const KERNEL_MAX_STREAMS: std::ops::RangeInclusive<i64> = 8..=262_144;
+
 /// The config file: every option, all optional; unknown keys are an error.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -264,6 +274,7 @@ struct FileOptions {
     #[serde(default, with = "opt_duration")]
     ended_stream_grace: Option<Duration>,
     max_streams: Option<usize>,
+    kernel_max_streams: Option<u32>,
     aggregate: Option<bool>,
     #[serde(default, with = "opt_duration")]
     collect_interval: Option<Duration>,
@@ -382,6 +393,7 @@ impl Options {
             log_level,
             ended_stream_grace,
             max_streams,
+            kernel_max_streams,
             aggregate,
             collect_interval,
             rescan_interval,
@@ -423,6 +435,14 @@ impl Options {
             return Err(ConfigError::Invalid(
                 "max_streams must be at least 1".into(),
             ));
+        }
+        if !KERNEL_MAX_STREAMS.contains(&(self.kernel_max_streams as i64)) {
+            return Err(ConfigError::Invalid(format!(
+                "kernel_max_streams must be between {} and {}, not {}",
+                KERNEL_MAX_STREAMS.start(),
+                KERNEL_MAX_STREAMS.end(),
+                self.kernel_max_streams
+            )));
         }
         if self.collect_interval < Duration::from_millis(10) {
             return Err(ConfigError::Invalid(
@@ -504,6 +524,20 @@ mod tests {
             Err(ConfigError::Invalid(_))
         ));
         assert!(parse(&["observer", "--listen", "nope"], "").is_err());
+        // The kernel map size, bounded the same way from a flag and from the file.
+        assert_eq!(
+            parse(&["observer"], "kernel_max_streams = 64\n")
+                .unwrap()
+                .kernel_max_streams,
+            64
+        );
+        for bad in ["4", "262145"] {
+            assert!(parse(&["observer", "--kernel-max-streams", bad], "").is_err());
+            assert!(matches!(
+                parse(&["observer"], &format!("kernel_max_streams = {bad}\n")),
+                Err(ConfigError::Invalid(_))
+            ));
+        }
     }
 
     #[test]

@@ -147,6 +147,8 @@ pub struct LoadOptions {
     /// slow-frame threshold in ns (`frame::SLOW_FRAME_NEVER` for none).
     pub frame_sample: u64,
     pub slow_frame_ns: u64,
+    /// Entries of `STREAMS` and `ENDED_STREAMS`.
+    pub max_streams: u32,
 }
 
 /// The ring buffers the daemon reads: process, io and log events; frame spans.
@@ -191,6 +193,7 @@ impl Kernel {
             log_event_level,
             frame_sample,
             slow_frame_ns,
+            max_streams,
         } = opts;
         raise_memlock_limit();
         let btf = Btf::from_sys_fs().ok();
@@ -199,6 +202,8 @@ impl Kernel {
             .override_global("LOG_EVENT_LEVEL", &log_event_level, true)
             .override_global("FRAME_SAMPLE", &frame_sample, true)
             .override_global("SLOW_FRAME_NS", &slow_frame_ns, true)
+            .map_max_entries("STREAMS", max_streams)
+            .map_max_entries("ENDED_STREAMS", max_streams)
             .load(PROGRAMS)?;
         for name in UPROBE_PROGRAMS {
             let p: &mut UProbe = program(&mut ebpf, name)?;

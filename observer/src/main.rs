@@ -111,6 +111,7 @@ async fn run(
         log_event_level: opts.ffmpeg_log_events.av_level(),
         frame_sample,
         slow_frame_ns,
+        max_streams: opts.kernel_max_streams,
     })
     .context("cannot load the kernel programs; observer needs a kernel with uprobes and BTF")?;
     tracing::info!(
@@ -125,7 +126,11 @@ async fn run(
     );
     let mut tracker = Tracker::new(opts.detach_linger);
     let shared: SharedState = Arc::new(Mutex::new(Shared {
-        registry: Registry::new(opts.ended_stream_grace, opts.max_streams),
+        registry: Registry::new(
+            opts.ended_stream_grace,
+            opts.max_streams,
+            opts.kernel_max_streams as usize,
+        ),
         logs: LogRegistry::new(opts.ended_stream_grace),
         ios: IoRegistry::new(opts.ended_stream_grace, opts.max_streams),
         io_probes: kernel.io,

@@ -896,6 +896,20 @@ fn daemon_families(f: &mut Families, shared: &Shared) {
         &set(&[("map", "streams")]),
         st.kernel_streams as f64,
     );
+    f.add(
+        "observer_kernel_map_capacity",
+        MetricType::GAUGE,
+        "Entries a kernel map holds (--kernel-max-streams for the stream maps)",
+        &set(&[("map", "streams")]),
+        shared.registry.kernel_capacity as f64,
+    );
+    f.add(
+        "observer_kernel_map_evicted_total",
+        MetricType::COUNTER,
+        "Idle live streams evicted from a kernel map above its high-water mark, so new streams find room; each ends with its counts as last read",
+        &set(&[("map", "streams")]),
+        shared.registry.kernel_evicted_total as f64,
+    );
     let (ios, fds, sockets) = shared.io_map_entries;
     for (map, n) in [("ios", ios), ("fds", fds), ("sockets", sockets)] {
         f.add(

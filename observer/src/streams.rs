@@ -76,6 +76,30 @@ pub struct CollectStats {
     pub kernel_streams: usize,
 }
 
+/// How long a stream must have made no call before map pressure may evict it: a live decoder
+/// between two frames is never taken, a context a program leaked or parked is.
+pub const EVICT_IDLE: Duration = Duration::from_secs(10);
+
+/// Under pressure, which of the kernel's live streams (`(key, last call or open, in kernel
+/// ns)`) leave its map. Above the high-water mark (1/16 of the map, at least one entry, short
+/// of full) the ones idle longest, at least [`EVICT_IDLE`], go until the low-water mark (1/8
+/// short of full): a new stream then finds room at once, where a full map would refuse it.
+pub fn pressure_victims(
+    mut live: Vec<(StreamKey, u64)>,
+    capacity: usize,
+    now_ns: u64,
+) -> Vec<StreamKey> {
+    let high = capacity.saturating_sub((capacity / 16).max(1));
+    if live.len() <= high {
+        return Vec::new();
+    }
+    let over = live.len() - capacity.saturating_sub((capacity / 8).max(2));
+    let idle = EVICT_IDLE.as_nanos() as u64;
+    live.retain(|(_, last)| now_ns.saturating_sub(*last) >= idle);
+    live.sort_by_key(|&(key, last)| (last, key.tgid, key.ctx));
+    live.into_iter().take(over).map(|(k, _)| k).collect()
+}
+
 pub struct Registry {
     records: BTreeMap<StreamId, Record>,
     grace: Duration,
@@ -85,6 +109,10 @@ pub struct Registry {
     pub stats: CollectStats,
     /// Ended streams pushed out by the cap before their grace period ran out.
     pub evicted_total: u64,
+    /// Entries the kernel's stream maps hold (`--kernel-max-streams`).
+    pub kernel_capacity: usize,
+    /// Idle live streams taken out of the kernel's full map ([`pressure_victims`]).
+    pub kernel_evicted_total: u64,
     /// Codec names the daemon read from processes, by (pid, address of the name).
     names: HashMap<(u32, u64), [u8; observer_common::stream::CODEC_NAME_LEN]>,
 }
@@ -115,7 +143,7 @@ impl Registry {
         self.records.len()
     }
 
-    pub fn new(grace: Duration, max: usize) -> Self {
+    pub fn new(grace: Duration, max: usize, kernel_capacity: usize) -> Self {
         Registry {
             records: BTreeMap::new(),
             grace,
@@ -123,6 +151,8 @@ impl Registry {
             clock_offset_ns: clock_offset_ns(),
             stats: CollectStats::default(),
             evicted_total: 0,
+            kernel_capacity,
+            kernel_evicted_total: 0,
             names: HashMap::new(),
         }
     }
@@ -218,10 +248,50 @@ impl Registry {
         let mut seen_live = std::collections::HashSet::new();
         let mut dead_tgids = std::collections::HashSet::new();
         let mut kernel_streams = live.len();
+        let mut running = Vec::with_capacity(live.len());
         for (key, s) in live {
-            if !processes.alive(key.tgid, s.opened_ns) {
+            if processes.alive(key.tgid, s.opened_ns) {
+                running.push((key, s));
+                continue;
+            }
+            kernel_streams -= 1;
+            dead_tgids.insert(key.tgid);
+            if let Some(last) = kernel.remove_stream(&key)
+                && exported(&last)
+            {
+                self.upsert(last, Some(now), tracker, kernel);
+            }
+        }
+        let victims: std::collections::HashSet<(u32, u64)> = pressure_victims(
+            running
+                .iter()
+                .map(|(k, s)| (*k, s.last_ns.max(s.opened_ns)))
+                .collect(),
+            self.kernel_capacity,
+            boottime_ns(),
+        )
+        .into_iter()
+        .map(|k| (k.tgid, k.ctx))
+        .collect();
+        if !victims.is_empty() {
+            tracing::warn!(
+                evicted = victims.len(),
+                entries = kernel_streams,
+                capacity = self.kernel_capacity,
+                "kernel stream map nearly full: idle streams evicted (raise --kernel-max-streams)"
+            );
+        }
+        for (key, s) in running {
+            if victims.contains(&(key.tgid, key.ctx)) {
+                // Evicted: its stream ends with its counts as read now; if the context is
+                // used again the kernel starts a new stream for it (a new `stream` label).
                 kernel_streams -= 1;
-                dead_tgids.insert(key.tgid);
+                self.kernel_evicted_total += 1;
+                tracing::debug!(
+                    pid = key.tgid,
+                    stream = %label(s.tgid, s.opened_ns),
+                    "stream evicted from the kernel map"
+                );
                 if let Some(last) = kernel.remove_stream(&key)
                     && exported(&last)
                 {
@@ -351,5 +421,50 @@ impl Liveness {
             // /proc's start time has clock-tick resolution; allow one tick and then some.
             Some(st) => st.start_ns <= since_ns.saturating_add(50_000_000),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ctx: u64) -> StreamKey {
+        StreamKey {
+            tgid: 1,
+            _pad: 0,
+            ctx,
+        }
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn pressure_takes_the_longest_idle_streams_down_to_the_low_water_mark() {
+        let now = 1000 * S;
+        // 16 entries: high water 15, low water 14. Idle for 0..16 seconds, ctx = idle seconds.
+        let live: Vec<_> = (0..16).map(|i| (key(i), now - i * S)).collect();
+        let ctx: Vec<u64> = pressure_victims(live.clone(), 16, now)
+            .iter()
+            .map(|k| k.ctx)
+            .collect();
+        assert_eq!(ctx, [15, 14]);
+        // At the high-water mark nothing goes.
+        assert!(pressure_victims(live[..15].to_vec(), 16, now).is_empty());
+        // Busy streams are never taken, even when that leaves the map full.
+        let busy: Vec<_> = (0..16).map(|i| (key(i), now - i * S / 10)).collect();
+        assert!(pressure_victims(busy, 16, now).is_empty());
+    }
+
+    #[test]
+    fn a_large_map_keeps_an_eighth_free() {
+        let now = 100_000 * S;
+        let live: Vec<_> = (0..8192).map(|i| (key(i), now - 60 * S - i)).collect();
+        let v = pressure_victims(live, 8192, now);
+        assert_eq!(v.len(), 8192 - 7168);
+        // The oldest activity first: ctx 8191 is the longest idle.
+        assert_eq!(v[0].ctx, 8191);
+        // Small maps keep room for at least two.
+        let live: Vec<_> = (0..8).map(|i| (key(i), now - 60 * S)).collect();
+        assert_eq!(pressure_victims(live, 8, now).len(), 2);
     }
 }

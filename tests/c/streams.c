@@ -80,6 +80,14 @@ int main(int argc, char **argv) {
             if (drain(c[i], f) < 0) return 1;
         }
     }
+    /* With STREAMS_HOLD set, the counts so far and then a line on stdin before draining: a
+     * test holds N open, idle streams (a program that leaked or parked its decoders). */
+    if (getenv("STREAMS_HOLD")) {
+        printf("held frames %lld packets %lld\n", frames, packets);
+        fflush(stdout);
+        char line[16];
+        if (!fgets(line, sizeof line, stdin)) return 1;
+    }
     for (int i = 0; i < n; i++) {
         avcodec_send_packet(c[i], NULL);
         drain(c[i], f);

@@ -223,6 +223,18 @@ pub fn run(cmd: &mut Command) -> (u32, String) {
 }
 
 /// A fresh directory for one test's files.
+/// `tests/c/streams.c` (N paced decoders in one process that prints its frame count), built
+/// against the system FFmpeg.
+pub fn streams_program(dir: &Path) -> PathBuf {
+    let exe = dir.join("streams");
+    run(Command::new("gcc")
+        .args(["-O1", "-o"])
+        .arg(&exe)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("c/streams.c"))
+        .args(["-lavformat", "-lavcodec", "-lavutil"]));
+    exe
+}
+
 pub fn tempdir(name: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("observer-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);

@@ -31,6 +31,27 @@ pub fn fixture(name: &str, args: &[&str]) -> PathBuf {
     out
 }
 
+/// One second of 32x32 H.264 at 25 fps without B-frames: every packet gives its frame at
+/// once, so a decoder's counts are known at any moment.
+pub fn tiny_h264() -> PathBuf {
+    fixture(
+        "h264-32x32-25.mp4",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=32x32:rate=25",
+            "-frames:v",
+            "25",
+            "-c:v",
+            "libx264",
+            "-bf",
+            "0",
+            "{out}",
+        ],
+    )
+}
+
 /// 4 s of 320x240 H.264 with B-frames (2 s GOP) and AAC, in MP4.
 pub fn h264_aac_mp4() -> PathBuf {
     fixture(

@@ -4,28 +4,16 @@
 
 use std::{
     io::Write as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use observer_tests::{Daemon, Scrape, media::fixture, run, tempdir};
+use observer_tests::{Daemon, Scrape, media::tiny_h264, streams_program, tempdir};
 
 fn attached(s: &Scrape, path_part: &str) -> bool {
     s.all("observer_attached_file_info")
         .any(|x| x.label("path").is_some_and(|p| p.contains(path_part)))
-}
-
-/// `tests/c/streams.c` (N paced decoders in one process that prints its frame count), built
-/// against the system FFmpeg.
-fn streams_program(dir: &Path) -> PathBuf {
-    let exe = dir.join("streams");
-    run(Command::new("gcc")
-        .args(["-O1", "-o"])
-        .arg(&exe)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("c/streams.c"))
-        .args(["-lavformat", "-lavcodec", "-lavutil"]));
-    exe
 }
 
 /// Starts `streams` on one stream for `secs` seconds with libavcodec from `libdir`; it waits
@@ -67,22 +55,7 @@ fn go_and_count(mut child: Child) -> u64 {
 fn a_library_replaced_on_disk_while_mapped_is_followed_to_the_new_file() {
     let dir = tempdir("replaced");
     let exe = streams_program(&dir);
-    let input = fixture(
-        "h264-32x32-25.mp4",
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=32x32:rate=25",
-            "-frames:v",
-            "25",
-            "-c:v",
-            "libx264",
-            "-bf",
-            "0",
-            "{out}",
-        ],
-    );
+    let input = tiny_h264();
     let libdir = dir.join("lib");
     std::fs::create_dir_all(&libdir).unwrap();
     let system = std::fs::canonicalize("/usr/lib/x86_64-linux-gnu/libavcodec.so.59").unwrap();
