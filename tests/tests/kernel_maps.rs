@@ -40,7 +40,10 @@ impl Held {
             .filter_map(|w| w.parse().ok())
             .collect();
         assert_eq!(v.len(), 2, "streams said {line:?}");
-        assert!(v[0] > 0 && v[0].is_multiple_of(n as u64), "streams said {line:?}");
+        assert!(
+            v[0] > 0 && v[0].is_multiple_of(n as u64),
+            "streams said {line:?}"
+        );
         Held {
             child,
             frames: v[0],

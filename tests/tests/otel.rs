@@ -582,3 +582,103 @@ fn a_planted_secret_in_urls_and_payload_never_leaves_the_node() {
         }
     }
 }
+
+/// A daemon that falls behind (stopped with SIGSTOP while a pipeline runs flat out with every
+/// frame a span, and a process maps executable pages 20,000 times): the kernel's ring buffers
+/// fill and every span and event they refuse is counted. Spans that arrive plus spans lost are
+/// exactly the frames Prometheus counted; the events lost are at least those that cannot
+/// have fit (20,000 minus the ring's 8,192 records). The daemon then carries on.
+#[test]
+fn a_daemon_that_falls_behind_counts_every_span_and_event_its_rings_refused() {
+    let _serial = serial();
+    let rx = Receiver::start();
+    let url = rx.http_url();
+    let d = Daemon::start_env(
+        &[
+            "--frame-sample-ratio",
+            "0",
+            "--slow-frame",
+            "0s",
+            "--otlp-queue-size",
+            "200000",
+        ],
+        &otlp_env(&url, "http/protobuf"),
+    );
+    let signal = |sig| {
+        // SAFETY: signalling our own child.
+        assert_eq!(unsafe { libc::kill(d.pid() as i32, sig) }, 0);
+    };
+    signal(libc::SIGSTOP);
+    let (pid, _) = run(ffmpeg().args([
+        "-threads",
+        "1",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=size=16x16:rate=1000",
+        "-frames:v",
+        "30000",
+        "-f",
+        "null",
+        "-",
+    ]));
+    run(std::process::Command::new("python3").args([
+        "-c",
+        "import mmap\n\
+         f = open('/bin/true', 'rb')\n\
+         for _ in range(20000):\n\
+         \x20   mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ | mmap.PROT_EXEC).close()",
+    ]));
+    signal(libc::SIGCONT);
+    let s = d.wait_ended(pid);
+    let p = pid.to_string();
+    // A frame span is a frame paired with its input: decoders' and encoders' frames, and
+    // the frames out of filter graphs, less the unpaired ones.
+    let frames: f64 = [
+        ("media_frames_total", 1.0),
+        ("media_frame_latency_unmatched_total", -1.0),
+        ("media_filter_frames_out_total", 1.0),
+        ("media_filter_frame_latency_unmatched_total", -1.0),
+    ]
+    .iter()
+    .map(|(name, sign)| sign * s.sum(name, &[("pid", p.as_str())]))
+    .sum();
+    let lost = s.expect("observer_frame_spans_lost_total", &[]);
+    assert!(lost > 0.0, "the frame ring never filled: {}", s.text);
+    let spans = |r: &observer_tests::otlp::Received| {
+        r.spans
+            .iter()
+            .filter(|x| attr_bool(&x.attributes, "media.frame.slow").is_some())
+            .count() as f64
+    };
+    rx.wait_for(
+        &format!("spans + {lost} lost = {frames} frames"),
+        SECS,
+        |r| (spans(r) + lost == frames).then_some(()),
+    );
+    let s = d.scrape();
+    assert_eq!(s.sum("observer_otlp_dropped_total", &[]), 0.0);
+    let events_lost = s.expect("observer_events_lost_total", &[]);
+    assert!(events_lost >= (20_000 - 8_192) as f64, "{events_lost}");
+    // And carries on: the next pipeline is counted to its frame.
+    let (pid, _) = run(ffmpeg().args([
+        "-f",
+        "lavfi",
+        "-i",
+        "color=size=16x16:rate=25",
+        "-frames:v",
+        "100",
+        "-f",
+        "null",
+        "-",
+    ]));
+    let p = pid.to_string();
+    let s = d.wait_ended(pid);
+    assert_eq!(
+        s.sum(
+            "media_frames_total",
+            &[("pid", p.as_str()), ("direction", "decode")]
+        ),
+        100.0
+    );
+}
