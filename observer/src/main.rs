@@ -143,6 +143,7 @@ async fn run(
         },
         attached: Vec::new(),
         unsupported: BTreeMap::new(),
+        skipped: BTreeMap::new(),
         kernel_counters: HashMap::new(),
         io_map_entries: (0, 0, 0),
         processes: 0,
@@ -404,6 +405,7 @@ fn publish(
     }
     s.attached = tracker.attached();
     s.unsupported = tracker.unsupported();
+    s.skipped = tracker.skipped();
     s.kernel_counters = counters;
     s.io_map_entries = io_map_entries;
     s.processes = tracker.pids().len();

@@ -11,7 +11,7 @@ use indexmap::IndexMap;
 use observer_common::stream::{Call, Direction, HIST_BUCKETS, Histogram};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 
-use crate::{ffmpeg, state::Shared, streams::Record};
+use crate::{ffmpeg, state::Shared, streams::Record, tracker::Skip};
 
 /// Exported bucket ranges, as kernel log2 bucket indexes `lo..=hi`: bucket `i` ends at
 /// `2^(i+1)` ns. Frame latency: 16 µs to 8.6 s; call duration: 1 µs to 0.54 s. The kernel keeps
@@ -806,6 +806,20 @@ fn daemon_families(f: &mut Families, shared: &Shared) {
             "",
             &set(&[("reason", *reason)]),
             *n as f64,
+        );
+    }
+    f.declare(
+        "observer_inspections_skipped_total",
+        MetricType::COUNTER,
+        "Files a process maps whose inspection was cut short, by reason; each is inspected again when a process maps it next",
+    );
+    for skip in [Skip::ProcessExited, Skip::Unreadable] {
+        f.add(
+            "observer_inspections_skipped_total",
+            MetricType::COUNTER,
+            "",
+            &set(&[("reason", skip.reason())]),
+            shared.skipped.get(skip.reason()).copied().unwrap_or(0) as f64,
         );
     }
     use observer_common::stream::counter as c;

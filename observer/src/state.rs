@@ -22,6 +22,8 @@ pub struct Shared {
     pub gpu: crate::gpu::SharedGpu,
     pub attached: Vec<AttachedInfo>,
     pub unsupported: BTreeMap<&'static str, usize>,
+    /// Inspections of mapped files cut short, by reason (`tracker::Skip`).
+    pub skipped: BTreeMap<&'static str, u64>,
     pub kernel_counters: HashMap<u32, u64>,
     /// Entries in the kernel's io maps after the last collection: ios, descriptors, sockets.
     pub io_map_entries: (usize, usize, usize),

@@ -28,7 +28,7 @@ struct AttachedFile {
     file: Arc<FfmpegFile>,
     /// Kept open so strings can be read from the file after every process using it (and
     /// its mount namespace) is gone.
-    handle: Option<std::fs::File>,
+    handle: std::fs::File,
     /// Processes mapping the file now. Files attached at start from the library path stay
     /// attached with none.
     pids: HashSet<u32>,
@@ -63,7 +63,29 @@ pub struct Tracker {
     processes: HashMap<u32, Process>,
     /// Distinct unsupported files by reason.
     unsupported: BTreeMap<&'static str, HashSet<FileId>>,
+    /// Inspections of a mapped file cut short, by reason (see [`Skip`]).
+    skipped: BTreeMap<&'static str, u64>,
     linger: Duration,
+}
+
+/// Why the inspection of a file a process maps was cut short. No verdict is kept: the file is
+/// inspected again when a process maps it next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// The process exited between reading its mappings and opening the file.
+    ProcessExited,
+    /// The file could not be opened through the running process (permissions, a mount
+    /// namespace the daemon cannot enter).
+    Unreadable,
+}
+
+impl Skip {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Skip::ProcessExited => "process_exited",
+            Skip::Unreadable => "unreadable",
+        }
+    }
 }
 
 const MAX_VERDICTS: usize = 65536;
@@ -75,6 +97,7 @@ impl Tracker {
             attached: HashMap::new(),
             processes: HashMap::new(),
             unsupported: BTreeMap::new(),
+            skipped: BTreeMap::new(),
             linger,
         }
     }
@@ -90,8 +113,8 @@ impl Tracker {
             inode: meta.ino(),
         };
         let shown = path.display().to_string();
-        if let Some(f) = self.verdict(id, path, &shown)
-            && let Some(a) = self.ensure_attached(kernel, id, path, &shown, f)
+        if let Some(f) = self.verdict(id, path, &shown, None)
+            && let Some(a) = self.ensure_attached(kernel, id, path, &shown, f, None)
         {
             a.pinned = true;
         }
@@ -99,18 +122,27 @@ impl Tracker {
 
     /// Reads a process's mappings and attaches to any FFmpeg file among them.
     pub fn scan(&mut self, kernel: &mut Kernel, pid: u32) {
+        // A process gone before its mappings are read is not counted as skipped: it may be
+        // any short command on the node, and the exit event already ends what it had.
         let Ok(maps) = procfs::exec_mappings(pid) else {
-            // Gone already, or a kernel thread.
             return;
         };
+        self.scan_mappings(kernel, pid, &maps);
+    }
+
+    /// The rest of [`Tracker::scan`], from the mappings read: the files are opened through
+    /// the process, so it may exit meanwhile.
+    pub fn scan_mappings(&mut self, kernel: &mut Kernel, pid: u32, maps: &[ExecMapping]) {
         let mut files = Vec::new();
-        for m in &maps {
+        for m in maps {
             let open = m.open_path(pid);
-            let Some(file) = self.verdict(m.id, &open, &m.path) else {
+            let Some(file) = self.verdict(m.id, &open, &m.path, Some(pid)) else {
                 continue;
             };
             let attach_path = attach_path(pid, m);
-            if let Some(a) = self.ensure_attached(kernel, m.id, &attach_path, &m.path, file) {
+            if let Some(a) =
+                self.ensure_attached(kernel, m.id, &attach_path, &m.path, file, Some(pid))
+            {
                 a.pids.insert(pid);
                 a.unused_since = None;
                 files.push(m.id);
@@ -207,7 +239,25 @@ impl Tracker {
         }
     }
 
-    fn verdict(&mut self, id: FileId, open: &Path, shown: &str) -> Option<Arc<FfmpegFile>> {
+    /// Counts and logs an inspection of `shown`, mapped by `pid`, cut short by `error`.
+    fn skip(&mut self, pid: Option<u32>, shown: &str, error: &std::io::Error) {
+        let why = match pid {
+            Some(pid) if procfs::stat(pid).is_none() => Skip::ProcessExited,
+            _ => Skip::Unreadable,
+        };
+        *self.skipped.entry(why.reason()).or_default() += 1;
+        // Debug: on a busy node short processes exit mid-inspection all the time; the counter
+        // is the signal.
+        tracing::debug!(pid, path = shown, reason = why.reason(), error = %error, "mapped file not inspected; it will be when a process maps it next");
+    }
+
+    fn verdict(
+        &mut self,
+        id: FileId,
+        open: &Path,
+        shown: &str,
+        pid: Option<u32>,
+    ) -> Option<Arc<FfmpegFile>> {
         if let Some(v) = self.verdicts.get(&id) {
             return match v {
                 Verdict::Ffmpeg(f) => Some(f.clone()),
@@ -229,8 +279,7 @@ impl Tracker {
                 Verdict::Ffmpeg(Arc::new(f))
             }
             Err(elf::InspectError::Open(e)) => {
-                // Not a verdict on the file: the process may have gone. Try again next time.
-                tracing::debug!(path = shown, error = %e, "cannot open mapped file");
+                self.skip(pid, shown, &e);
                 return None;
             }
             Err(e) => {
@@ -253,20 +302,36 @@ impl Tracker {
         path: &Path,
         shown: &str,
         file: Arc<FfmpegFile>,
+        pid: Option<u32>,
     ) -> Option<&mut AttachedFile> {
-        if let std::collections::hash_map::Entry::Vacant(e) = self.attached.entry(id) {
-            match kernel.attach(path, &file) {
+        if !self.attached.contains_key(&id) {
+            // Opened first and attached through the daemon's own descriptor: once it is open
+            // the process may exit without failing the attach (nor marking a good file
+            // unsupported).
+            let handle = match std::fs::File::open(path) {
+                Ok(h) => h,
+                Err(e) => {
+                    self.skip(pid, shown, &e);
+                    return None;
+                }
+            };
+            use std::os::fd::AsRawFd as _;
+            let by_fd = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
+            match kernel.attach(&by_fd, &file) {
                 Ok(attachment) => {
                     tracing::info!(path = shown, slot = ?attachment.slot, "attached");
-                    e.insert(AttachedFile {
-                        attachment,
-                        path: shown.to_string(),
-                        file,
-                        handle: std::fs::File::open(path).ok(),
-                        pids: HashSet::new(),
-                        pinned: false,
-                        unused_since: Some(Instant::now()),
-                    });
+                    self.attached.insert(
+                        id,
+                        AttachedFile {
+                            attachment,
+                            path: shown.to_string(),
+                            file,
+                            handle,
+                            pids: HashSet::new(),
+                            pinned: false,
+                            unused_since: Some(Instant::now()),
+                        },
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(path = shown, error = %error_chain(&e), "attach failed");
@@ -290,7 +355,7 @@ impl Tracker {
             .attached
             .values()
             .find(|a| a.attachment.slot == Some(slot))?;
-        a.file.identifier_at(a.handle.as_ref()?, open_ip, name_ptr)
+        a.file.identifier_at(&a.handle, open_ip, name_ptr)
     }
 
     /// The id of the container `pid` runs in: as read at its scan, or from /proc now for a
@@ -324,6 +389,11 @@ impl Tracker {
                     .join(","),
             })
             .collect()
+    }
+
+    /// Inspections cut short, by reason ([`Skip::reason`]).
+    pub fn skipped(&self) -> BTreeMap<&'static str, u64> {
+        self.skipped.clone()
     }
 
     pub fn unsupported(&self) -> BTreeMap<&'static str, usize> {

@@ -81,6 +81,14 @@ fn endpoints_and_self_metrics() {
             .is_some_and(|p| p.contains("libavcodec.so.59"))
     }));
     assert_eq!(s.value("observer_events_lost_total", &[]), Some(0.0));
+    // Every reason a dashboard may select is there from the start.
+    for reason in ["process_exited", "unreadable"] {
+        assert!(
+            s.value("observer_inspections_skipped_total", &[("reason", reason)])
+                .is_some(),
+            "{reason}"
+        );
+    }
     let (code, body) = d.get("/streams").unwrap();
     assert_eq!(code, 200);
     assert!(

@@ -449,3 +449,83 @@ fn files_are_detached_when_no_process_maps_them() {
         (!attached(s, "libavcodec-detach")).then_some(())
     });
 }
+
+/// A process that exits while the daemon inspects the files it maps: each file is skipped
+/// with the reason `process_exited`, none is judged (no verdict, nothing marked unsupported),
+/// and the next process mapping the same never-seen FFmpeg copy gets it attached. Driven
+/// through the daemon's own tracker and kernel programs in this test process, the process
+/// killed between the reading of its mappings and the opening of its files: the window a
+/// running daemon hits by chance.
+#[test]
+fn a_process_exiting_mid_inspection_is_skipped_with_a_reason_and_its_file_attached_later() {
+    use observer::{
+        kernel::{Kernel, LoadOptions},
+        procfs,
+        tracker::Tracker,
+    };
+    use std::io::BufRead as _;
+    observer_tests::require_root();
+    let dir = tempdir("exit-mid-inspection");
+    // A copy: a file (inode) the tracker has never seen.
+    let lib = dir.join("libavutil.so.57");
+    std::fs::copy("/usr/lib/x86_64-linux-gnu/libavutil.so.57", &lib).unwrap();
+    let (mut kernel, _rings) = Kernel::load(LoadOptions {
+        empty_probes: false,
+        ffmpeg_logs: true,
+        io_stats: true,
+        log_event_level: -1,
+        frame_sample: 0,
+        slow_frame_ns: u64::MAX,
+        max_streams: observer_common::stream::MAX_STREAMS,
+    })
+    .expect("the kernel programs load");
+    let mut tracker = Tracker::new(Duration::from_secs(10));
+    let mapper = || {
+        let mut c = Command::new("python3")
+            .args([
+                "-c",
+                "import ctypes, sys\nctypes.CDLL(sys.argv[1])\nprint('mapped', flush=True)\nsys.stdin.read()",
+            ])
+            .arg(&lib)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufReader::new(c.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "mapped");
+        c
+    };
+    let ours = |t: &Tracker| {
+        t.attached()
+            .iter()
+            .any(|a| a.path.starts_with(dir.to_str().unwrap()))
+    };
+
+    let mut p = mapper();
+    let pid = p.id();
+    let maps = procfs::exec_mappings(pid).unwrap();
+    assert!(maps.iter().any(|m| m.path == lib.to_str().unwrap()));
+    p.kill().unwrap();
+    p.wait().unwrap();
+    tracker.scan_mappings(&mut kernel, pid, &maps);
+    // Every file it mapped (python, libc, the copy and its dependencies) was cut short.
+    assert_eq!(
+        tracker.skipped().get("process_exited").copied(),
+        Some(maps.len() as u64)
+    );
+    assert!(!ours(&tracker));
+    assert!(tracker.unsupported().is_empty());
+
+    let mut q = mapper();
+    tracker.scan(&mut kernel, q.id());
+    assert!(ours(&tracker), "the copy is attached for the next process");
+    assert_eq!(
+        tracker.skipped().get("process_exited").copied(),
+        Some(maps.len() as u64)
+    );
+    q.kill().unwrap();
+    q.wait().unwrap();
+}
