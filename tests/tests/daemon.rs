@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use observer_tests::{ContainerCgroup, Daemon, ffmpeg, media, run};
+use observer_tests::{ContainerCgroup, Daemon, Scrape, ffmpeg, media, run};
 
 /// Tests here that run pipelines take turns: every daemon's probes see every test's
 /// pipelines, and these compare totals and baselines.
@@ -89,6 +89,36 @@ fn endpoints_and_self_metrics() {
             "{reason}"
         );
     }
+    // Gzip when asked, as Prometheus does: the same families in fewer bytes (BENCHMARKS.md has
+    // the ratio at scale).
+    let mut r = ureq::get(&format!("http://127.0.0.1:{}/metrics", d.port))
+        .header("Accept-Encoding", "gzip")
+        .call()
+        .unwrap();
+    assert_eq!(
+        r.headers().get("content-encoding").map(|v| v.as_bytes()),
+        Some(&b"gzip"[..])
+    );
+    let packed = r.body_mut().read_to_vec().unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&packed[..]), &mut text)
+        .unwrap();
+    let families = |s: &Scrape| {
+        s.text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let unpacked = Scrape::parse(&text);
+    assert_eq!(families(&unpacked), families(&s));
+    assert_eq!(unpacked.value("observer_ready", &[]), Some(1.0));
+    assert!(
+        packed.len() < text.len(),
+        "{} of {}",
+        packed.len(),
+        text.len()
+    );
     let (code, body) = d.get("/streams").unwrap();
     assert_eq!(code, 200);
     assert!(

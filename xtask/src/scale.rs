@@ -112,6 +112,21 @@ fn scrape(port: u16) -> anyhow::Result<Scrape> {
     })
 }
 
+/// A scrape as Prometheus asks for it (gzip): the time to the last compressed byte, and how
+/// many there were.
+fn scrape_gzip(port: u16) -> anyhow::Result<(Duration, usize)> {
+    let t0 = Instant::now();
+    let mut r = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+        .header("Accept-Encoding", "gzip")
+        .call()?;
+    anyhow::ensure!(
+        r.headers().get("content-encoding").map(|v| v.as_bytes()) == Some(b"gzip"),
+        "/metrics did not answer gzip"
+    );
+    let body = r.body_mut().with_config().limit(1 << 30).read_to_vec()?;
+    Ok((t0.elapsed(), body.len()))
+}
+
 /// A label's value in one exposition line.
 fn label<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let start = line.find(&format!("{name}=\""))? + name.len() + 2;
@@ -202,6 +217,8 @@ pub(crate) struct Point {
     pub metrics_ms: f64,
     pub metrics_max_ms: f64,
     pub metrics_kib: f64,
+    pub gzip_ms: f64,
+    pub gzip_kib: f64,
     pub truth: u64,
     pub counted: u64,
 }
@@ -244,6 +261,14 @@ pub(crate) fn scale(
             std::thread::sleep(Duration::from_millis(200));
         }
         let max_ms = took.iter().copied().fold(0.0, f64::max);
+        let mut took_gzip = Vec::new();
+        let mut gzip_size = 0;
+        for _ in 0..scrapes {
+            let (t, n) = scrape_gzip(port)?;
+            took_gzip.push(t.as_secs_f64() * 1000.0);
+            gzip_size = n;
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let (truth, pids) = truth(children)?;
         // The final counts arrive with the next collection after the processes exit.
         std::thread::sleep(Duration::from_secs(3));
@@ -253,10 +278,12 @@ pub(crate) fn scale(
         drop(daemon);
         eprintln!(
             "    cpu {:.2}% of a core, rss {rss:.1} MiB (peak {hwm:.1}), /metrics {:.1} ms \
-             (max {max_ms:.1}) {} KiB, frames {truth} counted {counted}",
+             (max {max_ms:.1}) {} KiB, gzip {:.1} ms {} KiB, frames {truth} counted {counted}",
             cpu * 100.0,
             median(&mut took.clone()),
-            size / 1024
+            size / 1024,
+            median(&mut took_gzip.clone()),
+            gzip_size / 1024
         );
         points.push(Point {
             streams,
@@ -267,6 +294,8 @@ pub(crate) fn scale(
             metrics_ms: median(&mut took),
             metrics_max_ms: max_ms,
             metrics_kib: size as f64 / 1024.0,
+            gzip_ms: median(&mut took_gzip),
+            gzip_kib: gzip_size as f64 / 1024.0,
             truth,
             counted,
         });
@@ -275,17 +304,21 @@ pub(crate) fn scale(
         report,
         "Scale: N concurrent 16x16 H.264 decode streams (ten a process, libavcodec linked by a C \
          program), the daemon's CPU over 20 s, memory, /metrics (median of 10 scrapes), frames \
-         the pipelines decoded against frames observer counted"
+         the pipelines decoded against frames observer counted; /metrics with gzip (as Prometheus \
+         asks for it, median of 10 more scrapes)"
     );
     let _ = writeln!(
         report,
-        "| streams | fps | daemon CPU (% of one core) | per 100 streams | RSS (MiB) | peak RSS (MiB) | /metrics (ms, median / max) | /metrics size (KiB) | frames decoded | frames counted | lost |"
+        "| streams | fps | daemon CPU (% of one core) | per 100 streams | RSS (MiB) | peak RSS (MiB) | /metrics (ms, median / max) | /metrics size (KiB) | gzip (ms) | gzip size (KiB) | frames decoded | frames counted | lost |"
     );
-    let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        report,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for p in &points {
         let _ = writeln!(
             report,
-            "| {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} / {:.1} | {:.0} | {} | {} | {} |",
+            "| {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} / {:.1} | {:.0} | {:.1} | {:.0} | {} | {} | {} |",
             p.streams,
             p.fps,
             p.cpu_percent,
@@ -295,6 +328,8 @@ pub(crate) fn scale(
             p.metrics_ms,
             p.metrics_max_ms,
             p.metrics_kib,
+            p.gzip_ms,
+            p.gzip_kib,
             p.truth,
             p.counted,
             p.truth as i64 - p.counted as i64
@@ -699,6 +734,7 @@ pub(crate) fn plots(dir: &Path, points: &[Point]) -> anyhow::Result<()> {
         &[
             ("median of 10 scrapes", line(&|p| p.metrics_ms)),
             ("slowest of 10 scrapes", line(&|p| p.metrics_max_ms)),
+            ("gzip, median of 10 scrapes", line(&|p| p.gzip_ms)),
         ],
         Some(("target at 1,000 streams: 50 ms", 50.0)),
     )?;
