@@ -16,6 +16,39 @@ pub enum LogFormat {
     Json,
 }
 
+/// A kind of codec call that can be probed (`--directions`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbedDirection {
+    /// `avcodec_send_packet`, `avcodec_receive_frame` (and the older decode calls).
+    Decode,
+    /// `avcodec_send_frame`, `avcodec_receive_packet` (and the older encode calls).
+    Encode,
+    /// `av_buffersrc_add_frame_flags`, `av_buffersink_get_frame_flags`.
+    Filter,
+}
+
+impl std::fmt::Display for ProbedDirection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProbedDirection::Decode => "decode",
+            ProbedDirection::Encode => "encode",
+            ProbedDirection::Filter => "filter",
+        })
+    }
+}
+
+impl ProbedDirection {
+    pub fn direction(self) -> observer_common::stream::Direction {
+        use observer_common::stream::Direction;
+        match self {
+            ProbedDirection::Decode => Direction::Decode,
+            ProbedDirection::Encode => Direction::Encode,
+            ProbedDirection::Filter => Direction::Filter,
+        }
+    }
+}
+
 /// The least severe FFmpeg log level sent as structured events (`--ffmpeg-log-events`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -142,6 +175,12 @@ pub struct Options {
     /// them yet (comma-separated).
     #[arg(long, env = "OBSERVER_LIBRARY_DIRS", value_delimiter = ',', default_values_t = crate::tracker::LIBRARY_DIRS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
     pub library_dirs: Vec<String>,
+
+    /// Which codec calls are probed (comma-separated `decode`, `encode`, `filter`). Each call
+    /// costs two probe hits; a node that only needs its decoders watched can leave the rest
+    /// out and lose only their metrics (BENCHMARKS.md, the worst-case decode).
+    #[arg(long, env = "OBSERVER_DIRECTIONS", value_enum, value_delimiter = ',', default_values_t = [ProbedDirection::Decode, ProbedDirection::Encode, ProbedDirection::Filter])]
+    pub directions: Vec<ProbedDirection>,
 
     /// Count FFmpeg's own log messages at `av_vlog`, debug level included. Each message is a
     /// probe hit (libavcodec logs about five debug messages per H.264 frame, about 1 µs
@@ -283,6 +322,7 @@ struct FileOptions {
     #[serde(default, with = "opt_duration")]
     detach_linger: Option<Duration>,
     library_dirs: Option<Vec<String>>,
+    directions: Option<Vec<ProbedDirection>>,
     ffmpeg_logs: Option<bool>,
     ffmpeg_log_events: Option<LogEvents>,
     io_stats: Option<bool>,
@@ -399,6 +439,7 @@ impl Options {
             rescan_interval,
             detach_linger,
             library_dirs,
+            directions,
             ffmpeg_logs,
             ffmpeg_log_events,
             io_stats,
@@ -443,6 +484,11 @@ impl Options {
                 KERNEL_MAX_STREAMS.end(),
                 self.kernel_max_streams
             )));
+        }
+        if self.directions.is_empty() {
+            return Err(ConfigError::Invalid(
+                "directions must name at least one of decode, encode, filter".into(),
+            ));
         }
         if self.collect_interval < Duration::from_millis(10) {
             return Err(ConfigError::Invalid(
@@ -531,6 +577,20 @@ mod tests {
                 .kernel_max_streams,
             64
         );
+        // Directions: a list in flag, environment and file; never empty.
+        let o = parse(&["observer", "--directions", "decode,filter"], "").unwrap();
+        assert_eq!(
+            o.directions,
+            [ProbedDirection::Decode, ProbedDirection::Filter]
+        );
+        let o = parse(&["observer"], "directions = [\"encode\"]\n").unwrap();
+        assert_eq!(o.directions, [ProbedDirection::Encode]);
+        assert_eq!(parse(&["observer"], "").unwrap().directions.len(), 3);
+        assert!(parse(&["observer", "--directions", "demux"], "").is_err());
+        assert!(matches!(
+            parse(&["observer"], "directions = []\n"),
+            Err(ConfigError::Invalid(_))
+        ));
         for bad in ["4", "262145"] {
             assert!(parse(&["observer", "--kernel-max-streams", bad], "").is_err());
             assert!(matches!(

@@ -16,7 +16,7 @@ use observer_common::{
     io::{CcKey, FdEntry, Io, IoEvent, IoKey, PacketKey},
     layout::{LibLayout, MAX_LIBS, cookie},
     log::{LogEntry, LogEvent, LogKey},
-    stream::{EndedKey, Stream, StreamKey, counter},
+    stream::{Direction, EndedKey, Stream, StreamKey, counter},
 };
 
 use crate::{elf::FfmpegFile, ffmpeg::Hook};
@@ -130,6 +130,8 @@ pub struct Kernel {
     ffmpeg_logs: bool,
     /// Probe libavformat's input/output calls.
     io_stats: bool,
+    /// The codec calls probed ([`LoadOptions::directions`]).
+    directions: u32,
 }
 
 /// What to load.
@@ -149,7 +151,19 @@ pub struct LoadOptions {
     pub slow_frame_ns: u64,
     /// Entries of `STREAMS` and `ENDED_STREAMS`.
     pub max_streams: u32,
+    /// The codec calls probed: a bit per `Direction` value.
+    pub directions: u32,
 }
+
+/// The `LoadOptions::directions` bit of a direction.
+pub const fn direction_bit(d: Direction) -> u32 {
+    1 << d as u32
+}
+
+/// Every direction probed.
+pub const ALL_DIRECTIONS: u32 = direction_bit(Direction::Decode)
+    | direction_bit(Direction::Encode)
+    | direction_bit(Direction::Filter);
 
 /// The ring buffers the daemon reads: process, io and log events; frame spans.
 pub struct Rings {
@@ -194,6 +208,7 @@ impl Kernel {
             frame_sample,
             slow_frame_ns,
             max_streams,
+            directions,
         } = opts;
         raise_memlock_limit();
         let btf = Btf::from_sys_fs().ok();
@@ -269,6 +284,7 @@ impl Kernel {
             empty_probes,
             ffmpeg_logs,
             io_stats,
+            directions,
         };
         Ok((kernel, rings))
     }
@@ -306,6 +322,11 @@ impl Kernel {
                 continue;
             }
             if point.probe.hook.is_io() && !self.io_stats {
+                continue;
+            }
+            if let Hook::Data(call) = point.probe.hook
+                && self.directions & direction_bit(call.direction()) == 0
+            {
                 continue;
             }
             let (enter, ret) = if self.empty_probes {

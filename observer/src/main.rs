@@ -112,6 +112,10 @@ async fn run(
         frame_sample,
         slow_frame_ns,
         max_streams: opts.kernel_max_streams,
+        directions: opts
+            .directions
+            .iter()
+            .fold(0, |bits, d| bits | kernel::direction_bit(d.direction())),
     })
     .context("cannot load the kernel programs; observer needs a kernel with uprobes and BTF")?;
     tracing::info!(

@@ -494,3 +494,45 @@ fn a_reused_context_starts_a_new_stream() {
     want.sort();
     assert_eq!(got, want, "each round its own stream with its own counts");
 }
+
+/// `--directions decode`: a transcode's decoders are counted exactly as with every direction
+/// probed, and its encoders and filter graph, not probed, have no series at all (a missing
+/// series, never a zero that would read as a stalled encoder).
+#[test]
+fn only_the_directions_asked_for_are_probed() {
+    let input = media::h264_aac_mp4();
+    let truth_in = truth(&input, true);
+    let d = Daemon::start(&["--directions", "decode"]);
+    let (pid, _) = run(ffmpeg().arg("-i").arg(&input).args([
+        "-vf",
+        "scale=160:120",
+        "-c:v",
+        "mpeg4",
+        "-c:a",
+        "aac",
+        "-f",
+        "null",
+        "-",
+    ]));
+    let s = d.wait_ended(pid);
+    for t in truth_in.values() {
+        assert_decoded(&s, pid, t);
+    }
+    let p = pid.to_string();
+    let mine = |name: &str| {
+        s.all(name)
+            .filter(|x| x.label("pid") == Some(&p))
+            .map(|x| x.label("direction").cloned().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        mine("media_frames_total").iter().all(|d| d == "decode"),
+        "{}",
+        s.text
+    );
+    assert!(
+        mine("media_filter_frames_in_total").is_empty(),
+        "{}",
+        s.text
+    );
+}

@@ -477,6 +477,7 @@ fn a_process_exiting_mid_inspection_is_skipped_with_a_reason_and_its_file_attach
         frame_sample: 0,
         slow_frame_ns: u64::MAX,
         max_streams: observer_common::stream::MAX_STREAMS,
+        directions: observer::kernel::ALL_DIRECTIONS,
     })
     .expect("the kernel programs load");
     let mut tracker = Tracker::new(Duration::from_secs(10));

@@ -24,17 +24,34 @@ enum Mode {
     Observer,
     /// The daemon without FFmpeg log capture (`--ffmpeg-logs false`).
     ObserverNoLogs,
+    /// Empty probes on the decode calls only: the floor of the next mode.
+    FloorDecoders,
+    /// The daemon probing decoders only, without log capture and inputs/outputs: the least a
+    /// node can ask for (`DECODERS_ONLY`).
+    ObserverDecoders,
     /// No daemon; bpftrace running `xtask/bench/codec-peer.bt`, the same counting written
     /// by hand: the peer users would otherwise reach for.
     Bpftrace,
 }
 
-const MODES: [Mode; 5] = [
+const MODES: [Mode; 7] = [
     Mode::Alone,
     Mode::Floor,
     Mode::Observer,
     Mode::ObserverNoLogs,
+    Mode::FloorDecoders,
+    Mode::ObserverDecoders,
     Mode::Bpftrace,
+];
+
+/// The daemon's flags for watching decoders and nothing else.
+const DECODERS_ONLY: [&str; 6] = [
+    "--directions",
+    "decode",
+    "--ffmpeg-logs",
+    "false",
+    "--io-stats",
+    "false",
 ];
 
 impl Mode {
@@ -44,6 +61,10 @@ impl Mode {
             Mode::Floor => "empty probes (floor)",
             Mode::Observer => "observer",
             Mode::ObserverNoLogs => "observer, --ffmpeg-logs false",
+            Mode::FloorDecoders => "empty probes, decoders only (floor)",
+            Mode::ObserverDecoders => {
+                "observer, decoders only (--directions decode --ffmpeg-logs false --io-stats false)"
+            }
             Mode::Bpftrace => "bpftrace peer script",
         }
     }
@@ -428,6 +449,12 @@ pub fn run(
                     Mode::ObserverNoLogs => {
                         Some(Daemon::start(bin, port, &["--ffmpeg-logs", "false"])?)
                     }
+                    Mode::FloorDecoders => Some(Daemon::start(
+                        bin,
+                        port,
+                        &[&["--empty-probes"][..], &DECODERS_ONLY].concat(),
+                    )?),
+                    Mode::ObserverDecoders => Some(Daemon::start(bin, port, &DECODERS_ONLY)?),
                 };
                 let s = measure(&w.args)?;
                 eprintln!(
