@@ -65,6 +65,8 @@ pub struct Tracker {
     unsupported: BTreeMap<&'static str, HashSet<FileId>>,
     /// Inspections of a mapped file cut short, by reason (see [`Skip`]).
     skipped: BTreeMap<&'static str, u64>,
+    /// Files whose skip was logged: one line a file, however often it is skipped.
+    skips_logged: HashSet<FileId>,
     linger: Duration,
 }
 
@@ -98,6 +100,7 @@ impl Tracker {
             processes: HashMap::new(),
             unsupported: BTreeMap::new(),
             skipped: BTreeMap::new(),
+            skips_logged: HashSet::new(),
             linger,
         }
     }
@@ -239,16 +242,20 @@ impl Tracker {
         }
     }
 
-    /// Counts and logs an inspection of `shown`, mapped by `pid`, cut short by `error`.
-    fn skip(&mut self, pid: Option<u32>, shown: &str, error: &std::io::Error) {
+    /// Counts an inspection of file `id` (`shown`), mapped by `pid`, cut short by `error`, and
+    /// logs it once per file.
+    fn skip(&mut self, id: FileId, pid: Option<u32>, shown: &str, error: &std::io::Error) {
         let why = match pid {
             Some(pid) if procfs::stat(pid).is_none() => Skip::ProcessExited,
             _ => Skip::Unreadable,
         };
         *self.skipped.entry(why.reason()).or_default() += 1;
-        // Debug: on a busy node short processes exit mid-inspection all the time; the counter
-        // is the signal.
-        tracing::debug!(pid, path = shown, reason = why.reason(), error = %error, "mapped file not inspected; it will be when a process maps it next");
+        if self.skips_logged.len() >= MAX_VERDICTS {
+            self.skips_logged.clear();
+        }
+        if self.skips_logged.insert(id) {
+            tracing::info!(pid, path = shown, reason = why.reason(), error = %error, "mapped file not inspected; it will be when a process maps it next");
+        }
     }
 
     fn verdict(
@@ -279,7 +286,7 @@ impl Tracker {
                 Verdict::Ffmpeg(Arc::new(f))
             }
             Err(elf::InspectError::Open(e)) => {
-                self.skip(pid, shown, &e);
+                self.skip(id, pid, shown, &e);
                 return None;
             }
             Err(e) => {
@@ -311,7 +318,7 @@ impl Tracker {
             let handle = match std::fs::File::open(path) {
                 Ok(h) => h,
                 Err(e) => {
-                    self.skip(pid, shown, &e);
+                    self.skip(id, pid, shown, &e);
                     return None;
                 }
             };

@@ -214,8 +214,21 @@ impl Drop for Daemon {
 
 /// Runs one pipeline and returns its wall time and CPU time (user + system).
 fn measure(args: &[String]) -> anyhow::Result<Sample> {
+    measure_on(None, args)
+}
+
+/// `measure`, the pipeline pinned to one CPU (`taskset` execs ffmpeg: the same process).
+fn measure_on(cpu: Option<usize>, args: &[String]) -> anyhow::Result<Sample> {
     let t0 = Instant::now();
-    let child = Command::new("ffmpeg")
+    let mut cmd = match cpu {
+        Some(c) => {
+            let mut t = Command::new("taskset");
+            t.args(["-c", &c.to_string(), "ffmpeg"]);
+            t
+        }
+        None => Command::new("ffmpeg"),
+    };
+    let child = cmd
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -538,6 +551,9 @@ pub fn run(
     }
     if only.is_none_or(|o| o.contains("spans")) {
         frame_spans(bin, &dir, port, runs, &mut report)?;
+    }
+    if only.is_none_or(|o| o.contains("scrapers")) {
+        scrapers(bin, &dir, port, runs, &mut report)?;
     }
     if only.is_none_or(|o| o.contains("ingest")) {
         for (decode, name) in [
@@ -978,6 +994,144 @@ fn frame_spans(
         );
     }
     let _ = writeln!(report);
+    Ok(())
+}
+
+/// `/metrics` hammered while a pipeline runs: ApacheBench with 16 concurrent scrapers and no
+/// pause between requests, against the daemon as users run it, during the worst-case decode.
+/// The pipeline runs pinned to CPU 0 and the daemon and the scrapers to CPU 1: on two cores,
+/// sharing one would measure the machine's CPU, not whether scrapes reach the pipeline (its
+/// probes never wait for the daemon). Modes interleaved: the daemon idle; the daemon idle with
+/// CPU 1 kept busy by something else (`yes | gzip -1`: what sharing the machine costs alone);
+/// the daemon hammered.
+fn scrapers(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    runs: usize,
+    report: &mut String,
+) -> anyhow::Result<()> {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        let _ = writeln!(report, "Scrapers: skipped, this machine has one CPU\n");
+        return Ok(());
+    }
+    let input = dir.join("h264-64x64-20000.mp4");
+    let args: Vec<String> = [
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-threads",
+        "1",
+        "-i",
+        input.to_str().unwrap_or_default(),
+        "-f",
+        "null",
+        "-",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    step(&format!(
+        "/metrics hammered during the worst-case decode ({runs} runs per mode)"
+    ));
+    measure_on(Some(0), &args)?;
+    let names = [
+        "daemon idle",
+        "daemon idle, CPU 1 busy (yes piped to gzip)",
+        "daemon hammered by 16 scrapers",
+    ];
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); names.len()];
+    let mut answered = Vec::new();
+    let mut failed = 0u64;
+    for r in 0..runs {
+        for (i, name) in names.iter().enumerate() {
+            let daemon = Daemon::start(bin, port, &[])?;
+            let pinned = Command::new("taskset")
+                .args(["-a", "-p", "-c", "1", &daemon.0.id().to_string()])
+                .stdout(Stdio::null())
+                .status()?;
+            anyhow::ensure!(pinned.success(), "taskset could not pin the daemon");
+            let busy = (i == 1)
+                .then(|| {
+                    use std::os::unix::process::CommandExt as _;
+                    Command::new("taskset")
+                        .args(["-c", "1", "sh", "-c", "yes | gzip -1 > /dev/null"])
+                        .process_group(0)
+                        .spawn()
+                        .context("a CPU burner")
+                })
+                .transpose()?;
+            let ab = (i == 2)
+                .then(|| {
+                    Command::new("taskset")
+                        .args(["-c", "1", "ab", "-l", "-r", "-c", "16", "-n", "100000000"])
+                        .args(["-t", "120", "-s", "30"])
+                        .arg(format!("http://127.0.0.1:{port}/metrics"))
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .context("ab (apache2-utils)")
+                })
+                .transpose()?;
+            if ab.is_some() || busy.is_some() {
+                // The load at full speed before the pipeline starts.
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let s = measure_on(Some(0), &args)?;
+            if let Some(mut busy) = busy {
+                // SAFETY: the burner's own process group (sh, yes and gzip).
+                unsafe { libc::kill(-(busy.id() as i32), libc::SIGKILL) };
+                let _ = busy.wait();
+            }
+            if let Some(ab) = ab {
+                // SAFETY: signalling our own child; ab prints its report on SIGINT.
+                unsafe { libc::kill(ab.id() as i32, libc::SIGINT) };
+                let out = ab.wait_with_output()?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                let field = |name: &str| -> Option<u64> {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                };
+                answered.push(field("Complete requests:").unwrap_or(0) as f64);
+                failed += field("Failed requests:").unwrap_or(0);
+            }
+            drop(daemon);
+            eprintln!(
+                "    run {}/{runs} {name:<32} wall {:.3}s cpu {:.3}s",
+                r + 1,
+                s.wall,
+                s.cpu
+            );
+            samples[i].push(s);
+        }
+    }
+    let _ = writeln!(
+        report,
+        "Scrapers: the worst-case decode (pinned to CPU 0) while ApacheBench runs 16 concurrent \
+         scrapers without pause against the daemon (both pinned to CPU 1)"
+    );
+    let _ = writeln!(
+        report,
+        "| mode | pipeline wall (s) | slowdown (paired median, IQR) | pipeline CPU (s) | CPU ratio (paired median, IQR) |"
+    );
+    let _ = writeln!(report, "|---|---|---|---|---|");
+    for (i, name) in names.iter().enumerate() {
+        let wall = median(&mut samples[i].iter().map(|x| x.wall).collect::<Vec<_>>());
+        let cpu = median(&mut samples[i].iter().map(|x| x.cpu).collect::<Vec<_>>());
+        let (w50, w25, w75) = paired(&samples[i], &samples[0], |x| x.wall);
+        let (c50, c25, c75) = paired(&samples[i], &samples[0], |x| x.cpu);
+        let _ = writeln!(
+            report,
+            "| {name} | {wall:.3} | {w50:.3}x ({w25:.3}-{w75:.3}) | {cpu:.3} | {c50:.3}x ({c25:.3}-{c75:.3}) |"
+        );
+    }
+    let _ = writeln!(
+        report,
+        "scrapes answered while the pipeline ran (median of the runs): {:.0}, failed: {failed}\n",
+        median(&mut answered)
+    );
     Ok(())
 }
 
