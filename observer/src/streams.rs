@@ -246,21 +246,17 @@ impl Registry {
     ) {
         let now = Instant::now();
         let mut seen_live = std::collections::HashSet::new();
-        let mut dead_tgids = std::collections::HashSet::new();
+        let mut running_tgids = std::collections::HashSet::new();
         let mut kernel_streams = live.len();
         let mut running = Vec::with_capacity(live.len());
         for (key, s) in live {
             if processes.alive(key.tgid, s.opened_ns) {
+                running_tgids.insert(key.tgid);
                 running.push((key, s));
                 continue;
             }
             kernel_streams -= 1;
-            dead_tgids.insert(key.tgid);
-            if let Some(last) = kernel.remove_stream(&key)
-                && exported(&last)
-            {
-                self.upsert(last, Some(now), tracker, kernel);
-            }
+            self.take_from_kernel(&key, now, tracker, kernel);
         }
         let victims: std::collections::HashSet<(u32, u64)> = pressure_victims(
             running
@@ -292,11 +288,7 @@ impl Registry {
                     stream = %label(s.tgid, s.opened_ns),
                     "stream evicted from the kernel map"
                 );
-                if let Some(last) = kernel.remove_stream(&key)
-                    && exported(&last)
-                {
-                    self.upsert(last, Some(now), tracker, kernel);
-                }
+                self.take_from_kernel(&key, now, tracker, kernel);
                 continue;
             }
             if exported(&s) {
@@ -307,8 +299,14 @@ impl Registry {
         for (_, s) in kernel.take_ended() {
             self.upsert(s, Some(now), tracker, kernel);
         }
-        if !dead_tgids.is_empty() {
-            self.names.retain(|(tgid, _), _| !dead_tgids.contains(tgid));
+        // Names read for processes that no longer hold a stream in the kernel are done with
+        // (every stream of theirs has its name by now). Keyed on the processes seen dead with
+        // streams in the map, as it was, the cache kept the names of every process that freed
+        // its contexts before exiting (most do), up to its 65,536-entry clear.
+        self.names
+            .retain(|(tgid, _), _| running_tgids.contains(tgid));
+        if self.names.len() < self.names.capacity() / 4 {
+            self.names.shrink_to_fit();
         }
         // Live streams the kernel no longer holds and did not hand over as ended (its ended
         // map was full): end them with their last known counts.
@@ -328,6 +326,21 @@ impl Registry {
             duration: now.elapsed(),
             kernel_streams,
         };
+    }
+
+    /// Removes a live stream from the kernel's map and ends it with its last counts.
+    fn take_from_kernel(
+        &mut self,
+        key: &StreamKey,
+        now: Instant,
+        tracker: &Tracker,
+        kernel: &mut Kernel,
+    ) {
+        if let Some(last) = kernel.remove_stream(key)
+            && exported(&last)
+        {
+            self.upsert(last, Some(now), tracker, kernel);
+        }
     }
 
     /// The newest stream of `tgid` on context `ctx`, if any.
