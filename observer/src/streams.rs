@@ -303,8 +303,15 @@ impl Registry {
         // (every stream of theirs has its name by now). Keyed on the processes seen dead with
         // streams in the map, as it was, the cache kept the names of every process that freed
         // its contexts before exiting (most do), up to its 65,536-entry clear.
+        let cached = self.names.len();
         self.names
             .retain(|(tgid, _), _| running_tgids.contains(tgid));
+        if self.names.len() < cached {
+            tracing::trace!(
+                forgotten = cached - self.names.len(),
+                "codec names of finished processes forgotten"
+            );
+        }
         if self.names.len() < self.names.capacity() / 4 {
             self.names.shrink_to_fit();
         }
