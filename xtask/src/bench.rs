@@ -903,23 +903,7 @@ fn frame_spans(
     runs: usize,
     report: &mut String,
 ) -> anyhow::Result<()> {
-    let input = dir.join("h264-64x64-20000.mp4");
-    let args: Vec<String> = [
-        "-nostdin",
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-threads",
-        "1",
-        "-i",
-        input.to_str().unwrap_or_default(),
-        "-f",
-        "null",
-        "-",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = worst_case_args(dir);
     let (url, received) = otlp_sink()?;
     let modes: [(&str, Option<Vec<&str>>); 4] = [
         ("no daemon", None),
@@ -1015,23 +999,7 @@ fn scrapers(
         let _ = writeln!(report, "Scrapers: skipped, this machine has one CPU\n");
         return Ok(());
     }
-    let input = dir.join("h264-64x64-20000.mp4");
-    let args: Vec<String> = [
-        "-nostdin",
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-threads",
-        "1",
-        "-i",
-        input.to_str().unwrap_or_default(),
-        "-f",
-        "null",
-        "-",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = worst_case_args(dir);
     step(&format!(
         "/metrics hammered during the worst-case decode ({runs} runs per mode)"
     ));
@@ -1133,6 +1101,27 @@ fn scrapers(
         median(&mut answered)
     );
     Ok(())
+}
+
+/// The worst-case decode's ffmpeg arguments (the input made by `inputs`).
+fn worst_case_args(dir: &Path) -> Vec<String> {
+    let input = dir.join("h264-64x64-20000.mp4");
+    [
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-threads",
+        "1",
+        "-i",
+        input.to_str().unwrap_or_default(),
+        "-f",
+        "null",
+        "-",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// One value from the daemon's /metrics, by its exposition line's name and labels.
