@@ -25,6 +25,19 @@ use observer::{
     tracker::{self, Tracker},
 };
 
+/// glibc gives each thread that allocates under contention an arena of its own (up to eight
+/// per core) and keeps what each one freed: with scrapes, compression and collection on
+/// tokio's blocking threads, that was a quarter of the daemon's memory under churn
+/// (BENCHMARKS.md, "Soak": about 99 MiB against 75 with two arenas). Two suffice for its few
+/// allocating threads.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("top") {
         use clap::Parser as _;
@@ -35,6 +48,7 @@ fn main() {
         }
         return;
     }
+    limit_malloc_arenas();
     let opts = match Options::load() {
         Ok(o) => o,
         Err(e) => {
