@@ -28,16 +28,6 @@ pub enum ProbedDirection {
     Filter,
 }
 
-impl std::fmt::Display for ProbedDirection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ProbedDirection::Decode => "decode",
-            ProbedDirection::Encode => "encode",
-            ProbedDirection::Filter => "filter",
-        })
-    }
-}
-
 impl ProbedDirection {
     pub fn direction(self) -> observer_common::stream::Direction {
         use observer_common::stream::Direction;
@@ -179,7 +169,7 @@ pub struct Options {
     /// Which codec calls are probed (comma-separated `decode`, `encode`, `filter`). Each call
     /// costs two probe hits; a node that only needs its decoders watched can leave the rest
     /// out and lose only their metrics (BENCHMARKS.md, the worst-case decode).
-    #[arg(long, env = "OBSERVER_DIRECTIONS", value_enum, value_delimiter = ',', default_values_t = [ProbedDirection::Decode, ProbedDirection::Encode, ProbedDirection::Filter])]
+    #[arg(long, env = "OBSERVER_DIRECTIONS", value_enum, value_delimiter = ',', default_values = ["decode", "encode", "filter"])]
     pub directions: Vec<ProbedDirection>,
 
     /// Count FFmpeg's own log messages at `av_vlog`, debug level included. Each message is a
