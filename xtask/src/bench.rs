@@ -547,7 +547,7 @@ pub fn run(
         );
     }
     if only.is_none_or(|o| o.contains("gpu")) {
-        gpu_sampling(root, bin, &dir, port, runs, &mut report)?;
+        gpu_sampling(bin, port, runs, &Nvml::stand_in(root, &dir)?, &mut report)?;
     }
     if only.is_none_or(|o| o.contains("spans")) {
         frame_spans(bin, &dir, port, runs, &mut report)?;
@@ -805,48 +805,64 @@ pub(crate) fn process_cpu(pid: u32) -> anyhow::Result<f64> {
     Ok(ns as f64 / 1e9)
 }
 
+/// Where "GPU sampling on" gets its NVML.
+pub(crate) enum Nvml {
+    /// The tests' stand-in library (`tests/c/nvml_standin.c`) and its script: one GPU, a
+    /// process, an encoder session. Observer's side of the cost only.
+    StandIn { lib: PathBuf, script: PathBuf },
+    /// The driver's `libnvidia-ml.so.1`, on a machine with a GPU (`cargo xtask gpu-kit`).
+    Driver,
+}
+
+impl Nvml {
+    /// Builds the stand-in library into `dir` and scripts it.
+    fn stand_in(root: &Path, dir: &Path) -> anyhow::Result<Nvml> {
+        let lib = dir.join("libnvml-standin.so");
+        let status = Command::new("gcc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&lib)
+            .arg(root.join("tests/c/nvml_standin.c"))
+            .status()
+            .context("building the stand-in NVML library (gcc)")?;
+        if !status.success() {
+            bail!("building the stand-in NVML library failed");
+        }
+        let script = dir.join("nvml-standin.txt");
+        std::fs::write(
+            &script,
+            "devices 1\ndriver 0.0\ndev 0 name stand-in\ndev 0 uuid GPU-0\ndev 0 util_gpu 10\n\
+             dev 0 util_mem 5\ndev 0 enc 1\ndev 0 dec 2\ndev 0 mem_total 1000\ndev 0 mem_used 10\n\
+             dev 0 temp 50\ndev 0 power_mw 1000\ndev 0 clock_sm 1000\ndev 0 clock_video 900\n\
+             dev 0 throttle 0\nproc 0 1 1 1 1 1 1\nsession 0 1 1 0 320 240 30 1000\n",
+        )?;
+        Ok(Nvml::StandIn { lib, script })
+    }
+}
+
 /// The daemon's own CPU with GPU sampling off and on, idle otherwise, 20 s each mode per run.
-/// Without a GPU here, "on" samples the tests' stand-in NVML library (one GPU, a process, an
-/// encoder session): this is observer's side of the cost; the driver's own time per NVML call
-/// needs a real GPU.
-fn gpu_sampling(
-    root: &Path,
+/// With the stand-in NVML this is observer's side of the cost; with the driver's (on a GPU
+/// machine) it includes the driver's own time per NVML call.
+pub(crate) fn gpu_sampling(
     bin: &Path,
-    dir: &Path,
     port: u16,
     runs: usize,
+    nvml: &Nvml,
     report: &mut String,
 ) -> anyhow::Result<()> {
-    let lib = dir.join("libnvml-standin.so");
-    let status = Command::new("gcc")
-        .args(["-shared", "-fPIC", "-O2", "-o"])
-        .arg(&lib)
-        .arg(root.join("tests/c/nvml_standin.c"))
-        .status()
-        .context("building the stand-in NVML library (gcc)")?;
-    if !status.success() {
-        bail!("building the stand-in NVML library failed");
-    }
-    let script = dir.join("nvml-standin.txt");
-    std::fs::write(
-        &script,
-        "devices 1\ndriver 0.0\ndev 0 name stand-in\ndev 0 uuid GPU-0\ndev 0 util_gpu 10\n\
-         dev 0 util_mem 5\ndev 0 enc 1\ndev 0 dec 2\ndev 0 mem_total 1000\ndev 0 mem_used 10\n\
-         dev 0 temp 50\ndev 0 power_mw 1000\ndev 0 clock_sm 1000\ndev 0 clock_video 900\n\
-         dev 0 throttle 0\nproc 0 1 1 1 1 1 1\nsession 0 1 1 0 320 240 30 1000\n",
-    )?;
     step(&format!("GPU sampling cost ({runs} runs, 20 s a mode)"));
     let window = Duration::from_secs(20);
     let mut cpu = [Vec::new(), Vec::new()];
     for r in 0..runs {
         for (i, on) in [false, true].into_iter().enumerate() {
-            let args: Vec<&str> = if on {
-                vec!["--nvml-library", lib.to_str().unwrap_or_default()]
-            } else {
-                vec!["--gpu", "false"]
+            let args: Vec<&str> = match (on, nvml) {
+                (false, _) => vec!["--gpu", "false"],
+                (true, Nvml::StandIn { lib, script }) => {
+                    // SAFETY: setting a variable the daemon we start reads; nothing else runs.
+                    unsafe { std::env::set_var("OBSERVER_NVML_STANDIN", script) };
+                    vec!["--nvml-library", lib.to_str().unwrap_or_default()]
+                }
+                (true, Nvml::Driver) => vec!["--gpu", "true"],
             };
-            // SAFETY: setting a variable the daemon we start reads; nothing else runs.
-            unsafe { std::env::set_var("OBSERVER_NVML_STANDIN", &script) };
             let d = Daemon::start(bin, port, &args)?;
             let pid = d.0.id();
             let before = process_cpu(pid)?;
@@ -864,8 +880,12 @@ fn gpu_sampling(
     let on = median(&mut cpu[1]);
     let _ = writeln!(
         report,
-        "GPU sampling, 1 s interval, stand-in NVML (one GPU): daemon CPU over 20 s idle, median \
-         of {runs}: off {off:.3} s, on {on:.3} s: {:.2} ms of CPU a sample, {:.3}% of one core\n",
+        "GPU sampling, 1 s interval, {}: daemon CPU over 20 s idle, median of {runs}: off \
+         {off:.3} s, on {on:.3} s: {:.2} ms of CPU a sample, {:.3}% of one core\n",
+        match nvml {
+            Nvml::StandIn { .. } => "stand-in NVML (one GPU)",
+            Nvml::Driver => "the driver's NVML",
+        },
         (on - off) * 1000.0 / window.as_secs_f64(),
         (on - off) / window.as_secs_f64() * 100.0
     );

@@ -7,9 +7,12 @@
 //!   the empty-probe floor and a bpftrace peer), the ingest, GPU sampling, frame spans, and
 //!   the daemon at scale (streams, reaction, churn), with plots.
 //! - `cargo xtask setup [--tests]`: only the installing.
+//! - `cargo xtask gpu-kit`: pack the check that needs a real NVIDIA GPU for a machine that has
+//!   one, where `xtask gpu-check` runs it (see `gpukit`).
 
 mod bench;
 mod fuzz;
+mod gpukit;
 mod plot;
 mod scale;
 mod setup;
@@ -76,10 +79,29 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         soak_minutes: u64,
     },
+    /// Pack into target/gpu-kit what a machine with an NVIDIA GPU needs to run the checks
+    /// that need one (the daemon, the device tests, a static ffmpeg with NVDEC).
+    GpuKit,
+    /// On the GPU machine, from the kit: the machine's facts, the device tests, and the cost
+    /// of sampling the real driver, written to `--out` (report.md).
+    GpuCheck {
+        #[arg(long, default_value = gpukit::KIT)]
+        kit: PathBuf,
+        #[arg(long, env = "OUT", default_value = "gpu-check")]
+        out: PathBuf,
+        /// Repetitions of the sampling-cost measurement (20 s a mode each).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Runs from the kit on a machine that has no checkout of this workspace.
+    if let Cmd::GpuCheck { kit, out, runs } = &cli.command {
+        setup::require_root("the device tests load kernel programs")?;
+        return gpukit::check(kit, out, *runs);
+    }
     let root = workspace_root();
     std::env::set_current_dir(&root)?;
     match cli.command {
@@ -137,6 +159,13 @@ fn main() -> anyhow::Result<()> {
             let bin = build_daemon(true)?;
             bench::run(&root, &bin, &assets, runs, only.as_deref(), soak_minutes)
         }
+        Cmd::GpuKit => {
+            setup::build_deps()?;
+            let assets = setup::test_deps(&root)?;
+            let bin = build_daemon(true)?;
+            gpukit::pack(&root, &bin, &assets)
+        }
+        Cmd::GpuCheck { .. } => unreachable!("handled before the workspace is entered"),
     }
 }
 
