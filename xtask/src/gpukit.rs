@@ -134,10 +134,11 @@ pub fn check(kit: &Path, out: &Path, runs: usize) -> anyhow::Result<()> {
         }
     );
     // The driver's libraries may sit outside the loader's paths (a container's or a VM's
-    // driver mount): the daemon loads libnvidia-ml.so.1, ffmpeg libcuda.so.1.
+    // driver mount): the daemon loads libnvidia-ml.so.1, ffmpeg libcuda.so.1 and, for NVDEC
+    // (both `-hwaccel cuda` and the cuvid decoders), libnvcuvid.so.1.
     let mut lib_dirs = Vec::new();
     let mut nvml_found = false;
-    for lib in ["libnvidia-ml.so.1", "libcuda.so.1"] {
+    for lib in ["libnvidia-ml.so.1", "libcuda.so.1", "libnvcuvid.so.1"] {
         let found = find_library(lib);
         nvml_found |= lib == "libnvidia-ml.so.1" && found.is_some();
         let _ = writeln!(
