@@ -401,9 +401,9 @@ pub const LAYOUTS: &[LayoutRow] = &[
             ctx_hw_device_ctx: 864,
             // framerate, sw_pix_fmt, then option "pkt_timebase" 716, as in 58 and 59.
             ctx_framerate: 704,
-            // Between 59 (16) and 61 (8), and PyAV's build has no hardware device type to
-            // find it with: not read (the hwaccel label then goes by codec name only).
-            hwdev_type: ABSENT,
+            // AVHWDeviceContext.type stays at 16 (libavutil 58 keeps its `internal` pointer;
+            // 59 dropped it): PyAV's build has no hardware type to allocate a context of, so
+            // the layout test finds it through av_hwdevice_ctx_init instead.
             // options "ar" 352 and "ac" 356; sample_fmt is declared right after channels.
             // "ch_layout" 912, + 4 for nb_channels.
             ctx_sample_rate: 352,

@@ -3,9 +3,14 @@
 //! scripted in a file) and point the daemon at it with `--nvml-library`: nvml-wrapper loads
 //! it exactly as it loads the driver's `libnvidia-ml.so.1`.
 
-use std::time::Duration;
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
-use observer_tests::{Daemon, ffmpeg, nvml_standin, prom::Scrape, run, tempdir};
+use observer_tests::{Daemon, assets, ffmpeg, nvml_standin, prom::Scrape, run, tempdir};
 
 const SECS: Duration = Duration::from_secs(20);
 
@@ -237,4 +242,108 @@ fn without_a_driver_the_daemon_runs_and_says_so() {
         "-",
     ]));
     d.wait_ended(pid);
+}
+
+/// The `hwaccel` label from the hardware device a decoder is given (`-hwaccel cuda` on a GPU
+/// node), read at open through the context's `hw_device_ctx`, on two majors of a real
+/// ffmpeg: the system's 5.1 and the static 9 build. Vulkan on Mesa's software device
+/// (lavapipe) is a hardware device type any machine can create; FFmpeg 5.1 has no Vulkan
+/// decoding and lavapipe no video queue, so both decode in software after all: the label
+/// says what the context was given, and the frame count that the stream is the real one.
+#[test]
+fn a_decoder_given_a_hardware_device_is_labelled_with_its_type() {
+    let dir = tempdir("hwdevice");
+    let input = dir.join("in.nut");
+    run(ffmpeg()
+        .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30"])
+        .args([
+            "-frames:v",
+            "60",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-f",
+            "nut",
+        ])
+        .arg(&input));
+    let input = std::fs::read(&input).unwrap();
+    let d = Daemon::start(&[]);
+    for (bin, is_static) in [
+        (PathBuf::from("ffmpeg"), false),
+        (assets().join("static-ffmpeg").join("ffmpeg"), true),
+    ] {
+        let version = String::from_utf8(
+            Command::new(&bin)
+                .args(["-hide_banner", "-version"])
+                .output()
+                .expect("ffmpeg -version")
+                .stdout,
+        )
+        .unwrap();
+        let major = version
+            .lines()
+            .find_map(|l| l.strip_prefix("libavcodec"))
+            .and_then(|v| v.trim().split('.').next())
+            .expect("libavcodec's version")
+            .trim()
+            .to_string();
+        let mut child = Command::new(&bin)
+            .args(["-nostdin", "-hide_banner", "-loglevel", "error"])
+            .args(["-init_hw_device", "vulkan=vk:0", "-hwaccel", "vulkan"])
+            .args([
+                "-hwaccel_device",
+                "vk",
+                "-f",
+                "nut",
+                "-i",
+                "pipe:0",
+                "-f",
+                "null",
+                "-",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ffmpeg");
+        let pid = child.id();
+        // A static build is attached when its process maps it; it waits on its input. (The
+        // system's libraries are attached at start.)
+        if is_static {
+            d.wait_for("the static ffmpeg to be attached", SECS, |s| {
+                s.all("observer_attached_file_info")
+                    .any(|x| {
+                        x.label("path")
+                            .is_some_and(|p| p.ends_with("static-ffmpeg/ffmpeg"))
+                    })
+                    .then_some(())
+            });
+        }
+        child.stdin.take().unwrap().write_all(&input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} -hwaccel vulkan (Mesa's lavapipe): {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = d.wait_ended(pid);
+        let pid = pid.to_string();
+        let l = [
+            ("pid", pid.as_str()),
+            ("direction", "decode"),
+            ("codec", "h264"),
+        ];
+        let info = s
+            .one("media_stream_info", &l)
+            .unwrap_or_else(|| panic!("no decode stream of {}:\n{}", bin.display(), s.text));
+        assert_eq!(
+            info.label("hwaccel").map(String::as_str),
+            Some("vulkan"),
+            "{major}"
+        );
+        assert_eq!(info.label("libavcodec"), Some(&major));
+        assert_eq!(s.value("media_frames_total", &l), Some(60.0), "{major}");
+    }
 }

@@ -140,7 +140,7 @@ fn option_offsets(lib: &Path, class_getter: &str) -> Vec<(String, u16)> {
          for (const AVOption *o = get()->option; o && o->name; o++)\n\
              if (o->type != AV_OPT_TYPE_CONST) printf(\"%s %d\\n\", o->name, o->offset);"
     );
-    dl_program(lib, class_getter, &body)
+    dl_program(lib, class_getter, "", &body)
         .lines()
         .filter_map(|l| {
             let (n, o) = l.split_once(' ')?;
@@ -154,14 +154,16 @@ fn descriptor_ids(lib: &Path) -> String {
     dl_program(
         lib,
         "ids",
+        "",
         "const AVCodecDescriptor *(*get)(const char *) = \
          (const AVCodecDescriptor *(*)(const char *))dlsym(h, \"avcodec_descriptor_get_by_name\");\n\
          printf(\"%d %d\", get(\"h264\")->id, get(\"hevc\")->id);",
     )
 }
 
-/// Runs `body` in a C program that has `dlopen`ed `lib` as `h`, and returns its output.
-fn dl_program(lib: &Path, name: &str, body: &str) -> String {
+/// Runs `body` in a C program that has `dlopen`ed `lib` as `h` (after `prelude`, at file
+/// scope), and returns its output.
+fn dl_program(lib: &Path, name: &str, prelude: &str, body: &str) -> String {
     let body = format!(
         "void *h = dlopen(\"{}\", RTLD_NOW | RTLD_GLOBAL); if (!h) {{ puts(dlerror()); return 1; }}\n{body}",
         lib.display()
@@ -169,7 +171,7 @@ fn dl_program(lib: &Path, name: &str, body: &str) -> String {
     let dir = std::env::temp_dir().join(format!("observer-opts-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let src = dir.join(format!("{name}.c"));
-    std::fs::write(&src, format!("#include <stdio.h>\n#include <dlfcn.h>\n#include <libavutil/opt.h>\n#include <libavcodec/codec_desc.h>\n#include <libavutil/buffer.h>\nint main(void) {{ {body} return 0; }}\n")).unwrap();
+    std::fs::write(&src, format!("#include <stdio.h>\n#include <dlfcn.h>\n#include <libavutil/opt.h>\n#include <libavcodec/codec_desc.h>\n#include <libavutil/buffer.h>\n{prelude}\nint main(void) {{ {body} return 0; }}\n")).unwrap();
     let exe = dir.join(format!("prog-{name}"));
     let c = Command::new("gcc")
         .args(["-w", "-I/usr/include/x86_64-linux-gnu"])
@@ -258,6 +260,7 @@ fn offsets_match_the_option_tables_of_majors_without_headers() {
         let found = dl_program(
             &lavu,
             "hwdev",
+            "",
             "int (*next)(int) = (int (*)(int))dlsym(h, \"av_hwdevice_iterate_types\");\n\
              AVBufferRef *(*alloc)(int) = (AVBufferRef *(*)(int))dlsym(h, \"av_hwdevice_ctx_alloc\");\n\
              int t = next(0); AVBufferRef *r = t > 0 ? alloc(t) : 0;\n\
@@ -269,18 +272,35 @@ fn offsets_match_the_option_tables_of_majors_without_headers() {
             assert!(at8 == t || at16 == t, "{major}: no device type in {found}");
             assert_eq!(l.hwdev_type, at, "{major} AVHWDeviceContext.type");
         } else {
-            // A build without hardware types cannot show the field: the table may only
-            // claim it where the header-checked majors on both sides agree, else not read it.
-            let side = |m| layout_for(m).unwrap().layout.hwdev_type;
-            let (below, above) = (side(major - 1), side(major + 1));
-            if below == above {
-                assert_eq!(l.hwdev_type, below, "{major} AVHWDeviceContext.type");
-            } else {
-                assert_eq!(
-                    l.hwdev_type, ABSENT,
-                    "{major}: AVHWDeviceContext.type cannot be checked, so it must not be read"
-                );
-            }
+            // A build without hardware types cannot allocate a device context to look in.
+            // The field's place follows from whether the context still has libavutil's
+            // `internal` pointer before it (av_class, internal, type) or not (av_class,
+            // type): av_hwdevice_ctx_init reaches the device type's callbacks through that
+            // pointer where it exists. Give it a context whose only content is such a
+            // pointer, to a type whose every callback slot is ours: our callback runs.
+            // Where the pointer is gone, the function looks elsewhere, finds nothing, and
+            // faults; the fault is caught and said.
+            let seen = dl_program(
+                &lavu,
+                "hwinit",
+                "#include <signal.h>\n#include <unistd.h>\n\
+                 static int hook(void *ctx) { printf(\"called \"); return 0; }\n\
+                 static void segv(int s) { printf(\"fault\"); fflush(stdout); _exit(0); }\n\
+                 static void *hw_type[64];\nstatic void *internal[4];\n\
+                 static _Alignas(16) unsigned char ctx[512];",
+                "signal(SIGSEGV, segv);\n\
+                 for (int i = 0; i < 64; i++) hw_type[i] = (void *)hook;\n\
+                 internal[0] = hw_type; *(void **)(ctx + 8) = internal;\n\
+                 AVBufferRef ref = {0}; ref.data = ctx; ref.size = sizeof ctx;\n\
+                 int (*init)(AVBufferRef *) = (int (*)(AVBufferRef *))dlsym(h, \"av_hwdevice_ctx_init\");\n\
+                 printf(\"%d\", init(&ref));",
+            );
+            let at = match seen.as_str() {
+                "called 0" => 16,
+                "fault" => 8,
+                _ => panic!("{major}: av_hwdevice_ctx_init said {seen:?}"),
+            };
+            assert_eq!(l.hwdev_type, at, "{major} AVHWDeviceContext.type");
         }
         let fopts = option_offsets(&bundled(pyav, "libavfilter-"), "avfilter_get_class");
         let thread_type = fopts

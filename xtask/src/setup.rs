@@ -137,6 +137,9 @@ const TEST_PACKAGES: &[&str] = &[
     "gcc",
     // renaming a library copy the way wheel bundlers do
     "patchelf",
+    // Mesa's software Vulkan device (lavapipe): a hardware device any machine can give a
+    // decoder, for the `hwaccel` label read from `hw_device_ctx`
+    "mesa-vulkan-drivers",
     // mount namespaces (unshare); setpriv for the least-privilege test
     "util-linux",
     // systemd-analyze verify, for the shipped unit
