@@ -27,6 +27,10 @@ pub struct LogEntry {
     pub count: u64,
     /// `bpf_ktime_get_boot_ns` of the first message, to tell a reused pid apart.
     pub first_ns: u64,
+    /// The codec context of the thread that logged the first message, when `avcodec_open2`
+    /// started that thread (a frame-threaded decoder's worker, logging on its own copy of
+    /// the decoder's context); 0 otherwise.
+    pub thread_codec: u64,
     /// The format string, NUL-terminated; empty if the kernel could not read it (the daemon
     /// then reads it from the process).
     pub template: [u8; TEMPLATE_LEN],
@@ -53,6 +57,8 @@ pub struct LogEvent {
     pub tgid: u32,
     pub ktime_ns: u64,
     pub avcl: u64,
+    /// As [`LogEntry::thread_codec`], for this message's thread.
+    pub thread_codec: u64,
     pub level: i32,
     /// x86-64 `va_list`: offsets into the register save area of the next integer and
     /// floating-point argument.

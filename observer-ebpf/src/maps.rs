@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use observer_common::{
     layout::{LibLayout, MAX_LIBS},
@@ -39,6 +39,22 @@ pub static CALLS: HashMap<CallKey, CallState> = HashMap::with_max_entries(MAX_CA
 pub const CALL_KINDS: [u32; 19] = [
     0, 1, 2, 3, 4, 5, 6, 7, 8, 16, 17, 22, 23, 24, 25, 26, 27, 28, 29,
 ];
+
+/// Threads started inside `avcodec_open2`, by thread id: the workers of a frame-threaded
+/// codec, which decode (and log) on copies of its context. Kept until the thread exits; LRU so
+/// that threads whose exit was not seen cannot fill it.
+#[map]
+pub static CODEC_THREADS: LruHashMap<u32, CodecThread> =
+    LruHashMap::with_max_entries(MAX_CALLS_IN_PROGRESS, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CodecThread {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// The context `avcodec_open2` was opening when it started the thread.
+    pub ctx: u64,
+}
 
 #[map]
 pub static LIBS: Array<LibLayout> = Array::with_max_entries(MAX_LIBS, 0);

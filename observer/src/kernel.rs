@@ -212,9 +212,11 @@ impl Kernel {
         } = opts;
         raise_memlock_limit();
         let btf = Btf::from_sys_fs().ok();
+        let fork_child_pid_at = fork_child_pid_offset();
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
             .override_global("LOG_EVENT_LEVEL", &log_event_level, true)
+            .override_global("FORK_CHILD_PID_AT", &fork_child_pid_at, true)
             .override_global("FRAME_SAMPLE", &frame_sample, true)
             .override_global("SLOW_FRAME_NS", &slow_frame_ns, true)
             .map_max_entries("STREAMS", max_streams)
@@ -253,6 +255,9 @@ impl Kernel {
         }
         if !life.mmap {
             life.mmap = attach_mmap_tracepoints(&mut ebpf);
+        }
+        if ffmpeg_logs && !empty_probes {
+            attach_codec_threads(&mut ebpf, fork_child_pid_at);
         }
         let io = if io_stats && !empty_probes {
             attach_io_tracepoints(&mut ebpf, btf.as_ref())
@@ -385,13 +390,19 @@ impl Kernel {
         if ctx == 0 {
             return None;
         }
+        // Probe decoders and misread contexts are kept in the maps but are no stream.
         if let Ok(s) = self.streams.get(&StreamKey { tgid, _pad: 0, ctx }, 0) {
-            return Some(s.opened_ns);
+            return crate::streams::exported(&s).then_some(s.opened_ns);
         }
         self.ended
             .keys()
             .filter_map(Result::ok)
             .filter(|k| k.tgid == tgid && k.ctx == ctx)
+            .filter(|k| {
+                self.ended
+                    .get(k, 0)
+                    .is_ok_and(|s| crate::streams::exported(&s))
+            })
             .map(|k| k.opened_ns)
             .max()
     }
@@ -517,6 +528,60 @@ fn attach_mmap_tracepoints(ebpf: &mut Ebpf) -> bool {
         }
     }
     ok
+}
+
+/// The thread-creation tracepoint that tells which threads a codec started in `avcodec_open2`
+/// (`probes::codec::codec_thread`): what a frame-threaded decoder's workers log, on their own
+/// copies of its context, is then put on the decoder's stream.
+fn attach_codec_threads(ebpf: &mut Ebpf, child_pid_at: u32) {
+    let name = "codec_thread";
+    let attached = program::<TracePoint>(ebpf, name).and_then(|p| {
+        p.load()
+            .and_then(|()| p.attach("sched", "sched_process_fork").map(drop))
+            .map_err(|source| KernelError::Program { name, source })
+    });
+    match attached {
+        Ok(()) if child_pid_at != 0 => {}
+        Ok(()) => tracing::warn!(
+            "sched_process_fork has no child_pid field here: messages of frame-threaded decoders' worker threads stay off their streams"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "thread-creation probe unavailable: messages of frame-threaded decoders' worker threads stay off their streams"
+        ),
+    }
+}
+
+/// Where `child_pid` sits in a `sched:sched_process_fork` record, from the tracepoint's format
+/// (0 if it cannot be read).
+fn fork_child_pid_offset() -> u32 {
+    ensure_tracefs();
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|dir| {
+            std::fs::read_to_string(format!("{dir}/events/sched/sched_process_fork/format")).ok()
+        })
+        .and_then(|f| field_offset(&f, "child_pid"))
+        .unwrap_or(0)
+}
+
+/// The offset of `field` in a tracepoint's format (`field:pid_t child_pid;\toffset:20;...`).
+pub fn field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let line = line.trim().strip_prefix("field:")?;
+        let mut parts = line.split(';');
+        let declaration = parts.next()?;
+        let name = declaration.split_whitespace().last()?;
+        // `char parent_comm[16]` names its field with the array's size.
+        if name.split('[').next()? != field {
+            return None;
+        }
+        parts
+            .find_map(|p| p.trim().strip_prefix("offset:"))?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// The syscall and socket tracepoints behind per-io bytes, drops and retransmissions.
@@ -722,5 +787,30 @@ impl Kernel {
     /// The libavcodec major of a library slot (0 if the slot is empty).
     pub fn lavc_major(&self, slot: u32) -> u32 {
         self.libs.get(&slot, 0).map_or(0, |l| l.lavc_major)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field_offset;
+
+    #[test]
+    fn fork_records_child_pid_is_found_in_old_and_new_formats() {
+        // 6.x: the comm fields became dynamic strings.
+        let new = "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+                   \tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\
+                   \tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\
+                   \tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\
+                   \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
+        assert_eq!(field_offset(new, "child_pid"), Some(20));
+        assert_eq!(field_offset(new, "child_comm"), Some(16));
+        // Before: fixed arrays.
+        let old = "\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:1;\n\
+                   \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
+                   \tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:1;\n\
+                   \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
+        assert_eq!(field_offset(old, "child_pid"), Some(44));
+        assert_eq!(field_offset(old, "child_comm"), Some(28));
+        assert_eq!(field_offset(old, "child"), None);
     }
 }

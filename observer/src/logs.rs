@@ -19,6 +19,10 @@ pub struct LogRecord {
     pub template: String,
     pub process: String,
     pub ended: Option<Instant>,
+    /// The codec context of the thread that logged the first message, when a codec started
+    /// that thread (0 otherwise): a frame-threaded decoder's worker logs on its own copy of
+    /// the decoder's context, which is no stream's ([`LogEntry::thread_codec`]).
+    pub thread_codec: u64,
 }
 
 pub struct LogRegistry {
@@ -104,6 +108,7 @@ impl LogRegistry {
                             template: clean(&template),
                             process,
                             ended: (!alive).then_some(now),
+                            thread_codec: e.thread_codec,
                         },
                     );
                 }

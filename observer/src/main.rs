@@ -258,11 +258,25 @@ async fn run(
                                     .unwrap_or_default();
                                 // The message may come before the collection that shows its
                                 // stream or io: the kernel's maps know them already.
-                                let opened = s
+                                // A frame-threaded decoder's worker logs on its own copy of
+                                // the decoder's context: the message is the decoder's.
+                                let own = s
                                     .registry
                                     .newest(ev.tgid, ev.avcl)
                                     .map(|r| r.stream.opened_ns)
                                     .or_else(|| kernel.stream_opened(ev.tgid, ev.avcl));
+                                let (ctx, opened) = match own {
+                                    None if ev.thread_codec != 0 => (
+                                        ev.thread_codec,
+                                        s.registry
+                                            .newest(ev.tgid, ev.thread_codec)
+                                            .map(|r| r.stream.opened_ns)
+                                            .or_else(|| {
+                                                kernel.stream_opened(ev.tgid, ev.thread_codec)
+                                            }),
+                                    ),
+                                    _ => (ev.avcl, own),
+                                };
                                 let stream = opened
                                     .map(|o| streams::label(ev.tgid, o))
                                     .unwrap_or_default();
@@ -277,7 +291,7 @@ async fn run(
                                 if let Some(o) = otlp.as_mut() {
                                     let from = otlp::LogOrigin {
                                         process: &process,
-                                        ctx: ev.avcl,
+                                        ctx,
                                         stream_opened: opened,
                                         stream: &stream,
                                         io: &io,

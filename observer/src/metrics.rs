@@ -735,7 +735,7 @@ fn log_families(f: &mut Families, shared: &Shared) {
                 if !shared.aggregate {
                     let stream = shared
                         .registry
-                        .newest(r.key.tgid, r.key.avcl)
+                        .of_message(r.key.tgid, r.key.avcl, r.thread_codec)
                         .map_or("", |r| r.label.as_str());
                     labels.push("stream", stream);
                     labels.push(

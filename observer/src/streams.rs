@@ -360,6 +360,13 @@ impl Registry {
             .map(|(_, r)| r)
     }
 
+    /// The stream an FFmpeg message is on: the one of the context that logged it, else the
+    /// one of the codec whose worker thread logged it (`thread_codec`, 0 if none).
+    pub fn of_message(&self, tgid: u32, avcl: u64, thread_codec: u64) -> Option<&Record> {
+        self.newest(tgid, avcl)
+            .or_else(|| (thread_codec != 0).then(|| self.newest(tgid, thread_codec))?)
+    }
+
     pub fn get(&self, id: &StreamId) -> Option<&Record> {
         self.records.get(id)
     }
@@ -414,7 +421,7 @@ pub fn expire<K: Ord + Copy, R>(
 }
 
 /// Streams that carry a pipeline's work: not probe decoders, not misread, and used.
-fn exported(s: &Stream) -> bool {
+pub fn exported(s: &Stream) -> bool {
     s.flags & (FLAG_PROBE_DECODER | FLAG_INSANE) == 0 && s.direction != Direction::Unknown as u32
 }
 

@@ -90,6 +90,76 @@ fn messages_of_a_codec_land_on_its_stream() {
     assert_eq!(msgs[0].label("stream"), Some(&decoder));
 }
 
+/// A frame-threaded decoder (H.264 with 4 threads) decodes on a copy of its context in each
+/// worker thread, and its errors are logged on those copies: they land on the decoder's
+/// stream all the same. FFmpeg's own log says which were the decoder's: those after the input
+/// is described; the ones before come from `avformat_find_stream_info`'s probe decoder,
+/// which is no stream. Counted, and as structured events.
+#[test]
+fn messages_of_a_frame_threaded_decoders_workers_land_on_its_stream() {
+    const MB: &str = "error while decoding MB %d %d";
+    let damaged = fixture(
+        "h264-noise.h264",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x480:rate=30",
+            "-frames:v",
+            "120",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-bsf:v",
+            "noise=amount=2000",
+            "-f",
+            "h264",
+            "{out}",
+        ],
+    );
+    let d = Daemon::start(&["--log-format", "json"]);
+    let (pid, stderr) = run(ffmpeg()
+        .args(["-loglevel", "repeat+info", "-threads", "4", "-i"])
+        .arg(&damaged)
+        .args(["-f", "null", "-"]));
+    let described = stderr.find("Input #0").expect("ffmpeg describes its input");
+    let (probing, decoding) = stderr.split_at(described);
+    let count = |text: &str| text.matches("error while decoding MB").count() as f64;
+    assert!(count(decoding) > 10.0, "the noise should break macroblocks");
+    let s = d.wait_ended(pid);
+    let p = pid.to_string();
+    let decoder = s
+        .one(
+            "media_frames_total",
+            &[("pid", &p), ("direction", "decode"), ("codec", "h264")],
+        )
+        .and_then(|x| x.label("stream").cloned())
+        .expect("the h264 decoder's stream");
+    let on = |stream: &str| {
+        s.value(
+            "media_log_messages_total",
+            &[("pid", &p), ("stream", stream), ("template", MB)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(
+        on(&decoder),
+        count(decoding),
+        "the decoder's, from its workers"
+    );
+    assert_eq!(on(""), count(probing), "the probe decoder's");
+    let events = events_of(&d, pid);
+    let events_on = |stream: &str| {
+        events
+            .iter()
+            .filter(|e| e["template"] == MB && e["stream"] == stream)
+            .count() as f64
+    };
+    assert_eq!(events_on(&decoder), count(decoding));
+    assert_eq!(events_on(""), count(probing));
+}
+
 #[test]
 fn log_capture_can_be_turned_off() {
     let input = observer_tests::media::h264_aac_mp4();

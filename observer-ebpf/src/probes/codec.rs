@@ -13,8 +13,8 @@ use aya_ebpf::{
         bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_probe_read_user_str_bytes,
     },
-    macros::{uprobe, uretprobe},
-    programs::{ProbeContext, RetProbeContext},
+    macros::{tracepoint, uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use observer_common::{
     event::EventKind,
@@ -30,8 +30,8 @@ use observer_common::{
 
 use crate::{
     maps::{
-        CALLS, CallKey, CallState, ENDED_STREAMS, FRAMES, LIB_READ_FAILURES, LIBS, STREAMS,
-        ZERO_STREAM, bump,
+        CALLS, CODEC_THREADS, CallKey, CallState, CodecThread, ENDED_STREAMS, FRAMES,
+        LIB_READ_FAILURES, LIBS, STREAMS, ZERO_STREAM, bump,
     },
     read::{Window, field},
 };
@@ -360,6 +360,54 @@ pub fn open_return(ctx: RetProbeContext) -> u32 {
         s.open_ip = state.args[1];
     }
     0
+}
+
+/// Offset of `child_pid` in the `sched:sched_process_fork` record, set by the loader from the
+/// tracepoint's format: the record changed over kernel releases (its comm arrays became
+/// dynamic strings in 6.x). 0: unknown, nothing recorded.
+#[unsafe(no_mangle)]
+static FORK_CHILD_PID_AT: u32 = 0;
+
+/// `sched:sched_process_fork`, in the parent thread: a thread started while that thread is
+/// inside `avcodec_open2` belongs to the codec being opened (frame-threaded decoders start
+/// their workers there, each decoding on a copy of the context).
+#[tracepoint(category = "sched", name = "sched_process_fork")]
+pub fn codec_thread(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(p) = CALLS.get_ptr(&CallKey::new(pid_tgid, OPEN)) else {
+        return 0;
+    };
+    // SAFETY: map value pointer, valid for this program run.
+    let state = unsafe { *p };
+    // SAFETY: a constant the loader may have set; volatile so it is not folded at build time.
+    let at = unsafe { core::ptr::read_volatile(&FORK_CHILD_PID_AT) };
+    if state.start_ns == 0 || at == 0 {
+        return 0;
+    }
+    // SAFETY: a bounded read inside the tracepoint record, at the offset its format gives.
+    let Ok(child) = (unsafe { ctx.read_at::<u32>(at as usize) }) else {
+        return 0;
+    };
+    let owner = CodecThread {
+        tgid: (pid_tgid >> 32) as u32,
+        _pad: 0,
+        ctx: state.args[0],
+    };
+    let _ = CODEC_THREADS.insert(&child, &owner, 0);
+    0
+}
+
+/// The codec context the current thread works for, if `avcodec_open2` started it (0 if not):
+/// messages a frame-threaded decoder's worker logs on its copy of the context are its
+/// decoder's.
+#[inline(always)]
+pub fn thread_codec(pid_tgid: u64) -> u64 {
+    let tid = pid_tgid as u32;
+    match CODEC_THREADS.get_ptr(&tid) {
+        // SAFETY: map value pointer, valid for this program run.
+        Some(o) if unsafe { (*o).tgid } == (pid_tgid >> 32) as u32 => unsafe { (*o).ctx },
+        _ => 0,
+    }
 }
 
 /// `void avcodec_free_context(AVCodecContext **avctx)`, `int avcodec_close(AVCodecContext*)`,

@@ -19,7 +19,10 @@ use observer_common::{
     stream::counter,
 };
 
-use super::{codec::now_ns, process::send_addr};
+use super::{
+    codec::{now_ns, thread_codec},
+    process::send_addr,
+};
 use crate::maps::{EVENTS, bump};
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -41,12 +44,13 @@ pub fn log_message(ctx: ProbeContext) -> u32 {
     else {
         return 0;
     };
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: a constant the loader may have set; volatile so it is not folded at build time.
     // Negative levels (AV_LOG_QUIET) are never printed: not messages.
     if (0..=unsafe { core::ptr::read_volatile(&LOG_EVENT_LEVEL) }).contains(&(level as i32)) {
         send_message(
-            tgid,
+            pid_tgid,
             avcl,
             level as i32,
             fmt,
@@ -69,6 +73,7 @@ pub fn log_message(ctx: ProbeContext) -> u32 {
     let entry = LogEntry {
         count: 1,
         first_ns: now_ns(),
+        thread_codec: thread_codec(pid_tgid),
         template: [0; TEMPLATE_LEN],
     };
     if LOGS.insert(&key, &entry, BPF_NOEXIST).is_err() {
@@ -97,7 +102,8 @@ pub fn log_message(ctx: ProbeContext) -> u32 {
 /// fp_offset, overflow_arg_area, reg_save_area), its register save area and stack part, and
 /// a string read at each of the next integer-class arguments.
 #[inline(always)]
-fn send_message(tgid: u32, avcl: u64, level: i32, fmt: u64, vl: u64) {
+fn send_message(pid_tgid: u64, avcl: u64, level: i32, fmt: u64, vl: u64) {
+    let tgid = (pid_tgid >> 32) as u32;
     let Some(mut entry) = EVENTS.reserve::<LogEvent>(0) else {
         bump(counter::EVENTS_LOST);
         return;
@@ -110,6 +116,7 @@ fn send_message(tgid: u32, avcl: u64, level: i32, fmt: u64, vl: u64) {
         (*ev).tgid = tgid;
         (*ev).ktime_ns = now_ns();
         (*ev).avcl = avcl;
+        (*ev).thread_codec = thread_codec(pid_tgid);
         (*ev).level = level;
         (*ev)._pad = 0;
         let list = if vl == 0 {

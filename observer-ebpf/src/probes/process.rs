@@ -50,6 +50,7 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> u32 {
         let _ = CALLS.remove(&CallKey::new(pid_tgid, call));
     }
     super::net::thread_exit(pid_tgid);
+    let _ = crate::maps::CODEC_THREADS.remove(&(pid_tgid as u32));
     let (tgid, pid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if tgid == pid {
         let _ = super::io::IO_PROCESSES.remove(&tgid);
