@@ -59,6 +59,9 @@ pub struct LogEvent {
     pub avcl: u64,
     /// As [`LogEntry::thread_codec`], for this message's thread.
     pub thread_codec: u64,
+    /// The format string's address, for the daemon to read it from the process when the
+    /// kernel could not (its page not yet resident: `template` is then empty).
+    pub fmt: u64,
     pub level: i32,
     /// x86-64 `va_list`: offsets into the register save area of the next integer and
     /// floating-point argument.

@@ -56,7 +56,7 @@ pub fn events(data: &[u8]) {
     bytes[..4].copy_from_slice(&kind.to_ne_bytes());
     bytes[4..4 + rest.len()].copy_from_slice(rest);
     if let Some(crate::kernel::Event::Log(ev)) = crate::kernel::parse_event(&bytes) {
-        let _ = crate::logs::Message::render(&ev);
+        let _ = crate::logs::Message::render(&ev, None);
     }
     let _ = crate::kernel::parse_frame(&bytes);
 }

@@ -392,7 +392,7 @@ impl Kernel {
         }
         // Probe decoders and misread contexts are kept in the maps but are no stream.
         if let Ok(s) = self.streams.get(&StreamKey { tgid, _pad: 0, ctx }, 0) {
-            return crate::streams::exported(&s).then_some(s.opened_ns);
+            return crate::streams::is_stream(&s).then_some(s.opened_ns);
         }
         self.ended
             .keys()
@@ -401,7 +401,7 @@ impl Kernel {
             .filter(|k| {
                 self.ended
                     .get(k, 0)
-                    .is_ok_and(|s| crate::streams::exported(&s))
+                    .is_ok_and(|s| crate::streams::is_stream(&s))
             })
             .map(|k| k.opened_ns)
             .max()

@@ -19,16 +19,17 @@ pub struct LogRecord {
     pub template: String,
     pub process: String,
     pub ended: Option<Instant>,
-    /// The codec context of the thread that logged the first message, when a codec started
-    /// that thread (0 otherwise): a frame-threaded decoder's worker logs on its own copy of
-    /// the decoder's context, which is no stream's ([`LogEntry::thread_codec`]).
-    pub thread_codec: u64,
 }
 
 pub struct LogRegistry {
     records: HashMap<LogKey, LogRecord>,
     /// Templates the daemon read from processes itself, by (pid, address).
     templates: HashMap<(u32, u64), String>,
+    /// Logging contexts that are a frame-threaded decoder's copies of its context, by (pid,
+    /// copy): the decoder's context. Learnt from any message its worker thread logged on the
+    /// copy ([`LogEntry::thread_codec`]), and so known for the copy's other messages too (the
+    /// thread feeding the decoder logs some on the copies as well).
+    copies: HashMap<(u32, u64), u64>,
     grace: Duration,
 }
 
@@ -45,18 +46,25 @@ impl LogRegistry {
         LogRegistry {
             records: HashMap::new(),
             templates: HashMap::new(),
+            copies: HashMap::new(),
             grace,
         }
     }
 
-    /// Reads a template the kernel could not, while its process surely runs (it is logging).
-    pub fn resolve_template(&mut self, tgid: u32, addr: u64) {
+    /// Reads a template the kernel could not, while its process surely runs (it is logging),
+    /// and keeps it for the collection that makes the message's series (the process may be
+    /// gone by then).
+    pub fn resolve_template(&mut self, tgid: u32, addr: u64) -> Option<&str> {
         if self.templates.len() >= 65536 {
             self.templates.clear();
         }
-        if let Some(t) = procfs::read_template(tgid, addr, TEMPLATE_LEN) {
-            self.templates.insert((tgid, addr), t);
-        }
+        let t = match self.templates.entry((tgid, addr)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(procfs::read_template(tgid, addr, TEMPLATE_LEN)?)
+            }
+        };
+        Some(t.as_str())
     }
 
     fn template(&self, k: &LogKey, e: &LogEntry) -> Option<String> {
@@ -67,6 +75,19 @@ impl LogRegistry {
             .get(&(k.tgid, k.fmt))
             .cloned()
             .or_else(|| procfs::read_template(k.tgid, k.fmt, TEMPLATE_LEN))
+    }
+
+    /// Notes that `avcl` is a copy of the context `codec` (a message its worker thread logged
+    /// said so; 0: nothing known).
+    pub fn note_thread_codec(&mut self, tgid: u32, avcl: u64, codec: u64) {
+        if codec != 0 && avcl != 0 {
+            self.copies.insert((tgid, avcl), codec);
+        }
+    }
+
+    /// The codec context `avcl` is a worker's copy of, or 0.
+    pub fn thread_codec(&self, tgid: u32, avcl: u64) -> u64 {
+        self.copies.get(&(tgid, avcl)).copied().unwrap_or(0)
     }
 
     /// Takes `entries`, the kernel's log map as read just before ([`Kernel::log_entries`]).
@@ -91,6 +112,7 @@ impl LogRegistry {
                     }
                 }
                 None => {
+                    self.note_thread_codec(k.tgid, k.avcl, e.thread_codec);
                     // A template that cannot be read at all is not worth a series.
                     let Some(template) = self.template(&k, &e) else {
                         continue;
@@ -108,7 +130,6 @@ impl LogRegistry {
                             template: clean(&template),
                             process,
                             ended: (!alive).then_some(now),
-                            thread_codec: e.thread_codec,
                         },
                     );
                 }
@@ -124,6 +145,10 @@ impl LogRegistry {
             .map(|r| r.key.tgid)
             .collect();
         self.templates.retain(|(tgid, _), _| live.contains(tgid));
+        // Kept while any series of the process is: ended ones are still exported.
+        let held: std::collections::HashSet<u32> =
+            self.records.values().map(|r| r.key.tgid).collect();
+        self.copies.retain(|(tgid, _), _| held.contains(tgid));
         // Hash maps keep their largest size: after a burst of short pipelines (a hundred
         // templates each) that is megabytes held for nothing.
         if self.records.len() < self.records.capacity() / 4 {
@@ -173,9 +198,14 @@ pub struct Message {
 
 impl Message {
     /// Formats the kernel's copy of a message; URLs in it are redacted, and string
-    /// arguments of messages below warning severity withheld ([`format_message`]).
-    pub fn render(ev: &LogEvent) -> Self {
-        let template = clean(&streams::cstr(&ev.template));
+    /// arguments of messages below warning severity withheld ([`format_message`]). `read`
+    /// is the format string as the daemon read it from the process, for when the kernel
+    /// could not (its page was not resident yet: the first time a process logs it).
+    pub fn render(ev: &LogEvent, read: Option<&str>) -> Self {
+        let mut template = clean(&streams::cstr(&ev.template));
+        if template.is_empty() {
+            template = read.map(clean).unwrap_or_default();
+        }
         let (message, args) = format_message(&template, ev, ev.level <= AV_LOG_WARNING);
         Message {
             message: crate::redact::redact_text(&message),

@@ -250,7 +250,7 @@ async fn run(
                             continue;
                         }
                         Some(Event::Log(ev)) => {
-                            if let Ok(s) = shared.lock() {
+                            if let Ok(mut s) = shared.lock() {
                                 let process = tracker
                                     .process(ev.tgid)
                                     .map(|p| p.comm.clone())
@@ -265,15 +265,15 @@ async fn run(
                                     .newest(ev.tgid, ev.avcl)
                                     .map(|r| r.stream.opened_ns)
                                     .or_else(|| kernel.stream_opened(ev.tgid, ev.avcl));
+                                s.logs.note_thread_codec(ev.tgid, ev.avcl, ev.thread_codec);
+                                let codec = s.logs.thread_codec(ev.tgid, ev.avcl);
                                 let (ctx, opened) = match own {
-                                    None if ev.thread_codec != 0 => (
-                                        ev.thread_codec,
+                                    None if codec != 0 => (
+                                        codec,
                                         s.registry
-                                            .newest(ev.tgid, ev.thread_codec)
+                                            .newest(ev.tgid, codec)
                                             .map(|r| r.stream.opened_ns)
-                                            .or_else(|| {
-                                                kernel.stream_opened(ev.tgid, ev.thread_codec)
-                                            }),
+                                            .or_else(|| kernel.stream_opened(ev.tgid, codec)),
                                     ),
                                     _ => (ev.avcl, own),
                                 };
@@ -286,7 +286,12 @@ async fn run(
                                     .map(str::to_string)
                                     .or_else(|| kernel.io_label(ev.tgid, ev.avcl))
                                     .unwrap_or_default();
-                                let message = logs::Message::render(&ev);
+                                let read = if ev.template[0] == 0 {
+                                    s.logs.resolve_template(ev.tgid, ev.fmt)
+                                } else {
+                                    None
+                                };
+                                let message = logs::Message::render(&ev, read);
                                 logs::emit(&message, &process, &stream, &io);
                                 if let Some(o) = otlp.as_mut() {
                                     let from = otlp::LogOrigin {

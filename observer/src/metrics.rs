@@ -735,7 +735,11 @@ fn log_families(f: &mut Families, shared: &Shared) {
                 if !shared.aggregate {
                     let stream = shared
                         .registry
-                        .of_message(r.key.tgid, r.key.avcl, r.thread_codec)
+                        .of_message(
+                            r.key.tgid,
+                            r.key.avcl,
+                            shared.logs.thread_codec(r.key.tgid, r.key.avcl),
+                        )
                         .map_or("", |r| r.label.as_str());
                     labels.push("stream", stream);
                     labels.push(

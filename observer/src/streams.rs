@@ -421,8 +421,13 @@ pub fn expire<K: Ord + Copy, R>(
 }
 
 /// Streams that carry a pipeline's work: not probe decoders, not misread, and used.
-pub fn exported(s: &Stream) -> bool {
-    s.flags & (FLAG_PROBE_DECODER | FLAG_INSANE) == 0 && s.direction != Direction::Unknown as u32
+fn exported(s: &Stream) -> bool {
+    is_stream(s) && s.direction != Direction::Unknown as u32
+}
+
+/// A context that is a stream, used yet or not: not a probe decoder, not misread.
+pub fn is_stream(s: &Stream) -> bool {
+    s.flags & (FLAG_PROBE_DECODER | FLAG_INSANE) == 0
 }
 
 /// Which processes run, for one collection: /proc/PID/stat is read once per process, however

@@ -172,6 +172,17 @@ impl Daemon {
         }
     }
 
+    /// Waits until every file whose path contains one of `parts` is attached. (A file the
+    /// daemon has not seen before is attached when a process maps it, which races the
+    /// process's first calls: tests start such processes waiting on their input.)
+    pub fn wait_attached(&self, parts: &[&str]) {
+        self.wait_for(
+            &format!("{parts:?} to be attached"),
+            Duration::from_secs(30),
+            |s| parts.iter().all(|p| s.attached(p)).then_some(()),
+        );
+    }
+
     /// Waits until every stream of `pid` has ended (its process exited and the daemon
     /// collected the final counts), and returns the scrape.
     pub fn wait_ended(&self, pid: u32) -> Scrape {
@@ -267,6 +278,17 @@ impl Drop for TempDir {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+}
+
+/// The static ffmpeg 9 build `cargo xtask test` fetched (imageio-ffmpeg's).
+pub fn static_ffmpeg() -> PathBuf {
+    let bin = assets().join("static-ffmpeg").join("ffmpeg");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo xtask test`",
+        bin.display()
+    );
+    bin
 }
 
 /// `ffmpeg` with quiet, non-interactive defaults.

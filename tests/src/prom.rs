@@ -100,6 +100,12 @@ impl Scrape {
         }
     }
 
+    /// Whether a file whose path contains `path_part` is attached.
+    pub fn attached(&self, path_part: &str) -> bool {
+        self.all("observer_attached_file_info")
+            .any(|x| x.label("path").is_some_and(|p| p.contains(path_part)))
+    }
+
     /// Sum over every series of `name` with these labels.
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.all(name)

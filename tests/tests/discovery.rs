@@ -17,7 +17,7 @@ use std::{
 use observer_tests::{
     Daemon, Scrape, assets,
     media::{self, StreamTruth, fixture, truth},
-    run, tempdir,
+    run, static_ffmpeg, tempdir,
 };
 
 /// The H.264 + AAC fixture remuxed to NUT, which a pipeline can read from a pipe.
@@ -35,20 +35,6 @@ fn streamable_input() -> PathBuf {
             "{out}",
         ],
     )
-}
-
-fn attached(s: &Scrape, path_part: &str) -> bool {
-    s.all("observer_attached_file_info")
-        .any(|x| x.label("path").is_some_and(|p| p.contains(path_part)))
-}
-
-/// Waits until every file whose path contains one of `parts` is attached.
-fn wait_attached(d: &Daemon, parts: &[&str]) {
-    d.wait_for(
-        &format!("{parts:?} to be attached"),
-        Duration::from_secs(20),
-        |s| parts.iter().all(|p| attached(s, p)).then_some(()),
-    );
 }
 
 fn assert_video_decode(s: &Scrape, pid: u32, t: &StreamTruth, codec: &str) {
@@ -140,7 +126,7 @@ fn renamed_copy_in_another_mount_namespace() {
         .spawn()
         .expect("unshare");
     let shell_pid = child.id();
-    wait_attached(&d, &["/mnt/libavcodec-0badc0de", "/mnt/libavformat"]);
+    d.wait_attached(&["/mnt/libavcodec-0badc0de", "/mnt/libavformat"]);
     let maps = std::fs::read_to_string(format!("/proc/{shell_pid}/maps")).unwrap();
     assert!(
         !maps.contains("/usr/lib/x86_64-linux-gnu/libavcodec"),
@@ -183,7 +169,7 @@ fn pyav_decode(version: &str, lavc: &str) {
     // version's own copies.
     let codec = format!("pyav/{version}/av.libs/libavcodec-");
     let format = format!("pyav/{version}/av.libs/libavformat-");
-    wait_attached(&d, &[&codec, &format]);
+    d.wait_attached(&[&codec, &format]);
     let s = d.scrape();
     let versions: Vec<&String> = s
         .all("observer_attached_file_info")
@@ -223,12 +209,7 @@ fn bundled_ffmpeg_8_in_a_python_wheel() {
 
 #[test]
 fn static_ffmpeg_9_build() {
-    let bin = assets().join("static-ffmpeg").join("ffmpeg");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo xtask test`",
-        bin.display()
-    );
+    let bin = static_ffmpeg();
     let input = streamable_input();
     let t = truth(&input, true);
     let d = Daemon::start(&[]);
@@ -252,7 +233,7 @@ fn static_ffmpeg_9_build() {
         .spawn()
         .expect("static ffmpeg");
     let pid = child.id();
-    wait_attached(&d, &["static-ffmpeg/ffmpeg"]);
+    d.wait_attached(&["static-ffmpeg/ffmpeg"]);
     feed_and_wait(child, &std::fs::read(&input).unwrap());
     let s = d.wait_ended(pid);
     assert_video_decode(&s, pid, &t[&0], "h264");
@@ -332,7 +313,7 @@ fn unknown_major_is_reported_not_read() {
                 .then(|| s.clone())
         },
     );
-    assert!(!attached(&s, "libavcodec-fake"));
+    assert!(!s.attached("libavcodec-fake"));
     assert!(
         d.log_text().contains("libavcodec-fake.so") && d.log_text().contains("99.1.100"),
         "one log line names the file and version"
@@ -376,7 +357,7 @@ fn a_truncated_library_is_reported_malformed_once_and_skipped() {
                 .then(|| s.clone())
         },
     );
-    assert!(!attached(&s, "libavcodec-cut"));
+    assert!(!s.attached("libavcodec-cut"));
     // Both processes are seen by the periodic rescan too; still one line for the file.
     std::thread::sleep(Duration::from_secs(3));
     let log = d.log_text();
@@ -400,7 +381,7 @@ fn garbage_behind_ffmpeg_names_is_distrusted() {
     let d = Daemon::start(&[]);
     let mut child = load_and_call(&lib, 5);
     let pid = child.id();
-    wait_attached(&d, &["libavcodec-garbage"]);
+    d.wait_attached(&["libavcodec-garbage"]);
     child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     let s = d.wait_for("the library to be reported", Duration::from_secs(20), |s| {
         (s.value(
@@ -412,7 +393,7 @@ fn garbage_behind_ffmpeg_names_is_distrusted() {
             .then(|| s.clone())
     });
     assert!(
-        !attached(&s, "libavcodec-garbage"),
+        !s.attached("libavcodec-garbage"),
         "detached once distrusted"
     );
     assert!(
@@ -434,19 +415,19 @@ fn files_are_detached_when_no_process_maps_them() {
     let d = Daemon::start(&[]);
     let mut first = load_and_call(&lib, 0);
     let mut second = load_and_call(&lib, 0);
-    wait_attached(&d, &["libavcodec-detach"]);
+    d.wait_attached(&["libavcodec-detach"]);
     let _ = first.kill();
     let _ = first.wait();
     // Still mapped by the second process: stays attached past the linger.
     std::thread::sleep(Duration::from_secs(4));
     assert!(
-        attached(&d.scrape(), "libavcodec-detach"),
+        d.scrape().attached("libavcodec-detach"),
         "detached while a process still maps it"
     );
     let _ = second.kill();
     let _ = second.wait();
     d.wait_for("the file to be detached", Duration::from_secs(20), |s| {
-        (!attached(s, "libavcodec-detach")).then_some(())
+        (!s.attached("libavcodec-detach")).then_some(())
     });
 }
 

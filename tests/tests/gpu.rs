@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use observer_tests::{Daemon, assets, ffmpeg, nvml_standin, prom::Scrape, run, tempdir};
+use observer_tests::{Daemon, ffmpeg, nvml_standin, prom::Scrape, run, static_ffmpeg, tempdir};
 
 const SECS: Duration = Duration::from_secs(20);
 
@@ -269,10 +269,7 @@ fn a_decoder_given_a_hardware_device_is_labelled_with_its_type() {
         .arg(&input));
     let input = std::fs::read(&input).unwrap();
     let d = Daemon::start(&[]);
-    for (bin, is_static) in [
-        (PathBuf::from("ffmpeg"), false),
-        (assets().join("static-ffmpeg").join("ffmpeg"), true),
-    ] {
+    for (bin, is_static) in [(PathBuf::from("ffmpeg"), false), (static_ffmpeg(), true)] {
         let version = String::from_utf8(
             Command::new(&bin)
                 .args(["-hide_banner", "-version"])
@@ -311,14 +308,7 @@ fn a_decoder_given_a_hardware_device_is_labelled_with_its_type() {
         // A static build is attached when its process maps it; it waits on its input. (The
         // system's libraries are attached at start.)
         if is_static {
-            d.wait_for("the static ffmpeg to be attached", SECS, |s| {
-                s.all("observer_attached_file_info")
-                    .any(|x| {
-                        x.label("path")
-                            .is_some_and(|p| p.ends_with("static-ffmpeg/ffmpeg"))
-                    })
-                    .then_some(())
-            });
+            d.wait_attached(&["static-ffmpeg/ffmpeg"]);
         }
         child.stdin.take().unwrap().write_all(&input).unwrap();
         let out = child.wait_with_output().unwrap();

@@ -68,11 +68,7 @@ fn hardware_decode(name: &str, decoder_args: &[&str], codec: &str, hwaccel: &str
         .stdin(Stdio::piped())
         .spawn()
         .expect("ffmpeg");
-    d.wait_for("ffmpeg to be attached", Duration::from_secs(30), |s| {
-        s.all("observer_attached_file_info")
-            .any(|x| x.label("path").is_some_and(|p| p.ends_with("ffmpeg")))
-            .then_some(())
-    });
+    d.wait_attached(&["/ffmpeg"]);
     let t0 = Instant::now();
     let mut dec = ffmpeg()
         .args(["-stream_loop", &(PLAYS - 1).to_string()])

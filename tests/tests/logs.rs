@@ -1,6 +1,12 @@
 //! FFmpeg's own log messages, captured at `av_vlog` whatever the pipeline's log level.
 
-use observer_tests::{Daemon, ffmpeg, media::fixture, run, tempdir};
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use observer_tests::{Daemon, ffmpeg, media::fixture, run, static_ffmpeg, tempdir};
 
 const CONTINUITY: &str = "Continuity check failed for pid %d expected %d got %d";
 
@@ -92,14 +98,15 @@ fn messages_of_a_codec_land_on_its_stream() {
 
 /// A frame-threaded decoder (H.264 with 4 threads) decodes on a copy of its context in each
 /// worker thread, and its errors are logged on those copies: they land on the decoder's
-/// stream all the same. FFmpeg's own log says which were the decoder's: those after the input
-/// is described; the ones before come from `avformat_find_stream_info`'s probe decoder,
-/// which is no stream. Counted, and as structured events.
+/// stream all the same, with the system's ffmpeg 5.1 and the static 9 build (whose CLI
+/// decodes on a thread of its own). FFmpeg's own log says which were the decoder's: those
+/// after the input is described; the ones before come from `avformat_find_stream_info`'s
+/// probe decoder, which is no stream. Counted, and as structured events.
 #[test]
 fn messages_of_a_frame_threaded_decoders_workers_land_on_its_stream() {
     const MB: &str = "error while decoding MB %d %d";
-    let damaged = fixture(
-        "h264-noise.h264",
+    let damaged = std::fs::read(fixture(
+        "h264-noise.nut",
         &[
             "-f",
             "lavfi",
@@ -114,50 +121,69 @@ fn messages_of_a_frame_threaded_decoders_workers_land_on_its_stream() {
             "-bsf:v",
             "noise=amount=2000",
             "-f",
-            "h264",
+            "nut",
             "{out}",
         ],
-    );
+    ))
+    .unwrap();
     let d = Daemon::start(&["--log-format", "json"]);
-    let (pid, stderr) = run(ffmpeg()
-        .args(["-loglevel", "repeat+info", "-threads", "4", "-i"])
-        .arg(&damaged)
-        .args(["-f", "null", "-"]));
-    let described = stderr.find("Input #0").expect("ffmpeg describes its input");
-    let (probing, decoding) = stderr.split_at(described);
-    let count = |text: &str| text.matches("error while decoding MB").count() as f64;
-    assert!(count(decoding) > 10.0, "the noise should break macroblocks");
-    let s = d.wait_ended(pid);
-    let p = pid.to_string();
-    let decoder = s
-        .one(
-            "media_frames_total",
-            &[("pid", &p), ("direction", "decode"), ("codec", "h264")],
-        )
-        .and_then(|x| x.label("stream").cloned())
-        .expect("the h264 decoder's stream");
-    let on = |stream: &str| {
-        s.value(
-            "media_log_messages_total",
-            &[("pid", &p), ("stream", stream), ("template", MB)],
-        )
-        .unwrap_or(0.0)
-    };
-    assert_eq!(
-        on(&decoder),
-        count(decoding),
-        "the decoder's, from its workers"
-    );
-    assert_eq!(on(""), count(probing), "the probe decoder's");
-    let events = events_of(&d, pid);
-    let events_on = |stream: &str| {
-        events
-            .iter()
-            .filter(|e| e["template"] == MB && e["stream"] == stream)
-            .count() as f64
-    };
-    assert_eq!(events_on(&decoder), count(decoding));
-    assert_eq!(events_on(""), count(probing));
+    for (bin, is_static) in [(PathBuf::from("ffmpeg"), false), (static_ffmpeg(), true)] {
+        let mut child = Command::new(&bin)
+            .args(["-nostdin", "-hide_banner", "-loglevel", "repeat+info"])
+            .args([
+                "-threads", "4", "-f", "nut", "-i", "pipe:0", "-f", "null", "-",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ffmpeg");
+        let pid = child.id();
+        // Attached while it waits for the container's header, before it probes the stream.
+        if is_static {
+            d.wait_attached(&["static-ffmpeg/ffmpeg"]);
+        }
+        child.stdin.take().unwrap().write_all(&damaged).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {stderr}", bin.display());
+        let described = stderr.find("Input #0").expect("ffmpeg describes its input");
+        let (probing, decoding) = stderr.split_at(described);
+        let count = |text: &str| text.matches("error while decoding MB").count() as f64;
+        assert!(count(decoding) > 10.0, "the noise should break macroblocks");
+        let s = d.wait_ended(pid);
+        let p = pid.to_string();
+        let decoder = s
+            .one(
+                "media_frames_total",
+                &[("pid", &p), ("direction", "decode"), ("codec", "h264")],
+            )
+            .and_then(|x| x.label("stream").cloned())
+            .expect("the h264 decoder's stream");
+        let on = |stream: &str| {
+            s.value(
+                "media_log_messages_total",
+                &[("pid", &p), ("stream", stream), ("template", MB)],
+            )
+            .unwrap_or(0.0)
+        };
+        let what = bin.display();
+        assert_eq!(
+            on(&decoder),
+            count(decoding),
+            "{what}: the decoder's, from its workers"
+        );
+        assert_eq!(on(""), count(probing), "{what}: the probe decoder's");
+        let events = events_of(&d, pid);
+        let events_on = |stream: &str| {
+            events
+                .iter()
+                .filter(|e| e["template"] == MB && e["stream"] == stream)
+                .count() as f64
+        };
+        assert_eq!(events_on(&decoder), count(decoding), "{what}");
+        assert_eq!(events_on(""), count(probing), "{what}");
+    }
 }
 
 #[test]

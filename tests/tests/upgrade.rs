@@ -11,11 +11,6 @@ use std::{
 
 use observer_tests::{Daemon, Scrape, media::tiny_h264, streams_program, tempdir};
 
-fn attached(s: &Scrape, path_part: &str) -> bool {
-    s.all("observer_attached_file_info")
-        .any(|x| x.label("path").is_some_and(|p| p.contains(path_part)))
-}
-
 /// Starts `streams` on one stream for `secs` seconds with libavcodec from `libdir`; it waits
 /// for a line on stdin before opening its decoder.
 fn paced_decoder(exe: &Path, input: &Path, libdir: &Path, secs: u32) -> Child {
@@ -66,7 +61,7 @@ fn a_library_replaced_on_disk_while_mapped_is_followed_to_the_new_file() {
     let old_pid = old.id();
     let part = libdir.to_str().unwrap();
     d.wait_for("the library copy attached", Duration::from_secs(20), |s| {
-        attached(s, part).then_some(())
+        s.attached(part).then_some(())
     });
     let files = |s: &Scrape| s.value("observer_attached_files", &[]).unwrap_or(0.0);
     let before = files(&d.scrape());

@@ -117,6 +117,7 @@ fn send_message(pid_tgid: u64, avcl: u64, level: i32, fmt: u64, vl: u64) {
         (*ev).ktime_ns = now_ns();
         (*ev).avcl = avcl;
         (*ev).thread_codec = thread_codec(pid_tgid);
+        (*ev).fmt = fmt;
         (*ev).level = level;
         (*ev)._pad = 0;
         let list = if vl == 0 {
