@@ -70,8 +70,25 @@ fn grpc_spans_have_the_pipelines_structure_attributes_and_prometheus_totals() {
     ]));
     let s = d.wait_ended(pid);
 
-    let got = rx.wait_for("the pipeline's root span", SECS, |r| {
-        root(&r.spans, pid).map(|_| r.clone())
+    // Every frame out of a codec stream is a span (ratio 1), child of the stream's span: a
+    // frame paired with its input, so outputs less the unpaired ones. Frame spans may come
+    // in export batches after the stream's and the pipeline's own.
+    let frame_spans = |st: &Span| {
+        let label = attr_str(&st.attributes, "media.stream").expect("media.stream");
+        let unmatched = prom(&s, "media_frame_latency_unmatched_total", &label);
+        let outputs = if st.name.starts_with("decode") {
+            prom(&s, "media_frames_total", &label)
+        } else {
+            prom(&s, "media_packets_total", &label)
+        };
+        outputs - unmatched
+    };
+    let got = rx.wait_for("the pipeline's spans and every frame span", SECS, |r| {
+        let root = root(&r.spans, pid)?;
+        children(&r.spans, root)
+            .filter(|st| st.name != "filter graph")
+            .all(|st| children(&r.spans, st).count() as i64 == frame_spans(st))
+            .then(|| r.clone())
     });
     let root = root(&got.spans, pid).unwrap();
     assert_eq!(root.name, "pipeline ffmpeg");
@@ -124,16 +141,9 @@ fn grpc_spans_have_the_pipelines_structure_attributes_and_prometheus_totals() {
         assert!(st.start_time_unix_nano >= root.start_time_unix_nano);
         assert!(st.end_time_unix_nano <= root.end_time_unix_nano);
         assert!(st.start_time_unix_nano < st.end_time_unix_nano);
-        // Every frame out of the stream is a span (ratio 1), child of the stream's span.
         let frames = children(&got.spans, st).count() as i64;
-        let unmatched = prom(&s, "media_frame_latency_unmatched_total", &label);
-        let outputs = if st.name.starts_with("decode") {
-            prom(&s, "media_frames_total", &label)
-        } else {
-            prom(&s, "media_packets_total", &label)
-        };
-        assert_eq!(frames, outputs - unmatched, "frame spans of {}", st.name);
-        assert!(outputs > 0);
+        assert_eq!(frames, frame_spans(st), "frame spans of {}", st.name);
+        assert!(frames > 0, "{} made no frame", st.name);
     }
     let video = streams.iter().find(|s| s.name == "decode h264").unwrap();
     assert_eq!(attr_int(&video.attributes, "media.width"), Some(320));

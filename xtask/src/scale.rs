@@ -162,17 +162,36 @@ fn open_files(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-/// Entries in every hash map of observer's kernel programs, counted by bpftool (not by the
-/// daemon's own gauge): the kernel state a run leaves behind.
-fn kernel_map_entries() -> anyhow::Result<u64> {
+/// The ids of the BPF maps process `pid` holds (its descriptors' `map_id`).
+fn maps_of(pid: u32) -> std::collections::HashSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("map_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// Entries in every hash map of the kernel programs of the daemon `pid`, counted by bpftool
+/// (not by the daemon's own gauge): the kernel state a run leaves behind. Only that daemon's
+/// maps: another daemon on the machine (a test run beside the bench) has maps of the same
+/// names.
+fn kernel_map_entries(pid: u32) -> anyhow::Result<u64> {
     let shown = Command::new("bpftool")
         .args(["map", "show", "--json"])
         .output()
         .context("running bpftool")?;
     let maps: Vec<serde_json::Value> = serde_json::from_slice(&shown.stdout)?;
+    let own = maps_of(pid);
     // The hash maps among observer-ebpf's #[map] statics, by the names the kernel keeps.
-    const OURS: [&str; 15] = [
+    const OURS: [&str; 16] = [
         "CALLS",
+        "CODEC_THREADS",
         "CONTEXT_IO",
         "CONTINUITY",
         "CURRENT_IO",
@@ -195,7 +214,7 @@ fn kernel_map_entries() -> anyhow::Result<u64> {
         else {
             continue;
         };
-        if !OURS.contains(&name) || !kind.contains("hash") {
+        if !OURS.contains(&name) || !kind.contains("hash") || !own.contains(&id) {
             continue;
         }
         let dump = Command::new("bpftool")
@@ -460,7 +479,7 @@ pub(crate) fn churn(
             status_value(pid, "VmRSS") as f64 / 1024.0,
             open_files(pid) as f64,
             status_value(pid, "Threads") as f64,
-            kernel_map_entries()? as f64,
+            kernel_map_entries(pid)? as f64,
         ])
     };
     let before = measure()?;
@@ -594,7 +613,7 @@ pub(crate) fn soak(
             status_value(pid, "VmRSS") as f64 / 1024.0,
             open_files(pid) as f64,
             status_value(pid, "Threads") as f64,
-            kernel_map_entries()? as f64,
+            kernel_map_entries(pid)? as f64,
         ])
     };
     let t0 = Instant::now();
