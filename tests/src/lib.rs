@@ -291,6 +291,36 @@ pub fn static_ffmpeg() -> PathBuf {
     bin
 }
 
+/// Runs the ffmpeg `bin` on `input` (NUT) fed on its stdin, with `args` before the input,
+/// decoding to the null output; returns its pid and output. A static build the daemon has
+/// not attached yet (any `bin` given as a path) is attached when its process maps it: the
+/// input is written once the daemon says it is, so the process waits for its container's
+/// header meanwhile, before it opens or probes anything.
+pub fn decode_piped_nut(
+    d: &Daemon,
+    bin: &Path,
+    args: &[&str],
+    input: &[u8],
+) -> (u32, std::process::Output) {
+    let mut child = Command::new(bin)
+        .args(["-nostdin", "-hide_banner"])
+        .args(args)
+        .args(["-f", "nut", "-i", "pipe:0", "-f", "null", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let pid = child.id();
+    if bin.is_absolute() {
+        d.wait_attached(&[&bin.to_string_lossy()]);
+    }
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::io::Write::write_all(&mut stdin, input).expect("write the input");
+    drop(stdin);
+    (pid, child.wait_with_output().expect("ffmpeg's exit"))
+}
+
 /// `ffmpeg` with quiet, non-interactive defaults.
 pub fn ffmpeg() -> Command {
     let mut c = Command::new("ffmpeg");

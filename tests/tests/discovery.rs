@@ -15,7 +15,7 @@ use std::{
 };
 
 use observer_tests::{
-    Daemon, Scrape, assets,
+    Daemon, Scrape, assets, decode_piped_nut,
     media::{self, StreamTruth, fixture, truth},
     run, static_ffmpeg, tempdir,
 };
@@ -213,28 +213,17 @@ fn static_ffmpeg_9_build() {
     let input = streamable_input();
     let t = truth(&input, true);
     let d = Daemon::start(&[]);
-    let child = Command::new(&bin)
-        .args([
-            "-nostdin",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-f",
-            "nut",
-            "-i",
-            "pipe:0",
-            "-f",
-            "null",
-            "-",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("static ffmpeg");
-    let pid = child.id();
-    d.wait_attached(&["static-ffmpeg/ffmpeg"]);
-    feed_and_wait(child, &std::fs::read(&input).unwrap());
+    let (pid, out) = decode_piped_nut(
+        &d,
+        &bin,
+        &["-loglevel", "error"],
+        &std::fs::read(&input).unwrap(),
+    );
+    assert!(
+        out.status.success(),
+        "pipeline failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = d.wait_ended(pid);
     assert_video_decode(&s, pid, &t[&0], "h264");
     // The audio decoder too, and the encoders the null output uses.

@@ -3,14 +3,11 @@
 //! scripted in a file) and point the daemon at it with `--nvml-library`: nvml-wrapper loads
 //! it exactly as it loads the driver's `libnvidia-ml.so.1`.
 
-use std::{
-    io::Write as _,
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{path::PathBuf, process::Command, time::Duration};
 
-use observer_tests::{Daemon, ffmpeg, nvml_standin, prom::Scrape, run, static_ffmpeg, tempdir};
+use observer_tests::{
+    Daemon, decode_piped_nut, ffmpeg, nvml_standin, prom::Scrape, run, static_ffmpeg, tempdir,
+};
 
 const SECS: Duration = Duration::from_secs(20);
 
@@ -269,7 +266,7 @@ fn a_decoder_given_a_hardware_device_is_labelled_with_its_type() {
         .arg(&input));
     let input = std::fs::read(&input).unwrap();
     let d = Daemon::start(&[]);
-    for (bin, is_static) in [(PathBuf::from("ffmpeg"), false), (static_ffmpeg(), true)] {
+    for bin in [PathBuf::from("ffmpeg"), static_ffmpeg()] {
         let version = String::from_utf8(
             Command::new(&bin)
                 .args(["-hide_banner", "-version"])
@@ -285,33 +282,21 @@ fn a_decoder_given_a_hardware_device_is_labelled_with_its_type() {
             .expect("libavcodec's version")
             .trim()
             .to_string();
-        let mut child = Command::new(&bin)
-            .args(["-nostdin", "-hide_banner", "-loglevel", "error"])
-            .args(["-init_hw_device", "vulkan=vk:0", "-hwaccel", "vulkan"])
-            .args([
+        let (pid, out) = decode_piped_nut(
+            &d,
+            &bin,
+            &[
+                "-loglevel",
+                "error",
+                "-init_hw_device",
+                "vulkan=vk:0",
+                "-hwaccel",
+                "vulkan",
                 "-hwaccel_device",
                 "vk",
-                "-f",
-                "nut",
-                "-i",
-                "pipe:0",
-                "-f",
-                "null",
-                "-",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ffmpeg");
-        let pid = child.id();
-        // A static build is attached when its process maps it; it waits on its input. (The
-        // system's libraries are attached at start.)
-        if is_static {
-            d.wait_attached(&["static-ffmpeg/ffmpeg"]);
-        }
-        child.stdin.take().unwrap().write_all(&input).unwrap();
-        let out = child.wait_with_output().unwrap();
+            ],
+            &input,
+        );
         assert!(
             out.status.success(),
             "{} -hwaccel vulkan (Mesa's lavapipe): {}",

@@ -1,12 +1,10 @@
 //! FFmpeg's own log messages, captured at `av_vlog` whatever the pipeline's log level.
 
-use std::{
-    io::Write as _,
-    path::PathBuf,
-    process::{Command, Stdio},
-};
+use std::path::PathBuf;
 
-use observer_tests::{Daemon, ffmpeg, media::fixture, run, static_ffmpeg, tempdir};
+use observer_tests::{
+    Daemon, decode_piped_nut, ffmpeg, media::fixture, run, static_ffmpeg, tempdir,
+};
 
 const CONTINUITY: &str = "Continuity check failed for pid %d expected %d got %d";
 
@@ -127,24 +125,13 @@ fn messages_of_a_frame_threaded_decoders_workers_land_on_its_stream() {
     ))
     .unwrap();
     let d = Daemon::start(&["--log-format", "json"]);
-    for (bin, is_static) in [(PathBuf::from("ffmpeg"), false), (static_ffmpeg(), true)] {
-        let mut child = Command::new(&bin)
-            .args(["-nostdin", "-hide_banner", "-loglevel", "repeat+info"])
-            .args([
-                "-threads", "4", "-f", "nut", "-i", "pipe:0", "-f", "null", "-",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ffmpeg");
-        let pid = child.id();
-        // Attached while it waits for the container's header, before it probes the stream.
-        if is_static {
-            d.wait_attached(&["static-ffmpeg/ffmpeg"]);
-        }
-        child.stdin.take().unwrap().write_all(&damaged).unwrap();
-        let out = child.wait_with_output().unwrap();
+    for bin in [PathBuf::from("ffmpeg"), static_ffmpeg()] {
+        let (pid, out) = decode_piped_nut(
+            &d,
+            &bin,
+            &["-loglevel", "repeat+info", "-threads", "4"],
+            &damaged,
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{}: {stderr}", bin.display());
         let described = stderr.find("Input #0").expect("ffmpeg describes its input");
