@@ -556,11 +556,7 @@ fn attach_codec_threads(ebpf: &mut Ebpf, child_pid_at: u32) {
 /// (0 if it cannot be read).
 fn fork_child_pid_offset() -> u32 {
     ensure_tracefs();
-    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .find_map(|dir| {
-            std::fs::read_to_string(format!("{dir}/events/sched/sched_process_fork/format")).ok()
-        })
+    tracepoint_format("sched", "sched_process_fork")
         .and_then(|f| field_offset(&f, "child_pid"))
         .unwrap_or(0)
 }
@@ -662,11 +658,18 @@ fn attach_io_tracepoints(ebpf: &mut Ebpf, btf: Option<&Btf>) -> IoProbes {
 /// The names of the running kernel's drop reasons (`enum skb_drop_reason`), read from the
 /// `skb:kfree_skb` tracepoint's own format: the numbers change between kernel versions.
 pub fn drop_reason_names() -> StdHashMap<u32, String> {
-    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .find_map(|dir| std::fs::read_to_string(format!("{dir}/events/skb/kfree_skb/format")).ok())
+    tracepoint_format("skb", "kfree_skb")
         .map(|f| parse_symbolic(&f, "REC->reason"))
         .unwrap_or_default()
+}
+
+/// A tracepoint's format file, from tracefs wherever it is mounted.
+fn tracepoint_format(category: &str, name: &str) -> Option<String> {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|dir| {
+            std::fs::read_to_string(format!("{dir}/events/{category}/{name}/format")).ok()
+        })
 }
 
 /// Parses `__print_symbolic(FIELD, { 2, "NAME" }, ...)` out of a tracepoint format.
