@@ -132,7 +132,15 @@ fn main() -> anyhow::Result<()> {
             check_dependencies()?;
             step("running the tests");
             let status = Command::new(cargo())
-                .args(["test", "--workspace", "--exclude", "observer-ebpf"])
+                // Every test binary runs even after one fails: one flaky test must not hide
+                // what the others would say.
+                .args([
+                    "test",
+                    "--no-fail-fast",
+                    "--workspace",
+                    "--exclude",
+                    "observer-ebpf",
+                ])
                 .args(&args)
                 .env("OBSERVER_BIN", &bin)
                 .env("OBSERVER_TEST_ASSETS", &assets)

@@ -32,6 +32,27 @@ pub(crate) fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How many times a download is tried: registries and mirrors fail now and then (a Debian
+/// suite mid-sync answers "Hash Sum mismatch" for a few minutes), and a fresh machine's
+/// `cargo xtask test` should not fail for a moment's network.
+const DOWNLOAD_TRIES: u32 = 3;
+
+/// Like [`run`], for a command that downloads: tried again after a pause if it fails.
+/// `make` builds the command afresh for each try.
+pub(crate) fn download(mut make: impl FnMut() -> Command, what: &str) -> anyhow::Result<()> {
+    for attempt in 1.. {
+        match run(&mut make(), what) {
+            Err(e) if attempt < DOWNLOAD_TRIES => {
+                let pause = std::time::Duration::from_secs(20 * u64::from(attempt));
+                eprintln!("    {e:#}; trying again in {} s", pause.as_secs());
+                std::thread::sleep(pause);
+            }
+            result => return result,
+        }
+    }
+    unreachable!("the loop returns by its last try")
+}
+
 pub(crate) fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.stderr(Stdio::null()).output().ok()?;
     out.status
@@ -47,14 +68,12 @@ pub fn build_deps() -> anyhow::Result<()> {
         .context("rustup is not installed; install Rust with rustup first")?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         step("installing the nightly toolchain (the kernel programs build with it)");
-        run(
-            Command::new("rustup").args([
-                "toolchain",
-                "install",
-                "nightly",
-                "--profile",
-                "minimal",
-            ]),
+        download(
+            || {
+                let mut c = Command::new("rustup");
+                c.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+                c
+            },
             "installing the nightly toolchain",
         )?;
     }
@@ -68,8 +87,12 @@ pub fn build_deps() -> anyhow::Result<()> {
     .unwrap_or_default();
     if !components.lines().any(|l| l.starts_with("rust-src")) {
         step("installing rust-src for nightly (the BPF target builds core from source)");
-        run(
-            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+        download(
+            || {
+                let mut c = Command::new("rustup");
+                c.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
+                c
+            },
             "installing rust-src",
         )?;
     }
@@ -78,16 +101,13 @@ pub fn build_deps() -> anyhow::Result<()> {
         step(&format!(
             "installing bpf-linker {BPF_LINKER_VERSION} (about a minute)"
         ));
-        run(
-            Command::new("cargo").args([
-                "+nightly",
-                "install",
-                "bpf-linker",
-                "--version",
-                BPF_LINKER_VERSION,
-                "--locked",
-                "--force",
-            ]),
+        download(
+            || {
+                let mut c = Command::new("cargo");
+                c.args(["+nightly", "install", "bpf-linker", "--version"])
+                    .args([BPF_LINKER_VERSION, "--locked", "--force"]);
+                c
+            },
             "installing bpf-linker",
         )?;
     }
@@ -108,19 +128,19 @@ pub fn cargo_tool(
         return Ok(());
     }
     step(&format!("installing {krate} {version} ({why})"));
-    let mut cmd = Command::new("cargo");
-    if let Some(t) = toolchain {
-        cmd.arg(t);
-    }
-    run(
-        cmd.args([
-            "install",
-            krate,
-            "--version",
-            version,
-            "--locked",
-            "--force",
-        ]),
+    download(
+        || {
+            let mut cmd = Command::new("cargo");
+            cmd.args(toolchain).args([
+                "install",
+                krate,
+                "--version",
+                version,
+                "--locked",
+                "--force",
+            ]);
+            cmd
+        },
         &format!("installing {krate}"),
     )
 }
@@ -189,15 +209,22 @@ fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
         "installing Debian packages: {}",
         missing.join(" ")
     ));
-    run(
-        Command::new("apt-get").arg("update").arg("-q"),
+    download(
+        || {
+            let mut c = Command::new("apt-get");
+            c.args(["update", "-q"]);
+            c
+        },
         "apt-get update",
     )?;
-    run(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
+    download(
+        || {
+            let mut c = Command::new("apt-get");
+            c.args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive");
+            c
+        },
         "apt-get install",
     )
 }
@@ -277,20 +304,22 @@ fn pip_target(dir: &Path, requirement: &str, deps: bool) -> anyhow::Result<()> {
         .into_iter()
         .find(|p| output(Command::new(p).arg("--version")).is_some())
         .context("no python3: install it (apt-get install python3 python3-pip)")?;
-    run(
-        Command::new(python)
-            .args([
+    download(
+        || {
+            let mut c = Command::new(python);
+            c.args([
                 "-m",
                 "pip",
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
-                "--only-binary=:all:",
-                "--target",
             ])
+            .args(["--only-binary=:all:", "--upgrade", "--target"])
             .arg(dir)
             .args((!deps).then_some("--no-deps"))
-            .arg(requirement),
+            .arg(requirement);
+            c
+        },
         &format!("pip install {requirement}"),
     )
 }
@@ -331,23 +360,29 @@ fn debian_headers(assets: &Path, suite: &str) -> anyhow::Result<()> {
             .arg(format!("Dir::Cache={}", apt.join("cache").display()));
         cmd.arg("-o").arg("Dir::State::status=/dev/null");
     };
-    let mut update = Command::new("apt-get");
-    opts(&mut update);
-    run(
-        update.args(["update", "-q"]),
+    let apt_get = |args: &[&str]| {
+        let mut c = Command::new("apt-get");
+        opts(&mut c);
+        c.current_dir(apt.join("debs")).args(args);
+        c
+    };
+    download(
+        || apt_get(&["update", "-q"]),
         &format!("apt-get update for {suite}"),
     )?;
-    let mut download = Command::new("apt-get");
-    opts(&mut download);
-    download.current_dir(apt.join("debs")).args([
-        "download",
-        "libavcodec-dev",
-        "libavformat-dev",
-        "libavutil-dev",
-        "libavfilter-dev",
-    ]);
-    run(
-        &mut download,
+    // A failed try can leave some packages behind; the next try starts from none.
+    download(
+        || {
+            let _ = std::fs::remove_dir_all(apt.join("debs"));
+            let _ = std::fs::create_dir_all(apt.join("debs"));
+            apt_get(&[
+                "download",
+                "libavcodec-dev",
+                "libavformat-dev",
+                "libavutil-dev",
+                "libavfilter-dev",
+            ])
+        },
         &format!("downloading {suite}'s FFmpeg headers"),
     )?;
     let staging = dir.with_extension("partial");
