@@ -10,7 +10,7 @@ use std::{
 use observer_common::io::{FdKind, Io, IoDirection, IoEvent, IoKey};
 use observer_common::{event::EventKind, stream::Histogram};
 
-use crate::{kernel::Kernel, procfs, redact, streams, tracker::Tracker};
+use crate::{kernel::Kernel, redact, streams, tracker::Tracker};
 
 /// Segments and playlists an output wrote, from the close of each of its files.
 #[derive(Clone, Debug)]
@@ -131,7 +131,7 @@ impl IoRegistry {
     }
 
     /// An io event from the kernel's ring buffer.
-    pub fn event(&mut self, ev: &IoEvent) {
+    pub fn event(&mut self, ev: &IoEvent, tracker: &Tracker) {
         let key = IoKey {
             tgid: ev.tgid,
             _pad: 0,
@@ -156,7 +156,7 @@ impl IoRegistry {
                         io.tgid = key.tgid;
                         io.opened_ns = key.id;
                         io.direction = ev.direction;
-                        let process = procfs::comm(key.tgid).unwrap_or_default();
+                        let process = tracker.process_name(key.tgid).unwrap_or_default();
                         let record = self.new_record(key, io, url, protocol, process);
                         self.records.insert(key, record);
                     }
@@ -265,11 +265,7 @@ impl IoRegistry {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
                 // Its open event was lost (ring buffer full): no URL.
-                let process = tracker
-                    .process(key.tgid)
-                    .map(|p| p.comm.clone())
-                    .or_else(|| procfs::comm(key.tgid))
-                    .unwrap_or_default();
+                let process = tracker.process_name(key.tgid).unwrap_or_default();
                 let mut zero = io;
                 zero.open_error = 0;
                 let r = IoRecord {

@@ -117,11 +117,7 @@ impl LogRegistry {
                     let Some(template) = self.template(&k, &e) else {
                         continue;
                     };
-                    let process = tracker
-                        .process(k.tgid)
-                        .map(|p| p.comm.clone())
-                        .or_else(|| procfs::comm(k.tgid))
-                        .unwrap_or_default();
+                    let process = tracker.process_name(k.tgid).unwrap_or_default();
                     self.records.insert(
                         k,
                         LogRecord {

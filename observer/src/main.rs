@@ -245,17 +245,14 @@ async fn run(
                         Some(Event::Process(ev)) => ev,
                         Some(Event::Io(ev)) => {
                             if let Ok(mut s) = shared.lock() {
-                                s.ios.event(&ev);
+                                s.ios.event(&ev, &tracker);
                             }
                             continue;
                         }
                         Some(Event::Log(ev)) => {
                             if let Ok(mut s) = shared.lock() {
-                                let process = tracker
-                                    .process(ev.tgid)
-                                    .map(|p| p.comm.clone())
-                                    .or_else(|| procfs::comm(ev.tgid))
-                                    .unwrap_or_default();
+                                let process =
+                                    tracker.process_name(ev.tgid).unwrap_or_default();
                                 // The message may come before the collection that shows its
                                 // stream or io: the kernel's maps know them already.
                                 // A frame-threaded decoder's worker logs on its own copy of

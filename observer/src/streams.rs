@@ -212,10 +212,9 @@ impl Registry {
             }
             return;
         }
-        let known = tracker.process(s.tgid);
-        let process = known
-            .map(|p| p.comm.clone())
-            .or_else(|| procfs::comm(s.tgid))
+        // The kernel's is the name of the thread that first used the codec.
+        let process = tracker
+            .process_name(s.tgid)
             .unwrap_or_else(|| cstr(&s.comm));
         let container_id = tracker.container_id(s.tgid);
         let lavc_major = kernel.lavc_major(s.slot);

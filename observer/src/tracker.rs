@@ -130,12 +130,20 @@ impl Tracker {
         let Ok(maps) = procfs::exec_mappings(pid) else {
             return;
         };
-        self.scan_mappings(kernel, pid, &maps);
+        // Read before attaching, which takes long enough for a short pipeline to finish.
+        let comm = procfs::comm(pid);
+        self.scan_mappings(kernel, pid, &maps, comm);
     }
 
-    /// The rest of [`Tracker::scan`], from the mappings read: the files are opened through
-    /// the process, so it may exit meanwhile.
-    pub fn scan_mappings(&mut self, kernel: &mut Kernel, pid: u32, maps: &[ExecMapping]) {
+    /// The rest of [`Tracker::scan`], from the mappings (and the name, if it could be read)
+    /// read: the files are opened through the process, so it may exit meanwhile.
+    pub fn scan_mappings(
+        &mut self,
+        kernel: &mut Kernel,
+        pid: u32,
+        maps: &[ExecMapping],
+        comm: Option<String>,
+    ) {
         let mut files = Vec::new();
         for m in maps {
             let open = m.open_path(pid);
@@ -160,7 +168,7 @@ impl Tracker {
         let old = self.processes.insert(
             pid,
             Process {
-                comm: procfs::comm(pid).unwrap_or_default(),
+                comm: comm.or_else(|| procfs::comm(pid)).unwrap_or_default(),
                 command_line: procfs::cmdline(pid).map(|c| crate::redact::redact_text(&c)),
                 start_ns: procfs::stat(pid).map(|s| s.start_ns),
                 container: crate::container::of_process(pid),
@@ -376,6 +384,16 @@ impl Tracker {
 
     pub fn process(&self, pid: u32) -> Option<&Process> {
         self.processes.get(&pid)
+    }
+
+    /// The process's name: as read when it was scanned, else from /proc while it runs. None
+    /// for a process that exited before either read succeeded.
+    pub fn process_name(&self, pid: u32) -> Option<String> {
+        self.processes
+            .get(&pid)
+            .map(|p| p.comm.clone())
+            .filter(|c| !c.is_empty())
+            .or_else(|| procfs::comm(pid))
     }
 
     pub fn pids(&self) -> Vec<u32> {

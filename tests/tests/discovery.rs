@@ -481,7 +481,7 @@ fn a_process_exiting_mid_inspection_is_skipped_with_a_reason_and_its_file_attach
     assert!(maps.iter().any(|m| m.path == lib.to_str().unwrap()));
     p.kill().unwrap();
     p.wait().unwrap();
-    tracker.scan_mappings(&mut kernel, pid, &maps);
+    tracker.scan_mappings(&mut kernel, pid, &maps, None);
     // Every file it mapped (python, libc, the copy and its dependencies) was cut short.
     assert_eq!(
         tracker.skipped().get("process_exited").copied(),

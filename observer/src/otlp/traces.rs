@@ -236,10 +236,7 @@ impl Traces {
                 span_id: SpanId::from(nonzero(mix(lo ^ 0x5eed))),
                 start: UNIX_EPOCH + Duration::from_nanos(wall),
                 pid,
-                name: known
-                    .map(|p| p.comm.clone())
-                    .or_else(|| procfs::comm(pid))
-                    .unwrap_or_default(),
+                name: tracker.process_name(pid).unwrap_or_default(),
                 command_line: known
                     .and_then(|p| p.command_line.clone())
                     .or_else(|| procfs::cmdline(pid).map(|c| redact::redact_text(&c))),
