@@ -72,7 +72,15 @@ impl Daemon {
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         require_root();
         let port = free_port();
-        let log = std::env::temp_dir().join(format!("observer-test-{port}.log"));
+        // Named by test process and a counter, never by port alone: a port comes free when its
+        // daemon stops, and a later daemon on it would write into (and then delete) the log of
+        // an earlier one that a failing test is about to print.
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!(
+            "observer-test-{}-{n}-{port}.log",
+            std::process::id()
+        ));
         let logfile = std::fs::File::create(&log).expect("daemon log");
         let child = Command::new(daemon_bin())
             .arg("--listen")
@@ -163,7 +171,10 @@ impl Daemon {
             }
             if t0.elapsed() > timeout {
                 panic!(
-                    "timed out waiting for {what}\n--- last scrape ---\n{}\n--- daemon log ---\n{}",
+                    "timed out waiting for {what} (daemon pid {}: {})\n--- last scrape ---\n{}\n\
+                     --- daemon log ---\n{}",
+                    self.pid(),
+                    self.liveness(),
                     s.text,
                     self.log_text()
                 );
@@ -197,6 +208,22 @@ impl Daemon {
                 (!up.is_empty() && up.iter().all(|x| x.value == 0.0)).then(|| s.clone())
             },
         )
+    }
+
+    /// Whether the daemon still runs, for a failure message: a scrape that stopped changing
+    /// reads differently from a daemon that stopped publishing than from one that exited.
+    fn liveness(&self) -> String {
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid())) {
+            // The state is the field after the command's closing parenthesis.
+            Ok(stat) => match stat
+                .rsplit_once(") ")
+                .and_then(|(_, r)| r.split(' ').next())
+            {
+                Some("Z") | None => "exited, not yet reaped".into(),
+                Some(state) => format!("running, state {state}"),
+            },
+            Err(_) => "not running".into(),
+        }
     }
 
     pub fn log_text(&self) -> String {
