@@ -49,6 +49,20 @@ pub struct DropCount {
     pub count: u64,
 }
 
+/// Sockets whose drops are kept until an io claims them (see [`UnclaimedDrops`]).
+pub const UNCLAIMED_SOCKETS: u32 = 1024;
+
+/// Drops at a socket before it was known to be an io's: a UDP input's socket is learned at
+/// its first read, and its buffer can overflow before.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UnclaimedDrops {
+    /// When the first of them happened: an entry older than the descriptor that claims its
+    /// socket's address was another socket's.
+    pub first_ns: u64,
+    pub drops: [DropCount; DROP_SLOTS],
+}
+
 /// Index of [`Io::bytes`] and the other per-operation pairs.
 pub const OP_READ: usize = 0;
 pub const OP_WRITE: usize = 1;

@@ -13,7 +13,10 @@ use observer_common::{
 
 /// Allocate entries as they are inserted: a `Stream` is over a kilobyte and most nodes run far
 /// fewer streams than the map can hold.
-const BPF_F_NO_PREALLOC: u32 = 1;
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Map update flag: insert only if the key is not there yet.
+pub const BPF_NOEXIST: u64 = 1;
 
 #[map]
 pub static STREAMS: HashMap<StreamKey, Stream> =

@@ -122,6 +122,24 @@ impl Link {
         (num("packets"), num("bytes"))
     }
 
+    /// The states (`ss`'s words: ESTAB, FIN-WAIT-1, TIME-WAIT, ...) of the TCP sockets in
+    /// namespace `ns` whose peer port is `port`.
+    pub fn tcp_states(ns: &str, port: u16) -> Vec<String> {
+        let out = Link::exec(ns, "ss")
+            .args(["-Htan", &format!("dport = :{port}")])
+            .output()
+            .expect("ss");
+        assert!(
+            out.status.success(),
+            "ss: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
     /// A value of /proc/net/snmp (`Tcp`, `RetransSegs`) inside namespace `ns`.
     pub fn snmp(ns: &str, group: &str, field: &str) -> u64 {
         let out = Link::exec(ns, "cat")

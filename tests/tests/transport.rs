@@ -324,7 +324,12 @@ fn receive_buffer_drops_equal_the_sockets_own_drop_counter() {
     let mut rx = receive(
         &link,
         &["-loglevel", "error", "-timeout", "3000000"],
-        "udp://0.0.0.0:5006?buffer_size=16384&overrun_nonfatal=1",
+        // Drops here come only while the receiver is stopped, long after its first read
+        // (drops before it: the next test). A buffer this size holds a key frame's burst
+        // (a 16 KiB one did not), and not the seconds it is stopped for below: the kernel
+        // grants twice what is asked and charges a 1316-byte datagram its whole buffer
+        // (2,304 bytes), so 177 datagrams (233 KB of payload) fill it.
+        "udp://0.0.0.0:5006?buffer_size=204800&overrun_nonfatal=1",
         &dir.join("rx.log"),
     );
     std::thread::sleep(Duration::from_millis(1500));
@@ -334,32 +339,84 @@ fn receive_buffer_drops_equal_the_sockets_own_drop_counter() {
         &format!("udp://{}:5006?pkt_size=1316", link.rx_addr),
         "mpegts",
     );
-    // A receiver that stops reading: its small socket buffer overflows.
+    // A receiver that stops reading for 2.5 s (about 470 KB at 1.5 Mbit/s): its socket
+    // buffer overflows.
     std::thread::sleep(Duration::from_secs(1));
     signal(rx_pid, libc::SIGSTOP);
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(2500));
     signal(rx_pid, libc::SIGCONT);
     wait_exit(&mut tx, SECS);
     std::thread::sleep(Duration::from_millis(500));
-    // The kernel's own per-socket drop counter (last column of /proc/net/udp, port 5006).
-    let udp = std::fs::read_to_string(format!("/proc/{rx_pid}/net/udp")).unwrap();
-    let truth: u64 = udp
-        .lines()
+    let truth = udp_socket_drops(rx_pid, 5006).expect("the receiver's socket");
+    assert!(truth > 0, "the receiver should have dropped");
+    wait_for_drops(&d, rx_pid, truth);
+    wait_exit(&mut rx, SECS);
+}
+
+/// The kernel's own drop counter of the UDP socket on `port` in the namespace of `pid` (the
+/// last column of /proc/net/udp), or None if there is no such socket.
+fn udp_socket_drops(pid: u32, port: u16) -> Option<u64> {
+    let udp = std::fs::read_to_string(format!("/proc/{pid}/net/udp")).ok()?;
+    let local = format!(":{port:04X}");
+    udp.lines()
         .find(|l| {
             l.split_whitespace()
                 .nth(1)
-                .is_some_and(|a| a.ends_with(":138E"))
+                .is_some_and(|a| a.ends_with(&local))
         })
         .and_then(|l| l.split_whitespace().last()?.parse().ok())
-        .unwrap_or_else(|| panic!("no socket on port 5006:\n{udp}"));
-    assert!(truth > 0, "the receiver should have dropped");
-    d.wait_for("the socket's drops", SECS, |s| {
-        let v = s.value(
-            "media_io_kernel_drops_total",
-            &[("pid", &rx_pid.to_string()), ("reason", "SOCKET_RCVBUFF")],
-        )?;
-        (v == truth as f64).then_some(())
-    });
+}
+
+/// Waits until the daemon charges exactly `truth` receive-buffer drops to `pid`'s input.
+fn wait_for_drops(d: &Daemon, pid: u32, truth: u64) {
+    d.wait_for(
+        &format!("the socket's drops (the kernel counted {truth})"),
+        SECS,
+        |s| {
+            let v = s.value(
+                "media_io_kernel_drops_total",
+                &[("pid", &pid.to_string()), ("reason", "SOCKET_RCVBUFF")],
+            )?;
+            (v == truth as f64).then_some(())
+        },
+    );
+}
+
+#[test]
+fn drops_before_the_receivers_first_read_are_its_inputs_too() {
+    let link = Link::new();
+    let d = Daemon::start(&[]);
+    let dir = tempdir("preread");
+    let mut rx = receive(
+        &link,
+        &["-loglevel", "error", "-timeout", "3000000"],
+        "udp://0.0.0.0:5007?buffer_size=16384&overrun_nonfatal=1",
+        &dir.join("rx.log"),
+    );
+    let rx_pid = rx.id();
+    // Stopped once its socket is bound and before any datagram is sent, the receiver reads
+    // nothing until every drop has happened: the socket is not yet known as an io's when the
+    // kernel drops at it, only when FFmpeg reads from it after SIGCONT.
+    let t0 = std::time::Instant::now();
+    while udp_socket_drops(rx_pid, 5007).is_none() {
+        assert!(t0.elapsed() < SECS, "the receiver never bound port 5007");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(rx_pid, libc::SIGSTOP);
+    let mut tx = send(
+        &link,
+        &format!("udp://{}:5007?pkt_size=1316", link.rx_addr),
+        "mpegts",
+    );
+    wait_exit(&mut tx, SECS);
+    let truth = udp_socket_drops(rx_pid, 5007).expect("the receiver's socket");
+    // Its 32 KiB of buffer hold about 14 of the stream's ~1,000 datagrams.
+    assert!(
+        truth > 500,
+        "the stopped receiver should have dropped most: {truth}"
+    );
+    signal(rx_pid, libc::SIGCONT);
+    wait_for_drops(&d, rx_pid, truth);
     wait_exit(&mut rx, SECS);
 }
 
@@ -404,15 +461,32 @@ fn tcp_output_through_loss_shows_the_kernels_retransmissions() {
     let tx_pid = tx.id();
     wait_exit(&mut tx, SECS);
     wait_exit(&mut rx, SECS);
-    // A lost FIN is retransmitted after the sender exited: let the connection finish.
-    std::thread::sleep(Duration::from_secs(2));
+    // The sender's last data and its FIN can still be lost and retransmitted after it exited,
+    // with backoff (seconds): the kernel's count is final only once every byte and the FIN
+    // are acknowledged, which is when the socket reaches FIN-WAIT-2 or TIME-WAIT (or is gone).
+    let t0 = std::time::Instant::now();
+    loop {
+        let states = Link::tcp_states(&link.tx, 5008);
+        if states.iter().all(|s| s == "FIN-WAIT-2" || s == "TIME-WAIT") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < SECS,
+            "the sender's connection never finished: {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let truth = Link::snmp(&link.tx, "Tcp", "RetransSegs") - before;
     assert!(truth > 0, "3% loss should cause retransmissions");
-    let s = d.wait_for("the sender's retransmissions", SECS, |s| {
-        let ended = io_value(s, "media_io_up", tx_pid, "output")? == 0.0;
-        let n = io_value(s, "media_io_tcp_retransmits_total", tx_pid, "output")?;
-        (ended && n == truth as f64).then(|| s.clone())
-    });
+    let s = d.wait_for(
+        &format!("the sender's retransmissions (the kernel counted {truth})"),
+        SECS,
+        |s| {
+            let ended = io_value(s, "media_io_up", tx_pid, "output")? == 0.0;
+            let n = io_value(s, "media_io_tcp_retransmits_total", tx_pid, "output")?;
+            (ended && n == truth as f64).then(|| s.clone())
+        },
+    );
     let input = ingest_ts();
     assert_eq!(
         s.value(

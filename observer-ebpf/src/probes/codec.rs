@@ -30,7 +30,7 @@ use observer_common::{
 
 use crate::{
     maps::{
-        CALLS, CODEC_THREADS, CallKey, CallState, CodecThread, ENDED_STREAMS, FRAMES,
+        BPF_NOEXIST, CALLS, CODEC_THREADS, CallKey, CallState, CodecThread, ENDED_STREAMS, FRAMES,
         LIB_READ_FAILURES, LIBS, STREAMS, ZERO_STREAM, bump,
     },
     read::{Window, field},
@@ -52,7 +52,6 @@ static FRAME_SAMPLE: u64 = 0;
 #[unsafe(no_mangle)]
 static SLOW_FRAME_NS: u64 = u64::MAX;
 const AV_FRAME_FLAG_KEY: i32 = 1 << 1;
-const BPF_NOEXIST: u64 = 1;
 
 /// The clock of every timestamp here: since boot, suspend included, as /proc's process
 /// start times are, so the daemon can tell a stream from an older process with a reused pid.

@@ -28,12 +28,10 @@ use observer_common::{
 
 use super::codec::{add_shared, begin, cookie, finish, layout, now_ns};
 use crate::{
-    maps::{CallKey, CallState, EVENTS, STREAMS, bump, copied},
+    maps::{BPF_F_NO_PREALLOC, BPF_NOEXIST, CallKey, CallState, EVENTS, STREAMS, bump, copied},
     read::{Window, field},
 };
 
-const BPF_F_NO_PREALLOC: u32 = 1;
-const BPF_NOEXIST: u64 = 1;
 const AV_PKT_FLAG_CORRUPT: i32 = 2;
 const AVIO_FLAG_WRITE: u64 = 2;
 

@@ -23,10 +23,7 @@ use super::{
     codec::{now_ns, thread_codec},
     process::send_addr,
 };
-use crate::maps::{EVENTS, bump};
-
-const BPF_F_NO_PREALLOC: u32 = 1;
-const BPF_NOEXIST: u64 = 1;
+use crate::maps::{BPF_F_NO_PREALLOC, BPF_NOEXIST, EVENTS, bump};
 
 #[map]
 pub static LOGS: HashMap<LogKey, LogEntry> =

@@ -20,8 +20,8 @@ use aya_ebpf::{
 use observer_common::{
     event::EventKind,
     io::{
-        CC_SLOTS, CcKey, CcSlot, DROP_SLOTS, FdEntry, FdKind, Io, IoEvent, IoKey, MAX_FDS, OP_READ,
-        OP_WRITE, Rtp, TEXT_LEN,
+        CC_SLOTS, CcKey, CcSlot, DROP_SLOTS, DropCount, FdEntry, FdKind, Io, IoEvent, IoKey,
+        MAX_FDS, OP_READ, OP_WRITE, Rtp, TEXT_LEN, UNCLAIMED_SOCKETS, UnclaimedDrops,
     },
     stream::counter,
 };
@@ -32,7 +32,7 @@ use super::{
     codec::{add_shared, now_ns},
     io::{CURRENT_IO, IO_PROCESSES, current_io, io_of},
 };
-use crate::maps::{EVENTS, bump, copied};
+use crate::maps::{BPF_NOEXIST, EVENTS, bump, copied};
 
 /// Descriptors tied to an io, by `tgid << 32 | fd`. LRU: a process killed without closing
 /// them leaves entries that age out.
@@ -78,6 +78,16 @@ pub struct SockEntry {
     pub kind: u32,
     pub _pad: u32,
 }
+
+/// Drops at sockets not known as an io's, by `struct sock *`. A socket becomes its io's at
+/// the first message a syscall moves on it (`socket_entry`), and a UDP input's buffer can
+/// overflow before that read (a key frame's burst while the receiver starts): those drops
+/// wait here and go to the io when it claims the socket. Every socket on the node that drops
+/// lands here, hence LRU; an entry older than the descriptor that claims its address is
+/// another socket's and is thrown away.
+#[map]
+static UNCLAIMED_DROPS: LruHashMap<u64, UnclaimedDrops> =
+    LruHashMap::with_max_entries(UNCLAIMED_SOCKETS, 0);
 
 /// Last continuity counter per io and MPEG-TS PID.
 #[map]
@@ -778,7 +788,80 @@ fn socket_entry(sk: u64) -> Option<SockEntry> {
         _pad: 0,
     };
     let _ = SOCKETS.insert(&sk, &entry, 0);
+    claim_drops(sk, &entry);
     Some(entry)
+}
+
+/// Moves the drops a socket had before it was known (`UNCLAIMED_DROPS`) to its io. Drops
+/// recorded before the io's descriptor was opened happened at an earlier socket at the same
+/// address and are dropped. (A drop that races the claim on another CPU, inside the few
+/// instructions between its `SOCKETS` miss and its `UNCLAIMED_DROPS` update, stays
+/// unclaimed.)
+#[inline(always)]
+fn claim_drops(sk: u64, entry: &SockEntry) {
+    let Some(unclaimed) = copied(UNCLAIMED_DROPS.get_ptr(&sk)) else {
+        return;
+    };
+    let _ = UNCLAIMED_DROPS.remove(&sk);
+    if unclaimed.first_ns < entry.generation {
+        return;
+    }
+    let Some(io) = io_of(&entry.io) else { return };
+    let mut i = 0;
+    while i < DROP_SLOTS {
+        if let Some(d) = unclaimed.drops.get(i)
+            && d.reason != 0
+        {
+            add_drop(&mut io.drops, d.reason, d.count);
+        }
+        i += 1;
+    }
+}
+
+/// Adds `n` drops of `reason` to a drop table: the reason's slot, a free one, or the last
+/// (which then counts every other reason).
+#[inline(always)]
+fn add_drop(drops: &mut [DropCount; DROP_SLOTS], reason: u32, n: u64) {
+    let mut i = 0;
+    while i < DROP_SLOTS {
+        let last = i == DROP_SLOTS - 1;
+        if let Some(d) = drops.get_mut(i) {
+            if d.reason == 0 {
+                d.reason = if last { u32::MAX } else { reason };
+            }
+            if d.reason == reason || last {
+                add_shared(&mut d.count, n);
+                return;
+            }
+        }
+        i += 1;
+    }
+}
+
+/// Counts a drop at a socket not (yet) an io's, for `claim_drops`.
+#[inline(always)]
+fn record_unclaimed(sk: u64, reason: u32) {
+    if let Some(u) = UNCLAIMED_DROPS.get_ptr_mut(&sk) {
+        // SAFETY: map value pointer, valid for this program run.
+        add_drop(unsafe { &mut (*u).drops }, reason, 1);
+        return;
+    }
+    let mut fresh = UnclaimedDrops {
+        first_ns: now_ns(),
+        drops: [DropCount::default(); DROP_SLOTS],
+    };
+    fresh.drops[0] = DropCount {
+        reason,
+        _pad: 0,
+        count: 1,
+    };
+    // BPF_NOEXIST: another CPU may have made the entry since the lookup; then add to it.
+    if UNCLAIMED_DROPS.insert(&sk, &fresh, BPF_NOEXIST).is_err()
+        && let Some(u) = UNCLAIMED_DROPS.get_ptr_mut(&sk)
+    {
+        // SAFETY: as above.
+        add_drop(unsafe { &mut (*u).drops }, reason, 1);
+    }
 }
 
 /// `sock_recv_length(struct sock *sk, int ret, int flags)`: every message a socket syscall
@@ -859,25 +942,14 @@ pub fn skb_drop(ctx: BtfTracePointContext) -> u32 {
     if sk == 0 {
         return 0;
     }
-    let Some(key) = copied(SOCKETS.get_ptr(&sk)).map(|e| e.io) else {
-        return 0;
-    };
     // Tracepoint arguments by position, as declared above.
     let reason: u32 = ctx.arg(2);
-    let Some(io) = io_of(&key) else { return 0 };
-    let mut i = 0;
-    while i < DROP_SLOTS {
-        let last = i == DROP_SLOTS - 1;
-        if let Some(d) = io.drops.get_mut(i) {
-            if d.reason == 0 {
-                d.reason = if last { u32::MAX } else { reason };
-            }
-            if d.reason == reason || last {
-                add_shared(&mut d.count, 1);
-                return 0;
-            }
-        }
-        i += 1;
+    let Some(key) = copied(SOCKETS.get_ptr(&sk)).map(|e| e.io) else {
+        record_unclaimed(sk, reason);
+        return 0;
+    };
+    if let Some(io) = io_of(&key) {
+        add_drop(&mut io.drops, reason, 1);
     }
     0
 }
