@@ -39,18 +39,28 @@ const DOWNLOAD_TRIES: u32 = 3;
 
 /// Like [`run`], for a command that downloads: tried again after a pause if it fails.
 /// `make` builds the command afresh for each try.
-pub(crate) fn download(mut make: impl FnMut() -> Command, what: &str) -> anyhow::Result<()> {
-    for attempt in 1.. {
+pub(crate) fn download(make: impl FnMut() -> Command, what: &str) -> anyhow::Result<()> {
+    retrying(make, what, std::time::Duration::from_secs(20))
+}
+
+/// [`download`]'s loop: the pause grows by `pause` after each failed try.
+fn retrying(
+    mut make: impl FnMut() -> Command,
+    what: &str,
+    pause: std::time::Duration,
+) -> anyhow::Result<()> {
+    let mut attempt = 1;
+    loop {
         match run(&mut make(), what) {
             Err(e) if attempt < DOWNLOAD_TRIES => {
-                let pause = std::time::Duration::from_secs(20 * u64::from(attempt));
-                eprintln!("    {e:#}; trying again in {} s", pause.as_secs());
-                std::thread::sleep(pause);
+                let wait = pause * attempt;
+                eprintln!("    {e:#}; trying again in {} s", wait.as_secs());
+                std::thread::sleep(wait);
+                attempt += 1;
             }
             result => return result,
         }
     }
-    unreachable!("the loop returns by its last try")
 }
 
 pub(crate) fn output(cmd: &mut Command) -> Option<String> {
@@ -399,4 +409,40 @@ fn debian_headers(assets: &Path, suite: &str) -> anyhow::Result<()> {
     }
     std::fs::rename(&staging, &dir)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A command that fails until it has run `fail` times, counting its runs in `count`.
+    fn flaky(count: &Path, fail: u32) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(r#"n=$(($(cat "$1" 2>/dev/null || echo 0) + 1)); echo $n > "$1"; [ $n -gt "$2" ]"#)
+            .arg("sh")
+            .arg(count)
+            .arg(fail.to_string());
+        c
+    }
+
+    #[test]
+    fn a_download_is_tried_until_it_succeeds_and_at_most_three_times() {
+        let dir = std::env::temp_dir().join(format!("xtask-retry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let runs = |name: &str| -> u32 {
+            std::fs::read_to_string(dir.join(name))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        let pause = std::time::Duration::from_millis(1);
+        retrying(|| flaky(&dir.join("two"), 2), "flaky", pause).expect("third try succeeds");
+        assert_eq!(runs("two"), 3);
+        let err = retrying(|| flaky(&dir.join("three"), 3), "flaky", pause).unwrap_err();
+        assert!(err.to_string().contains("flaky failed"), "{err:#}");
+        assert_eq!(runs("three"), DOWNLOAD_TRIES);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
