@@ -795,8 +795,8 @@ fn socket_entry(sk: u64) -> Option<SockEntry> {
 /// Moves the drops a socket had before it was known (`UNCLAIMED_DROPS`) to its io. Drops
 /// recorded before the io's descriptor was opened happened at an earlier socket at the same
 /// address and are dropped. (A drop that races the claim on another CPU, inside the few
-/// instructions between its `SOCKETS` miss and its `UNCLAIMED_DROPS` update, stays
-/// unclaimed.)
+/// instructions between its `SOCKETS` miss and its `UNCLAIMED_DROPS` update, is charged to
+/// no io.)
 #[inline(always)]
 fn claim_drops(sk: u64, entry: &SockEntry) {
     let Some(unclaimed) = copied(UNCLAIMED_DROPS.get_ptr(&sk)) else {
