@@ -324,11 +324,11 @@ fn receive_buffer_drops_equal_the_sockets_own_drop_counter() {
     let mut rx = receive(
         &link,
         &["-loglevel", "error", "-timeout", "3000000"],
-        // Drops here come only while the receiver is stopped, long after its first read
-        // (drops before it: the next test). A buffer this size holds a key frame's burst
-        // (a 16 KiB one did not), and not the seconds it is stopped for below: the kernel
-        // grants twice what is asked and charges a 1316-byte datagram its whole buffer
-        // (2,304 bytes), so 177 datagrams (233 KB of payload) fill it.
+        // A buffer this size holds a key frame's burst, so drops come only while the
+        // receiver is stopped, long after its first read (drops before it: the next test);
+        // it does not hold the seconds it is stopped for: the kernel grants twice what is
+        // asked and charges a 1316-byte datagram its whole buffer (2,304 bytes), so 177
+        // datagrams (233 KB of payload) fill it.
         "udp://0.0.0.0:5006?buffer_size=204800&overrun_nonfatal=1",
         &dir.join("rx.log"),
     );
