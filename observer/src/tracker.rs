@@ -50,6 +50,38 @@ pub struct Process {
     files: Vec<FileId>,
 }
 
+/// What is kept of a process, read from /proc while it runs; a field is None (comm empty)
+/// where the process had exited.
+pub struct ProcessFacts {
+    comm: Option<String>,
+    command_line: Option<String>,
+    start_ns: Option<u64>,
+    container: Option<crate::container::Container>,
+}
+
+impl ProcessFacts {
+    pub fn read(pid: u32) -> ProcessFacts {
+        ProcessFacts {
+            comm: procfs::comm(pid),
+            command_line: procfs::cmdline(pid).map(|c| crate::redact::redact_text(&c)),
+            start_ns: procfs::stat(pid).map(|s| s.start_ns),
+            container: crate::container::of_process(pid),
+        }
+    }
+}
+
+impl Process {
+    fn new(facts: ProcessFacts, files: Vec<FileId>) -> Process {
+        Process {
+            comm: facts.comm.unwrap_or_default(),
+            command_line: facts.command_line,
+            start_ns: facts.start_ns,
+            container: facts.container,
+            files,
+        }
+    }
+}
+
 /// One attached file, for `/metrics`.
 #[derive(Clone, Debug)]
 pub struct AttachedInfo {
@@ -130,19 +162,27 @@ impl Tracker {
         let Ok(maps) = procfs::exec_mappings(pid) else {
             return;
         };
-        // Read before attaching, which takes long enough for a short pipeline to finish.
-        let comm = procfs::comm(pid);
-        self.scan_mappings(kernel, pid, &maps, comm);
+        // Inspecting and attaching new files takes long enough for a short pipeline to finish:
+        // what is kept of the process is read first, if it may map FFmpeg (most processes
+        // on a node map only files already known not to be).
+        let facts = self.may_map_ffmpeg(&maps).then(|| ProcessFacts::read(pid));
+        self.scan_mappings(kernel, pid, &maps, facts);
     }
 
-    /// The rest of [`Tracker::scan`], from the mappings (and the name, if it could be read)
-    /// read: the files are opened through the process, so it may exit meanwhile.
+    /// Whether any of `maps` is FFmpeg or not inspected yet.
+    fn may_map_ffmpeg(&self, maps: &[ExecMapping]) -> bool {
+        maps.iter()
+            .any(|m| matches!(self.verdicts.get(&m.id), None | Some(Verdict::Ffmpeg(_))))
+    }
+
+    /// The rest of [`Tracker::scan`], from the mappings (and what is kept of the process, if
+    /// read): the files are opened through the process, so it may exit meanwhile.
     pub fn scan_mappings(
         &mut self,
         kernel: &mut Kernel,
         pid: u32,
         maps: &[ExecMapping],
-        comm: Option<String>,
+        facts: Option<ProcessFacts>,
     ) {
         let mut files = Vec::new();
         for m in maps {
@@ -167,13 +207,10 @@ impl Tracker {
         }
         let old = self.processes.insert(
             pid,
-            Process {
-                comm: comm.or_else(|| procfs::comm(pid)).unwrap_or_default(),
-                command_line: procfs::cmdline(pid).map(|c| crate::redact::redact_text(&c)),
-                start_ns: procfs::stat(pid).map(|s| s.start_ns),
-                container: crate::container::of_process(pid),
-                files: files.clone(),
-            },
+            Process::new(
+                facts.unwrap_or_else(|| ProcessFacts::read(pid)),
+                files.clone(),
+            ),
         );
         if let Some(old) = old {
             let gone: Vec<FileId> = old

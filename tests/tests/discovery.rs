@@ -425,13 +425,14 @@ fn files_are_detached_when_no_process_maps_them() {
 /// and the next process mapping the same never-seen FFmpeg copy gets it attached. Driven
 /// through the daemon's own tracker and kernel programs in this test process, the process
 /// killed between the reading of its mappings and the opening of its files: the window a
-/// running daemon hits by chance.
+/// running daemon hits by chance. A process that exits while its files are attached keeps
+/// the name read before (the suite's short reuse program lost it to an empty one).
 #[test]
 fn a_process_exiting_mid_inspection_is_skipped_with_a_reason_and_its_file_attached_later() {
     use observer::{
         kernel::{Kernel, LoadOptions},
         procfs,
-        tracker::Tracker,
+        tracker::{ProcessFacts, Tracker},
     };
     use std::io::BufRead as _;
     observer_tests::require_root();
@@ -499,4 +500,22 @@ fn a_process_exiting_mid_inspection_is_skipped_with_a_reason_and_its_file_attach
     );
     q.kill().unwrap();
     q.wait().unwrap();
+
+    // Two more that exit between the reading of their mappings and the attach (the copy is
+    // attached now, so both are kept as FFmpeg processes): one read before, one not.
+    for read_first in [true, false] {
+        let mut r = mapper();
+        let pid = r.id();
+        let maps = procfs::exec_mappings(pid).unwrap();
+        let facts = read_first.then(|| ProcessFacts::read(pid));
+        r.kill().unwrap();
+        r.wait().unwrap();
+        tracker.scan_mappings(&mut kernel, pid, &maps, facts);
+        assert!(tracker.process(pid).is_some(), "kept as an FFmpeg process");
+        assert_eq!(
+            tracker.process_name(pid).as_deref(),
+            read_first.then_some("python3"),
+            "a name read before the exit is kept; none is made up (never \"\")"
+        );
+    }
 }
