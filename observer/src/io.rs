@@ -92,8 +92,10 @@ impl IoRecord {
     }
 }
 
-/// How long an ended io's kernel entry keeps counting (see `IoRegistry::collect`).
+/// How long an ended io's kernel entry keeps counting at least, and at most while a TCP
+/// socket of it lives on (see `IoRegistry::collect`).
 const KERNEL_LINGER: Duration = Duration::from_secs(5);
+const KERNEL_LINGER_MAX: Duration = Duration::from_secs(120);
 
 pub struct IoRegistry {
     records: BTreeMap<IoKey, IoRecord>,
@@ -207,15 +209,28 @@ impl IoRegistry {
     ) {
         let now = Instant::now();
         let mut seen = HashSet::new();
+        // An ended io stays in the kernel map a little longer, and for as long as one of its
+        // TCP sockets lives on (up to a cap): they still send and retransmit the last data
+        // and the FIN after the close or the process's exit, slowly when the receiver is.
+        let ended_for = |records: &BTreeMap<IoKey, IoRecord>, key: &IoKey| {
+            records
+                .get(key)
+                .and_then(|r| r.ended)
+                .map(|t| now.duration_since(t))
+        };
+        let lingering = ios
+            .iter()
+            .any(|(k, _)| ended_for(&self.records, k).is_some_and(|d| d >= KERNEL_LINGER));
+        let sockets = if lingering {
+            kernel.ios_with_sockets()
+        } else {
+            HashSet::new()
+        };
         for (key, io) in ios {
             let ended = io.closed_ns != 0 || !processes.alive(key.tgid, io.opened_ns);
-            // An ended io stays in the kernel map a little longer: its TCP sockets still
-            // retransmit the last data and the FIN after the close (or the process's exit).
-            let lingered = self
-                .records
-                .get(&key)
-                .and_then(|r| r.ended)
-                .is_some_and(|t| now.duration_since(t) >= KERNEL_LINGER);
+            let lingered = ended_for(&self.records, &key).is_some_and(|d| {
+                d >= KERNEL_LINGER_MAX || (d >= KERNEL_LINGER && !sockets.contains(&key))
+            });
             let io = if lingered {
                 kernel.remove_io(&key).unwrap_or(io)
             } else {

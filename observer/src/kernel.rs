@@ -457,6 +457,22 @@ impl Kernel {
         self.ios.iter().filter_map(Result::ok).collect()
     }
 
+    /// The ios that kernel sockets still belong to: a TCP socket outlives its descriptor and
+    /// its process, sending (and retransmitting) the last data and the FIN, until the kernel
+    /// destroys it.
+    pub fn ios_with_sockets(&self) -> std::collections::HashSet<IoKey> {
+        self.sockets
+            .iter()
+            .filter_map(Result::ok)
+            // SockEntry: its IoKey first (tgid, padding, id).
+            .map(|(_, v)| IoKey {
+                tgid: u32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
+                _pad: 0,
+                id: u64::from_ne_bytes([v[8], v[9], v[10], v[11], v[12], v[13], v[14], v[15]]),
+            })
+            .collect()
+    }
+
     /// Forgets an io (closed, or its process gone) after its last read.
     pub fn remove_io(&mut self, key: &IoKey) -> Option<Io> {
         let io = self.ios.get(key, 0).ok();

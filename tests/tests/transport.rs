@@ -461,21 +461,7 @@ fn tcp_output_through_loss_shows_the_kernels_retransmissions() {
     let tx_pid = tx.id();
     wait_exit(&mut tx, SECS);
     wait_exit(&mut rx, SECS);
-    // The sender's last data and its FIN can still be lost and retransmitted after it exited,
-    // with backoff (seconds): the kernel's count is final only once every byte and the FIN
-    // are acknowledged, which is when the socket reaches FIN-WAIT-2 or TIME-WAIT (or is gone).
-    let t0 = std::time::Instant::now();
-    loop {
-        let states = Link::tcp_states(&link.tx, 5008);
-        if states.iter().all(|s| s == "FIN-WAIT-2" || s == "TIME-WAIT") {
-            break;
-        }
-        assert!(
-            t0.elapsed() < SECS,
-            "the sender's connection never finished: {states:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_sent(&link, 5008);
     let truth = Link::snmp(&link.tx, "Tcp", "RetransSegs") - before;
     assert!(truth > 0, "3% loss should cause retransmissions");
     let s = d.wait_for(
@@ -499,6 +485,82 @@ fn tcp_output_through_loss_shows_the_kernels_retransmissions() {
         ),
         Some(std::fs::metadata(input).unwrap().len() as f64),
         "a stream copy of a TS file writes the file's bytes"
+    );
+}
+
+/// Waits until the sender's connection to `port` has nothing left to retransmit. Its last
+/// data and FIN can be lost and retransmitted after it exited, with backoff (seconds): the
+/// kernel's count is final only once every byte and the FIN are acknowledged, which is when
+/// the socket reaches FIN-WAIT-2 or TIME-WAIT (or is gone).
+fn wait_sent(link: &Link, port: u16) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let states = Link::tcp_states(&link.tx, port);
+        if states.iter().all(|s| s == "FIN-WAIT-2" || s == "TIME-WAIT") {
+            return;
+        }
+        assert!(
+            t0.elapsed() < SECS,
+            "the sender's connection never finished: {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An output's connection outlives the process: here its FIN is dropped for 9 s after the
+/// sender exited, so the kernel retransmits it with backoff until well after the 5 s an ended
+/// io used to stay counted for. Every one of those retransmissions is the output's.
+#[test]
+fn retransmissions_after_the_sender_exited_are_its_outputs() {
+    let link = Link::new();
+    let d = Daemon::start(&[]);
+    let dir = tempdir("tcp-fin");
+    let mut rx = receive(
+        &link,
+        &["-loglevel", "error"],
+        "tcp://0.0.0.0:5009?listen=1",
+        &dir.join("rx.log"),
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    link.nft_rx(
+        "table inet fin {
+           chain input {
+             type filter hook input priority 0;
+             tcp dport 5009 tcp flags & fin == fin drop
+           }
+         }",
+    );
+    let before = Link::snmp(&link.tx, "Tcp", "RetransSegs");
+    let mut tx = send(&link, &format!("tcp://{}:5009", link.rx_addr), "mpegts");
+    let tx_pid = tx.id();
+    wait_exit(&mut tx, SECS);
+    std::thread::sleep(Duration::from_secs(9));
+    let out = Link::exec(&link.rx, "nft")
+        .args(["delete", "table", "inet", "fin"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_sent(&link, 5009);
+    wait_exit(&mut rx, SECS);
+    let truth = Link::snmp(&link.tx, "Tcp", "RetransSegs") - before;
+    // Retransmitted with backoff from 0.2 s, doubling: five or more in the 9 s, the last of
+    // them seconds past the old 5 s.
+    assert!(
+        truth >= 5,
+        "the FIN should have been retransmitted: {truth}"
+    );
+    d.wait_for(
+        &format!("the sender's retransmissions (the kernel counted {truth})"),
+        SECS,
+        |s| {
+            let ended = io_value(s, "media_io_up", tx_pid, "output")? == 0.0;
+            let n = io_value(s, "media_io_tcp_retransmits_total", tx_pid, "output")?;
+            (ended && n == truth as f64).then_some(())
+        },
     );
 }
 
