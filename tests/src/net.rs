@@ -85,7 +85,7 @@ impl Link {
         c
     }
 
-    /// Loads an nftables ruleset (text) into the receiver's namespace.
+    /// Loads an nftables ruleset, or runs nft commands (text), in the receiver's namespace.
     pub fn nft_rx(&self, ruleset: &str) {
         let mut child = Link::exec(&self.rx, "nft")
             .args(["-f", "-"])

@@ -464,15 +464,7 @@ fn tcp_output_through_loss_shows_the_kernels_retransmissions() {
     wait_sent(&link, 5008);
     let truth = Link::snmp(&link.tx, "Tcp", "RetransSegs") - before;
     assert!(truth > 0, "3% loss should cause retransmissions");
-    let s = d.wait_for(
-        &format!("the sender's retransmissions (the kernel counted {truth})"),
-        SECS,
-        |s| {
-            let ended = io_value(s, "media_io_up", tx_pid, "output")? == 0.0;
-            let n = io_value(s, "media_io_tcp_retransmits_total", tx_pid, "output")?;
-            (ended && n == truth as f64).then(|| s.clone())
-        },
-    );
+    let s = wait_for_retransmits(&d, tx_pid, truth);
     let input = ingest_ts();
     assert_eq!(
         s.value(
@@ -486,6 +478,20 @@ fn tcp_output_through_loss_shows_the_kernels_retransmissions() {
         Some(std::fs::metadata(input).unwrap().len() as f64),
         "a stream copy of a TS file writes the file's bytes"
     );
+}
+
+/// Waits until the daemon shows `pid`'s output ended with exactly `truth` retransmissions;
+/// returns that scrape.
+fn wait_for_retransmits(d: &Daemon, pid: u32, truth: u64) -> Scrape {
+    d.wait_for(
+        &format!("the sender's retransmissions (the kernel counted {truth})"),
+        SECS,
+        |s| {
+            let ended = io_value(s, "media_io_up", pid, "output")? == 0.0;
+            let n = io_value(s, "media_io_tcp_retransmits_total", pid, "output")?;
+            (ended && n == truth as f64).then(|| s.clone())
+        },
+    )
 }
 
 /// Waits until the sender's connection to `port` has nothing left to retransmit. Its last
@@ -535,15 +541,7 @@ fn retransmissions_after_the_sender_exited_are_its_outputs() {
     let tx_pid = tx.id();
     wait_exit(&mut tx, SECS);
     std::thread::sleep(Duration::from_secs(9));
-    let out = Link::exec(&link.rx, "nft")
-        .args(["delete", "table", "inet", "fin"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    link.nft_rx("delete table inet fin");
     wait_sent(&link, 5009);
     wait_exit(&mut rx, SECS);
     let truth = Link::snmp(&link.tx, "Tcp", "RetransSegs") - before;
@@ -553,15 +551,7 @@ fn retransmissions_after_the_sender_exited_are_its_outputs() {
         truth >= 5,
         "the FIN should have been retransmitted: {truth}"
     );
-    d.wait_for(
-        &format!("the sender's retransmissions (the kernel counted {truth})"),
-        SECS,
-        |s| {
-            let ended = io_value(s, "media_io_up", tx_pid, "output")? == 0.0;
-            let n = io_value(s, "media_io_tcp_retransmits_total", tx_pid, "output")?;
-            (ended && n == truth as f64).then_some(())
-        },
-    );
+    wait_for_retransmits(&d, tx_pid, truth);
 }
 
 #[test]
