@@ -144,7 +144,20 @@ pub struct Rtp {
     pub transit: i64,
 }
 
-crate::user_pod!(IoKey, Io, FdEntry, IoEvent, PacketKey, CcKey);
+/// What the socket programs need of an io descriptor, by its kernel socket (`struct sock *`,
+/// the `SOCKETS` map): one lookup per message.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockEntry {
+    pub io: IoKey,
+    /// The descriptor's open time (see `Rtp::socket`).
+    pub generation: u64,
+    /// [`FdKind`]
+    pub kind: u32,
+    pub _pad: u32,
+}
+
+crate::user_pod!(IoKey, Io, FdEntry, IoEvent, PacketKey, CcKey, SockEntry);
 const _: () = assert!(core::mem::size_of::<Io>().is_multiple_of(8));
 
 /// A file descriptor tied to an io, keyed by `tgid << 32 | fd` in the `FDS` map.

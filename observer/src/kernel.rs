@@ -13,7 +13,7 @@ use aya::{
 };
 use observer_common::{
     event::{EventKind, ProcessEvent},
-    io::{CcKey, FdEntry, Io, IoEvent, IoKey, PacketKey},
+    io::{CcKey, FdEntry, FdKind, Io, IoEvent, IoKey, PacketKey, SockEntry},
     layout::{LibLayout, MAX_LIBS, cookie},
     log::{LogEntry, LogEvent, LogKey},
     stream::{Direction, EndedKey, Stream, StreamKey, counter},
@@ -120,7 +120,7 @@ pub struct Kernel {
     /// The per-process io maps the kernel cannot clean when a process dies without closing
     /// (LRU maps would age the entries out; the daemon removes them at once).
     fds: HashMap<MapData, u64, FdEntry>,
-    sockets: HashMap<MapData, u64, [u8; 32]>,
+    sockets: HashMap<MapData, u64, SockEntry>,
     continuity: HashMap<MapData, CcKey, u32>,
     demuxed: HashMap<MapData, PacketKey, u64>,
     encoded: HashMap<MapData, PacketKey, u64>,
@@ -464,12 +464,7 @@ impl Kernel {
         self.sockets
             .iter()
             .filter_map(Result::ok)
-            // SockEntry: its IoKey first (tgid, padding, id).
-            .map(|(_, v)| IoKey {
-                tgid: u32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
-                _pad: 0,
-                id: u64::from_ne_bytes([v[8], v[9], v[10], v[11], v[12], v[13], v[14], v[15]]),
-            })
+            .map(|(_, v)| v.io)
             .collect()
     }
 
@@ -497,12 +492,10 @@ impl Kernel {
             gone.iter().filter(|k| map.remove(k).is_ok()).count()
         }
         purge(&mut self.fds, |k, _| (k >> 32) as u32 == tgid)
-            // SockEntry: its IoKey first (tgid first), the descriptor kind at 24. A TCP socket
-            // outlives its process (FIN, last retransmissions) and leaves at its destruction.
+            // A TCP socket outlives its process (FIN, last retransmissions) and leaves at its
+            // destruction.
             + purge(&mut self.sockets, |_, v| {
-                u32::from_ne_bytes([v[0], v[1], v[2], v[3]]) == tgid
-                    && u32::from_ne_bytes([v[24], v[25], v[26], v[27]])
-                        == observer_common::io::FdKind::Datagram as u32
+                v.io.tgid == tgid && v.kind == FdKind::Datagram as u32
             })
             + purge(&mut self.continuity, |k, _| k.io.tgid == tgid)
             + purge(&mut self.demuxed, |k, _| k.tgid == tgid)

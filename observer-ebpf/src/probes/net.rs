@@ -21,7 +21,7 @@ use observer_common::{
     event::EventKind,
     io::{
         CC_SLOTS, CcKey, CcSlot, DROP_SLOTS, DropCount, FdEntry, FdKind, Io, IoEvent, IoKey,
-        MAX_FDS, OP_READ, OP_WRITE, Rtp, TEXT_LEN, UNCLAIMED_SOCKETS, UnclaimedDrops,
+        MAX_FDS, OP_READ, OP_WRITE, Rtp, SockEntry, TEXT_LEN, UNCLAIMED_SOCKETS, UnclaimedDrops,
     },
     stream::counter,
 };
@@ -65,19 +65,6 @@ pub static SYSCALLS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(MAX_F
 /// Kernel sockets (`struct sock *`) of io descriptors.
 #[map]
 static SOCKETS: LruHashMap<u64, SockEntry> = LruHashMap::with_max_entries(MAX_FDS, 0);
-
-/// What the socket programs need of an io descriptor, by its kernel socket: one lookup per
-/// message.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SockEntry {
-    pub io: IoKey,
-    /// The descriptor's open time (see `Rtp::socket`).
-    pub generation: u64,
-    /// [`FdKind`]
-    pub kind: u32,
-    pub _pad: u32,
-}
 
 /// Drops at sockets not known as an io's, by `struct sock *`. A socket becomes its io's at
 /// the first message a syscall moves on it (`socket_entry`), and a UDP input's buffer can
