@@ -440,14 +440,9 @@ fn tcp_output_through_loss_shows_the_kernels_retransmissions() {
     assert!(out.status.success());
     let d = Daemon::start(&[]);
     let dir = tempdir("tcp");
-    let mut rx = receive(
+    let (mut rx, tx_pid, before) = tcp_stream(
         &link,
-        &["-loglevel", "error"],
-        "tcp://0.0.0.0:5008?listen=1",
-        &dir.join("rx.log"),
-    );
-    std::thread::sleep(Duration::from_millis(1000));
-    link.nft_rx(
+        5008,
         "table inet obs {
            counter dropped {}
            chain input {
@@ -455,11 +450,8 @@ fn tcp_output_through_loss_shows_the_kernels_retransmissions() {
              tcp dport 5008 numgen random mod 100 < 3 counter name dropped drop
            }
          }",
+        &dir,
     );
-    let before = Link::snmp(&link.tx, "Tcp", "RetransSegs");
-    let mut tx = send(&link, &format!("tcp://{}:5008", link.rx_addr), "mpegts");
-    let tx_pid = tx.id();
-    wait_exit(&mut tx, SECS);
     wait_exit(&mut rx, SECS);
     wait_sent(&link, 5008);
     let truth = Link::snmp(&link.tx, "Tcp", "RetransSegs") - before;
@@ -478,6 +470,25 @@ fn tcp_output_through_loss_shows_the_kernels_retransmissions() {
         Some(std::fs::metadata(input).unwrap().len() as f64),
         "a stream copy of a TS file writes the file's bytes"
     );
+}
+
+/// Streams the test file over TCP to a receiver listening on `port`, with the nftables
+/// `rules` loaded in the receiver's namespace once it listens. Returns when the sender has
+/// exited: the receiver, the sender's pid, and the sender namespace's `RetransSegs` before
+/// it started.
+fn tcp_stream(link: &Link, port: u16, rules: &str, dir: &std::path::Path) -> (Child, u32, u64) {
+    let rx = receive(
+        link,
+        &["-loglevel", "error"],
+        &format!("tcp://0.0.0.0:{port}?listen=1"),
+        &dir.join("rx.log"),
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    link.nft_rx(rules);
+    let before = Link::snmp(&link.tx, "Tcp", "RetransSegs");
+    let mut tx = send(link, &format!("tcp://{}:{port}", link.rx_addr), "mpegts");
+    wait_exit(&mut tx, SECS);
+    (rx, tx.id(), before)
 }
 
 /// Waits until the daemon shows `pid`'s output ended with exactly `truth` retransmissions;
@@ -521,25 +532,17 @@ fn retransmissions_after_the_sender_exited_are_its_outputs() {
     let link = Link::new();
     let d = Daemon::start(&[]);
     let dir = tempdir("tcp-fin");
-    let mut rx = receive(
+    let (mut rx, tx_pid, before) = tcp_stream(
         &link,
-        &["-loglevel", "error"],
-        "tcp://0.0.0.0:5009?listen=1",
-        &dir.join("rx.log"),
-    );
-    std::thread::sleep(Duration::from_millis(1000));
-    link.nft_rx(
+        5009,
         "table inet fin {
            chain input {
              type filter hook input priority 0;
              tcp dport 5009 tcp flags & fin == fin drop
            }
          }",
+        &dir,
     );
-    let before = Link::snmp(&link.tx, "Tcp", "RetransSegs");
-    let mut tx = send(&link, &format!("tcp://{}:5009", link.rx_addr), "mpegts");
-    let tx_pid = tx.id();
-    wait_exit(&mut tx, SECS);
     std::thread::sleep(Duration::from_secs(9));
     link.nft_rx("delete table inet fin");
     wait_sent(&link, 5009);
