@@ -27,8 +27,11 @@ use crate::{
 /// tool takes it only when named in `carry`).
 pub const KIT: &str = "target/gpu-kit";
 
-/// What the device tool carries: the working tree and the kit together.
-const CARRY_LIMIT: u64 = 64 << 20;
+/// What the device tool carries: the working tree and the kit together. Its README says
+/// 64 MiB, but its own count is not ours: it refused a kit of 60,533,048 bytes with a
+/// 1,023,292-byte tree and took one of 59,824,624 bytes (2026-12-04). The check holds to
+/// what was taken.
+const CARRY_LIMIT: u64 = 60_850_000;
 
 /// Packs the kit; `daemon` is the release build.
 pub fn pack(root: &Path, daemon: &Path, assets: &Path) -> anyhow::Result<()> {
@@ -87,11 +90,11 @@ pub fn pack(root: &Path, daemon: &Path, assets: &Path) -> anyhow::Result<()> {
         .sum();
     let total = kit_size + tree_size;
     eprintln!(
-        "    {KIT}: {:.1} MiB, with the working tree {:.1} MiB of the {} MiB the device tool \
-         carries",
-        kit_size as f64 / 1048576.0,
-        total as f64 / 1048576.0,
-        CARRY_LIMIT >> 20
+        "    {KIT}: {:.1} MB, with the working tree {:.1} MB of the {:.1} MB the device tool \
+         was seen to carry",
+        kit_size as f64 / 1e6,
+        total as f64 / 1e6,
+        CARRY_LIMIT as f64 / 1e6
     );
     if total > CARRY_LIMIT {
         bail!("the kit and the working tree are over what the device tool carries");
@@ -154,10 +157,13 @@ pub fn check(kit: &Path, out: &Path, runs: usize) -> anyhow::Result<()> {
             lib_dirs.push(dir);
         }
     }
+    // The machine's own LD_LIBRARY_PATH is a list (the GPU machine's is
+    // `/usr/local/nvidia/lib64:/usr/local/nvidia/lib`): its entries are kept one by one.
+    let inherited = std::env::var_os("LD_LIBRARY_PATH").unwrap_or_default();
     let ld_path = std::env::join_paths(
         lib_dirs
             .into_iter()
-            .chain(std::env::var_os("LD_LIBRARY_PATH").map(PathBuf::from)),
+            .chain(std::env::split_paths(&inherited)),
     )?;
     // SAFETY: set before any thread or child starts; the daemons and ffmpeg inherit it.
     unsafe { std::env::set_var("LD_LIBRARY_PATH", &ld_path) };
@@ -252,9 +258,11 @@ fn find_library(name: &str) -> Option<PathBuf> {
 }
 
 fn xz(from: &Path, to: &Path) -> anyhow::Result<()> {
+    // x86 branch filter and one thread (one block): the static ffmpeg packs 47.7 MB this way
+    // against 48.4 MB with -9 -T0, the margin that let the kit travel with the working tree.
     run(
         Command::new("xz")
-            .args(["-9", "-T0", "-c"])
+            .args(["--x86", "--lzma2=preset=9e", "-T1", "-c"])
             .arg(from)
             .stdout(std::fs::File::create(to)?),
         "xz",
