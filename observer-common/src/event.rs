@@ -26,6 +26,9 @@ pub enum EventKind {
     /// A log message at or above the configured level, with its arguments
     /// ([`crate::log::LogEvent`]).
     LogMessage = 9,
+    /// The kernel stopped the process (SIGSTOP) because it mapped an executable file the
+    /// daemon has not judged; it waits in `HELD` until the daemon resumes it.
+    Held = 10,
 }
 
 #[repr(C)]

@@ -8,6 +8,7 @@
 pub mod event;
 pub mod frame;
 pub mod io;
+pub mod kernel;
 pub mod layout;
 pub mod log;
 pub mod stream;

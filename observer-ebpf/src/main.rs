@@ -10,6 +10,8 @@
 // 512-byte BPF stack first.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod cookie;
+mod kernel;
 mod maps;
 mod probes;
 mod read;

@@ -195,6 +195,14 @@ pub struct Options {
     #[arg(long, env = "OBSERVER_IO_STATS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub io_stats: bool,
 
+    /// Hold (SIGSTOP) a process that maps an executable file named like FFmpeg (`avcodec`,
+    /// `avformat`, `avutil`, `avfilter`, `ffmpeg`, `ffprobe` in its name) that the daemon has
+    /// not judged yet, until the file is inspected and its probes are attached: a new static
+    /// build or wheel is counted from its first frame. Costs each such new file one stop of
+    /// about a millisecond, once; processes with a controlling terminal are never held.
+    #[arg(long, env = "OBSERVER_HOLD_NEW_FILES", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub hold_new_files: bool,
+
     /// An open input or output that moved no byte and no packet for this long is reported
     /// stalled (`media_io_stalled`).
     #[arg(long, env = "OBSERVER_STALL_AFTER", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -316,6 +324,7 @@ struct FileOptions {
     ffmpeg_logs: Option<bool>,
     ffmpeg_log_events: Option<LogEvents>,
     io_stats: Option<bool>,
+    hold_new_files: Option<bool>,
     #[serde(default, with = "opt_duration")]
     stall_after: Option<Duration>,
     gpu: Option<bool>,
@@ -433,6 +442,7 @@ impl Options {
             ffmpeg_logs,
             ffmpeg_log_events,
             io_stats,
+            hold_new_files,
             stall_after,
             gpu,
             gpu_interval,

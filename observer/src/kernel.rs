@@ -1,7 +1,12 @@
 //! The kernel side as the daemon sees it: loads the programs, attaches them to FFmpeg files,
 //! and reads the maps. The only module that talks to aya.
 
-use std::{collections::HashMap as StdHashMap, path::Path};
+mod facts;
+
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap},
+    path::Path,
+};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -11,15 +16,17 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
+pub use facts::{DropPath, Facts, SocketPath};
 use observer_common::{
     event::{EventKind, ProcessEvent},
     io::{CcKey, FdEntry, FdKind, Io, IoEvent, IoKey, PacketKey, SockEntry},
+    kernel::{FileKey, Held, KernelInfo, ProbeKey},
     layout::{LibLayout, MAX_LIBS, cookie},
     log::{LogEntry, LogEvent, LogKey},
     stream::{Direction, EndedKey, Stream, StreamKey, counter},
 };
 
-use crate::{elf::FfmpegFile, ffmpeg::Hook};
+use crate::{btf::KernelBtf, elf::FfmpegFile, ffmpeg::Hook, procfs::FileId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -41,6 +48,8 @@ pub enum KernelError {
     Btf(#[from] aya::BtfError),
     #[error("all {MAX_LIBS} library slots are in use")]
     NoSlot,
+    #[error("the kernel programs' object: {0}")]
+    Object(String),
 }
 
 /// The compiled kernel programs, built by build.rs.
@@ -94,7 +103,14 @@ const UPROBE_PROGRAMS: [&str; 15] = [
 pub struct Attachment {
     pub slot: Option<u32>,
     links: Vec<(&'static str, UProbeLinkId)>,
+    /// Its probe points as filed in `PROBE_COOKIES` (kernels without attach cookies).
+    points: Vec<ProbeKey>,
 }
+
+/// Every kernel-dependent job the daemon does, by the name `observer_feature_available`
+/// gives it, and why it does not run here (None: it runs). Jobs turned off by a flag are
+/// left out.
+pub type Features = BTreeMap<&'static str, Option<String>>;
 
 /// Which process-life probes are active (for `/readyz` details and the log).
 #[derive(Clone, Copy, Debug, Default)]
@@ -132,6 +148,15 @@ pub struct Kernel {
     io_stats: bool,
     /// The codec calls probed ([`LoadOptions::directions`]).
     directions: u32,
+    /// What this kernel offers, and which jobs run.
+    pub info: KernelInfo,
+    pub features: Features,
+    /// Probe points by file and offset, where uprobes have no attach cookies.
+    probe_cookies: Option<HashMap<MapData, ProbeKey, u64>>,
+    /// Holding processes that map files not judged yet (`probes::process`).
+    judged: HashMap<MapData, FileKey, u32>,
+    held: HashMap<MapData, u32, Held>,
+    alive: Array<MapData, u64>,
 }
 
 /// What to load.
@@ -153,7 +178,13 @@ pub struct LoadOptions {
     pub max_streams: u32,
     /// The codec calls probed: a bit per `Direction` value.
     pub directions: u32,
+    /// Hold a process that maps an executable file not judged yet until its probes are in.
+    pub hold_new_files: bool,
 }
+
+/// Maps whose entries are allocated as they are inserted (`BPF_F_NO_PREALLOC`): preallocated
+/// on kernels whose verifier refuses run-time allocation in tracing programs.
+const RUNTIME_ALLOCATED_MAPS: [&str; 4] = ["STREAMS", "ENDED_STREAMS", "IOS", "LOGS"];
 
 /// The `LoadOptions::directions` bit of a direction.
 pub const fn direction_bit(d: Direction) -> u32 {
@@ -177,10 +208,9 @@ pub struct Rings {
 pub struct IoProbes {
     /// Descriptors tied to ios, and bytes on files (syscall tracepoints).
     pub syscalls: bool,
-    /// Bytes, datagrams and payload headers on sockets (sock_recv_length/sock_send_length,
-    /// Linux 6.5 on, and bpf_task_pt_regs).
+    /// Bytes, datagrams and payload headers on sockets ([`SocketPath`]).
     pub sockets: bool,
-    /// Drops with their reason at the receiving socket (kfree_skb with rx_sk, Linux 6.12 on).
+    /// Drops with their reason at the receiving socket ([`DropPath`]).
     pub drops: bool,
     pub retransmits: bool,
 }
@@ -197,8 +227,9 @@ fn map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 }
 
 impl Kernel {
-    /// Loads every program. Process-life probes that this kernel lacks are reported in
-    /// [`Kernel::life`] and the daemon falls back to periodic /proc scans for them.
+    /// Loads every program this kernel can run: where a helper, a tracepoint or one of its
+    /// arguments is missing, the programs' fallback for it; what no way serves is reported in
+    /// [`Kernel::features`] and costs those metrics, never the daemon.
     pub fn load(opts: LoadOptions) -> Result<(Self, Rings), KernelError> {
         let LoadOptions {
             empty_probes,
@@ -209,37 +240,87 @@ impl Kernel {
             slow_frame_ns,
             max_streams,
             directions,
+            hold_new_files,
         } = opts;
         raise_memlock_limit();
+        ensure_tracefs();
         let btf = Btf::from_sys_fs().ok();
+        let attach_cookie = aya::features().bpf_cookie();
+        let facts = match KernelBtf::load() {
+            Ok(kbtf) => {
+                let f = Facts::read(&kbtf, attach_cookie, hold_new_files, std::process::id());
+                drop(kbtf);
+                // The parsed BTF is tens of megabytes, gone now: give it back.
+                crate::server::release_free_memory();
+                Some(f)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the kernel's BTF is unreadable: only what needs none runs");
+                None
+            }
+        };
+        let mut info = facts.as_ref().map(|f| f.info).unwrap_or(KernelInfo {
+            attach_cookie: attach_cookie as u32,
+            page_shift: 12,
+            ..KernelInfo::default()
+        });
+        tracing::debug!(?facts, "what the kernel offers");
         let fork_child_pid_at = fork_child_pid_offset();
+        // Without BTF nothing says run-time allocation is safe: preallocate.
+        let object = if facts.as_ref().is_some_and(|f| f.runtime_alloc) {
+            Object::from(PROGRAMS)
+        } else {
+            tracing::info!(
+                maps = ?RUNTIME_ALLOCATED_MAPS,
+                "this kernel refuses maps allocated at run time in tracing programs: preallocating them"
+            );
+            Object::preallocated(PROGRAMS, &RUNTIME_ALLOCATED_MAPS)?
+        };
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
+            .override_global("KERNEL", &info, true)
             .override_global("LOG_EVENT_LEVEL", &log_event_level, true)
             .override_global("FORK_CHILD_PID_AT", &fork_child_pid_at, true)
             .override_global("FRAME_SAMPLE", &frame_sample, true)
             .override_global("SLOW_FRAME_NS", &slow_frame_ns, true)
             .map_max_entries("STREAMS", max_streams)
             .map_max_entries("ENDED_STREAMS", max_streams)
-            .load(PROGRAMS)?;
+            .load(object.bytes())?;
         for name in UPROBE_PROGRAMS {
             let p: &mut UProbe = program(&mut ebpf, name)?;
             p.load()
                 .map_err(|source| KernelError::Program { name, source })?;
         }
+        let mut features = Features::new();
+        features.insert(
+            "codec_probes",
+            facts
+                .as_ref()
+                .map_or(Some("no kernel BTF".into()), |f| {
+                    f.cookies_unavailable.map(str::to_string)
+                })
+                .filter(|_| !attach_cookie),
+        );
         let mut life = LifeProbes::default();
         if let Some(btf) = btf.as_ref() {
-            for (name, tp, flag) in [
-                ("sched_process_exec", "sched_process_exec", &mut life.exec),
-                ("sched_process_exit", "sched_process_exit", &mut life.exit),
+            for (name, tp, flag, feature) in [
+                (
+                    "sched_process_exec",
+                    "sched_process_exec",
+                    &mut life.exec,
+                    "process_exec",
+                ),
+                (
+                    "sched_process_exit",
+                    "sched_process_exit",
+                    &mut life.exit,
+                    "process_exit",
+                ),
             ] {
                 let p: &mut BtfTracePoint = program(&mut ebpf, name)?;
-                match p.load(tp, btf).and_then(|()| p.attach().map(drop)) {
-                    Ok(()) => *flag = true,
-                    Err(e) => {
-                        tracing::warn!(program = name, error = %e, "process probe unavailable; falling back to /proc scans")
-                    }
-                }
+                let attached = p.load(tp, btf).and_then(|()| p.attach().map(drop));
+                *flag = attached.is_ok();
+                features.insert(feature, attached.err().map(|e| error_text(&e)));
             }
             let p: &mut FExit = program(&mut ebpf, "mmap_exec")?;
             match p.load("do_mmap", btf).and_then(|()| p.attach().map(drop)) {
@@ -249,21 +330,44 @@ impl Kernel {
                 }
             }
         } else {
-            tracing::warn!(
-                "no kernel BTF: process exec/exit events unavailable, falling back to /proc scans"
-            );
+            for feature in ["process_exec", "process_exit"] {
+                features.insert(feature, Some("no kernel BTF".into()));
+            }
         }
         if !life.mmap {
             life.mmap = attach_mmap_tracepoints(&mut ebpf);
         }
+        features.insert(
+            "library_loads",
+            (!life.mmap).then(|| "neither fexit on do_mmap nor the mmap tracepoints".into()),
+        );
+        if hold_new_files && !empty_probes {
+            let why = facts
+                .as_ref()
+                .map_or(Some("no kernel BTF"), |f| f.hold_unavailable)
+                .or((!life.exec).then_some("no exec events"))
+                .or((!life.mmap).then_some("no library-load events"));
+            if why.is_some() {
+                info.hold = 0;
+            }
+            features.insert("hold_new_files", why.map(str::to_string));
+        }
         if ffmpeg_logs && !empty_probes {
-            attach_codec_threads(&mut ebpf, fork_child_pid_at);
+            features.insert(
+                "codec_threads",
+                attach_codec_threads(&mut ebpf, fork_child_pid_at).err(),
+            );
         }
         let io = if io_stats && !empty_probes {
-            attach_io_tracepoints(&mut ebpf, btf.as_ref())
+            attach_io_tracepoints(&mut ebpf, btf.as_ref(), facts.as_ref(), &mut features)
         } else {
             IoProbes::default()
         };
+        for (feature, why) in &features {
+            if let Some(why) = why {
+                tracing::warn!(feature, reason = %why, "unavailable on this kernel");
+            }
+        }
         let rings = Rings {
             events: map(&mut ebpf, "EVENTS")?,
             frames: map(&mut ebpf, "FRAMES")?,
@@ -283,6 +387,14 @@ impl Kernel {
             continuity: map(&mut ebpf, "CONTINUITY")?,
             demuxed: map(&mut ebpf, "DEMUXED")?,
             encoded: map(&mut ebpf, "ENCODED")?,
+            probe_cookies: if attach_cookie {
+                None
+            } else {
+                Some(map(&mut ebpf, "PROBE_COOKIES")?)
+            },
+            judged: map(&mut ebpf, "JUDGED")?,
+            held: map(&mut ebpf, "HELD")?,
+            alive: map(&mut ebpf, "ALIVE")?,
             ebpf,
             life,
             io,
@@ -290,12 +402,20 @@ impl Kernel {
             ffmpeg_logs,
             io_stats,
             directions,
+            info,
+            features,
         };
         Ok((kernel, rings))
     }
 
-    /// Attaches every probe point of `file` (reachable at `path`) for all processes.
-    pub fn attach(&mut self, path: &Path, file: &FfmpegFile) -> Result<Attachment, KernelError> {
+    /// Attaches every probe point of `file` (reachable at `path`, known to processes' maps as
+    /// `id`) for all processes.
+    pub fn attach(
+        &mut self,
+        path: &Path,
+        id: FileId,
+        file: &FfmpegFile,
+    ) -> Result<Attachment, KernelError> {
         let slot = match file.release.and_then(crate::ffmpeg::layout_for) {
             Some(row) => {
                 let slot = self.free_slots.pop().ok_or(KernelError::NoSlot)?;
@@ -318,6 +438,7 @@ impl Kernel {
         let mut attachment = Attachment {
             slot,
             links: Vec::new(),
+            points: Vec::new(),
         };
         for point in &file.points {
             if point.probe.needs_layout && slot.is_none() {
@@ -344,11 +465,28 @@ impl Kernel {
                 slot.unwrap_or(u16::MAX as u32),
                 cookie_kind(point.probe.hook),
             );
+            if let Some(cookies) = self.probe_cookies.as_mut() {
+                let key = ProbeKey {
+                    dev: kernel_dev(id.dev),
+                    _pad: 0,
+                    ino: id.inode,
+                    offset: point.offset,
+                };
+                if let Err(source) = cookies.insert(key, c, 0) {
+                    self.detach(attachment);
+                    return Err(KernelError::Map {
+                        name: "PROBE_COOKIES",
+                        source,
+                    });
+                }
+                attachment.points.push(key);
+            }
             for name in [Some(enter), ret].into_iter().flatten() {
                 let p: &mut UProbe = program(&mut self.ebpf, name)?;
                 let at = UProbeAttachPoint {
                     location: UProbeAttachLocation::AbsoluteOffset(point.offset),
-                    cookie: Some(c),
+                    // Without attach cookies the programs find theirs in PROBE_COOKIES.
+                    cookie: self.probe_cookies.is_none().then_some(c),
                 };
                 match p.attach(at, path, UProbeScope::AllProcesses) {
                     Ok(id) => attachment.links.push((name, id)),
@@ -363,6 +501,11 @@ impl Kernel {
     }
 
     pub fn detach(&mut self, attachment: Attachment) {
+        if let Some(cookies) = self.probe_cookies.as_mut() {
+            for key in &attachment.points {
+                let _ = cookies.remove(key);
+            }
+        }
         for (name, id) in attachment.links {
             if let Ok(p) = program::<UProbe>(&mut self.ebpf, name)
                 && let Err(e) = p.detach(id)
@@ -520,6 +663,132 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// Tells the programs the daemon runs: a process that maps an unjudged file is held only
+    /// while this is recent (`probes::process::ALIVE_WITHIN_NS`).
+    pub fn beat(&mut self) {
+        let _ = self.alive.set(0, boot_ns(), 0);
+    }
+
+    /// The processes held now.
+    pub fn held(&self) -> Vec<(u32, Held)> {
+        self.held.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Resumes a held process (SIGCONT), first filing the file it was held for as judged
+    /// when the daemon knows what it is (`judged`).
+    pub fn release(&mut self, tgid: u32, judged: Option<FileKey>) {
+        if let Some(key) = judged {
+            let _ = self.judged.insert(key, 1, 0);
+        }
+        let _ = self.held.remove(&tgid);
+        // SAFETY: kill(2) on a process the kernel stopped for us.
+        unsafe { libc::kill(tgid as i32, libc::SIGCONT) };
+    }
+
+    /// Forgets a judged file: the next process that maps it is held again (an FFmpeg file
+    /// detached, whose probes must be in again before a process runs it).
+    pub fn unjudge(&mut self, key: &FileKey) {
+        let _ = self.judged.remove(key);
+    }
+
+    /// Stops holding and resumes every held process: at shutdown.
+    pub fn release_all(&mut self) {
+        let _ = self.alive.set(0, 0, 0);
+        for (tgid, _) in self.held() {
+            self.release(tgid, None);
+        }
+    }
+}
+
+/// The kernel programs' clock (`bpf_ktime_get_boot_ns`): since boot, suspend included.
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The kernel's `dev_t` (major << 20 | minor, as `super_block.s_dev` holds it) of a
+/// [`FileId`]'s device (major << 32 | minor).
+pub fn kernel_dev(dev: u64) -> u32 {
+    (((dev >> 32) as u32) << 20) | (dev as u32 & 0xfffff)
+}
+
+/// An error and its causes on one line, for a feature's reason.
+fn error_text(e: &dyn std::error::Error) -> String {
+    crate::tracker::error_chain(e)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The programs' object, 8-byte aligned as the ELF parser wants it; a copy where maps were
+/// switched to preallocation.
+enum Object {
+    Built(&'static [u8]),
+    Patched(Vec<u64>, usize),
+}
+
+impl Object {
+    fn from(bytes: &'static [u8]) -> Object {
+        Object::Built(bytes)
+    }
+
+    /// A copy of `bytes` in which the maps `names` are preallocated: their definitions (in
+    /// the `maps` section, aya-ebpf's `bpf_map_def`: type, key size, value size, max entries,
+    /// flags, ...) lose `BPF_F_NO_PREALLOC`.
+    fn preallocated(bytes: &[u8], names: &[&str]) -> Result<Object, KernelError> {
+        use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+        const FLAGS_AT: u64 = 16;
+        const BPF_F_NO_PREALLOC: u32 = 1;
+        let bad = |why: String| KernelError::Object(why);
+        let elf = object::File::parse(bytes).map_err(|e| bad(e.to_string()))?;
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        // SAFETY: a u64 buffer viewed as the bytes it holds.
+        let copy = unsafe {
+            std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8)
+        };
+        copy[..bytes.len()].copy_from_slice(bytes);
+        for name in names {
+            let sym = elf
+                .symbols()
+                .find(|s| s.name() == Ok(name))
+                .ok_or_else(|| bad(format!("no map {name}")))?;
+            let section = sym
+                .section_index()
+                .and_then(|i| elf.section_by_index(i).ok())
+                .filter(|s| s.name() == Ok("maps"))
+                .ok_or_else(|| bad(format!("{name} is not in the maps section")))?;
+            let (offset, _) = section
+                .file_range()
+                .ok_or_else(|| bad("the maps section has no data".into()))?;
+            let at = usize::try_from(offset + sym.address() + FLAGS_AT)
+                .map_err(|e| bad(e.to_string()))?;
+            let field = copy
+                .get_mut(at..at + 4)
+                .ok_or_else(|| bad(format!("{name}'s definition is past the end")))?;
+            let flags = u32::from_ne_bytes(field.try_into().expect("4 bytes"));
+            field.copy_from_slice(&(flags & !BPF_F_NO_PREALLOC).to_ne_bytes());
+        }
+        Ok(Object::Patched(words, bytes.len()))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Object::Built(b) => b,
+            // SAFETY: the u64 buffer's bytes, `len` of them initialized from the object.
+            Object::Patched(words, len) => unsafe {
+                std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), *len)
+            },
+        }
+    }
+}
+
 /// The mmap syscall tracepoints, the fallback for kernels where fexit cannot load. They need
 /// tracefs, which is mounted if it is not.
 fn attach_mmap_tracepoints(ebpf: &mut Ebpf) -> bool {
@@ -542,23 +811,19 @@ fn attach_mmap_tracepoints(ebpf: &mut Ebpf) -> bool {
 /// The thread-creation tracepoint that tells which threads a codec started in `avcodec_open2`
 /// (`probes::codec::codec_thread`): what a frame-threaded decoder's workers log, on their own
 /// copies of its context, is then put on the decoder's stream.
-fn attach_codec_threads(ebpf: &mut Ebpf, child_pid_at: u32) {
+fn attach_codec_threads(ebpf: &mut Ebpf, child_pid_at: u32) -> Result<(), String> {
     let name = "codec_thread";
-    let attached = program::<TracePoint>(ebpf, name).and_then(|p| {
-        p.load()
-            .and_then(|()| p.attach("sched", "sched_process_fork").map(drop))
-            .map_err(|source| KernelError::Program { name, source })
-    });
-    match attached {
-        Ok(()) if child_pid_at != 0 => {}
-        Ok(()) => tracing::warn!(
-            "sched_process_fork has no child_pid field here: messages of frame-threaded decoders' worker threads stay off their streams"
-        ),
-        Err(e) => tracing::warn!(
-            error = %e,
-            "thread-creation probe unavailable: messages of frame-threaded decoders' worker threads stay off their streams"
-        ),
+    program::<TracePoint>(ebpf, name)
+        .and_then(|p| {
+            p.load()
+                .and_then(|()| p.attach("sched", "sched_process_fork").map(drop))
+                .map_err(|source| KernelError::Program { name, source })
+        })
+        .map_err(|e| error_text(&e))?;
+    if child_pid_at == 0 {
+        return Err("sched_process_fork has no child_pid field".into());
     }
+    Ok(())
 }
 
 /// Where `child_pid` sits in a `sched:sched_process_fork` record, from the tracepoint's format
@@ -589,10 +854,15 @@ pub fn field_offset(format: &str, field: &str) -> Option<u32> {
     })
 }
 
-/// The syscall and socket tracepoints behind per-io bytes, drops and retransmissions.
-fn attach_io_tracepoints(ebpf: &mut Ebpf, btf: Option<&Btf>) -> IoProbes {
-    ensure_tracefs();
-    // Files only: socket bytes are counted by the socket tracepoints, whatever the syscall.
+/// The syscall and socket programs behind per-io bytes, drops and retransmissions, each the
+/// way this kernel offers it (`facts`); the features they serve are filed in `features`.
+fn attach_io_tracepoints(
+    ebpf: &mut Ebpf,
+    btf: Option<&Btf>,
+    facts: Option<&Facts>,
+    features: &mut Features,
+) -> IoProbes {
+    // Files only: socket bytes are counted by the socket programs, whatever the syscall.
     const SYSCALLS: &[(&str, &[&str])] = &[
         (
             "io_enter_file",
@@ -619,49 +889,130 @@ fn attach_io_tracepoints(ebpf: &mut Ebpf, btf: Option<&Btf>) -> IoProbes {
         ("fd_exit_accept", &["sys_exit_accept", "sys_exit_accept4"]),
         ("fd_close", &["sys_enter_close"]),
     ];
+    // The socket syscalls whose number and descriptor the socket programs need, on kernels
+    // that cannot read them from the thread's registers.
+    const SOCKET_SYSCALLS: [&str; 9] = [
+        "read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg", "connect",
+    ];
     let mut probes = IoProbes {
         syscalls: true,
         ..IoProbes::default()
     };
+    let mut why_not_files = None;
     for (name, points) in SYSCALLS {
-        let result = program::<TracePoint>(ebpf, name).and_then(|p| {
-            p.load()
-                .map_err(|source| KernelError::Program { name, source })?;
-            for point in *points {
-                p.attach("syscalls", point)
-                    .map_err(|source| KernelError::Program { name, source })?;
-            }
-            Ok(())
-        });
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "syscall tracepoints unavailable: no descriptors or file bytes per input/output");
+        if let Err(e) = syscall_tracepoints(ebpf, name, points) {
+            why_not_files = Some(error_text(&e));
             probes.syscalls = false;
         }
     }
-    let Some(btf) = btf else {
-        tracing::warn!("no kernel BTF: no drops or retransmissions per input/output");
+    features.insert("io_files", why_not_files);
+    let (Some(btf), Some(facts)) = (btf, facts) else {
+        for f in ["io_sockets", "io_drops", "io_retransmits"] {
+            features.insert(f, Some("no kernel BTF".into()));
+        }
         return probes;
     };
-    let mut btf_program = |name: &'static str, tp: &str| {
-        let p: &mut BtfTracePoint = program(ebpf, name).ok()?;
-        match p.load(tp, btf).and_then(|()| p.attach().map(drop)) {
-            Ok(()) => Some(()),
-            Err(e) => {
-                tracing::warn!(program = name, tracepoint = tp, error = %e, "socket tracepoint unavailable");
-                None
-            }
+    let mut btf_program = |name: &'static str, tp: &str| btf_tracepoint(ebpf, btf, name, tp);
+    let sockets = match facts.sockets {
+        SocketPath::Tracepoints => btf_program("sock_recv", "sock_recv_length")
+            .and_then(|()| btf_program("sock_send", "sock_send_length")),
+        SocketPath::InetReturns => fexit(ebpf, btf, "inet_recv", "inet_recvmsg")
+            .and_then(|()| fexit(ebpf, btf, "inet_send", "inet_sendmsg"))
+            .map(|()| {
+                // IPv6 may be a module, or absent: IPv4 sockets are counted without it.
+                for (name, function) in [
+                    ("inet6_recv", "inet6_recvmsg"),
+                    ("inet6_send", "inet6_sendmsg"),
+                ] {
+                    if let Err(e) = fexit(ebpf, btf, name, function) {
+                        tracing::info!(program = name, error = %e, "IPv6 sockets not counted");
+                    }
+                }
+            }),
+        SocketPath::None(why) => Err(why.to_string()),
+    }
+    .and_then(|()| {
+        if facts.info.task_pt_regs != 0 {
+            return Ok(());
         }
-    };
-    probes.sockets = btf_program("sock_recv", "sock_recv_length").is_some()
-        & btf_program("sock_send", "sock_send_length").is_some();
+        let points = |side: &str| -> Vec<String> {
+            SOCKET_SYSCALLS
+                .iter()
+                .map(|s| format!("sys_{side}_{s}"))
+                .collect()
+        };
+        syscall_tracepoints(ebpf, "syscall_args_enter", &points("enter"))
+            .and_then(|()| syscall_tracepoints(ebpf, "syscall_args_exit", &points("exit")))
+            .map_err(|e| error_text(&e))
+    });
+    probes.sockets = sockets.is_ok();
+    features.insert("io_sockets", sockets.err());
     // Without these, a SYN retransmission is missed and a destroyed socket's entry ages out
     // of its LRU map instead of leaving at once.
-    let _ = btf_program("sock_state", "inet_sock_set_state");
-    let _ = btf_program("tcp_destroy", "tcp_destroy_sock");
-    probes.drops = probes.sockets && btf_program("skb_drop", "kfree_skb").is_some();
-    probes.retransmits =
-        probes.sockets && btf_program("tcp_retransmit", "tcp_retransmit_skb").is_some();
+    let mut btf_program = |name: &'static str, tp: &str| btf_tracepoint(ebpf, btf, name, tp);
+    for (name, tp) in [
+        ("sock_state", "inet_sock_set_state"),
+        ("tcp_destroy", "tcp_destroy_sock"),
+    ] {
+        if let Err(e) = btf_program(name, tp) {
+            tracing::warn!(program = name, tracepoint = tp, error = %e, "socket tracepoint unavailable");
+        }
+    }
+    let needs_sockets = |r: Result<(), String>| {
+        if probes.sockets {
+            r
+        } else {
+            Err("no socket counts (io_sockets)".into())
+        }
+    };
+    let drops = needs_sockets(match facts.drops {
+        DropPath::KfreeSkb => btf_program("skb_drop", "kfree_skb"),
+        // `kfree_skb` only lends its reason to the next `udp_drop`, where it has one.
+        DropPath::UdpQueue if facts.info.kfree_skb_args >= 3 => {
+            btf_program("skb_drop", "kfree_skb")
+                .and_then(|()| btf_program("udp_drop", "udp_fail_queue_rcv_skb"))
+        }
+        DropPath::UdpQueue => btf_program("udp_drop", "udp_fail_queue_rcv_skb"),
+        DropPath::None(why) => Err(why.to_string()),
+    });
+    probes.drops = drops.is_ok();
+    features.insert("io_drops", drops.err());
+    let retransmits = needs_sockets(btf_program("tcp_retransmit", "tcp_retransmit_skb"));
+    probes.retransmits = retransmits.is_ok();
+    features.insert("io_retransmits", retransmits.err());
     probes
+}
+
+/// Loads tracepoint program `name` and attaches it to each syscall tracepoint of `points`.
+fn syscall_tracepoints(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    points: &[impl AsRef<str>],
+) -> Result<(), KernelError> {
+    let p = program::<TracePoint>(ebpf, name)?;
+    p.load()
+        .map_err(|source| KernelError::Program { name, source })?;
+    for point in points {
+        p.attach("syscalls", point.as_ref())
+            .map_err(|source| KernelError::Program { name, source })?;
+    }
+    Ok(())
+}
+
+/// Loads BTF tracepoint program `name` for tracepoint `tp` and attaches it.
+fn btf_tracepoint(ebpf: &mut Ebpf, btf: &Btf, name: &'static str, tp: &str) -> Result<(), String> {
+    let p: &mut BtfTracePoint = program(ebpf, name).map_err(|e| error_text(&e))?;
+    p.load(tp, btf)
+        .and_then(|()| p.attach().map(drop))
+        .map_err(|e| error_text(&e))
+}
+
+/// Loads fexit program `name` for kernel function `function` and attaches it.
+fn fexit(ebpf: &mut Ebpf, btf: &Btf, name: &'static str, function: &str) -> Result<(), String> {
+    let p: &mut FExit = program(ebpf, name).map_err(|e| error_text(&e))?;
+    p.load(function, btf)
+        .and_then(|()| p.attach().map(drop))
+        .map_err(|e| error_text(&e))
 }
 
 /// The names of the running kernel's drop reasons (`enum skb_drop_reason`), read from the

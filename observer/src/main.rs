@@ -130,16 +130,26 @@ async fn run(
             .directions
             .iter()
             .fold(0, |bits, d| bits | kernel::direction_bit(d.direction())),
+        hold_new_files: opts.hold_new_files,
     })
     .context("cannot load the kernel programs; observer needs a kernel with uprobes and BTF")?;
+    let kernel_release = procfs::kernel_release();
     tracing::info!(
-        exec = kernel.life.exec,
-        exit = kernel.life.exit,
-        library_loads = kernel.life.mmap,
-        io_bytes = kernel.io.syscalls,
-        io_sockets = kernel.io.sockets,
-        io_drops = kernel.io.drops,
-        io_retransmits = kernel.io.retransmits,
+        kernel = kernel_release,
+        available = kernel
+            .features
+            .iter()
+            .filter(|(_, why)| why.is_none())
+            .map(|(f, _)| *f)
+            .collect::<Vec<_>>()
+            .join(" "),
+        unavailable = kernel
+            .features
+            .iter()
+            .filter(|(_, why)| why.is_some())
+            .map(|(f, _)| *f)
+            .collect::<Vec<_>>()
+            .join(" "),
         "kernel programs loaded"
     );
     let mut tracker = Tracker::new(opts.detach_linger);
@@ -152,6 +162,10 @@ async fn run(
         logs: LogRegistry::new(opts.ended_stream_grace),
         ios: IoRegistry::new(opts.ended_stream_grace, opts.max_streams),
         io_probes: kernel.io,
+        features: kernel.features.clone(),
+        kernel_release,
+        holds: 0,
+        held_seconds: 0.0,
         drop_reasons: kernel::drop_reason_names(),
         stall_after: opts.stall_after,
         gpu: if opts.gpu {
@@ -200,6 +214,8 @@ async fn run(
         }
     });
 
+    // From here the kernel may hold processes that map new files: the daemon answers.
+    kernel.beat();
     // Libraries on the linker path first, so processes started from now on are counted from
     // their first frame; then everything already running.
     let dirs: Vec<PathBuf> = opts.library_dirs.iter().map(PathBuf::from).collect();
@@ -232,6 +248,10 @@ async fn run(
     let mut rescan = tokio::time::interval(opts.rescan_interval);
     rescan.tick().await;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    // The kernel holds processes only while the daemon beats.
+    let mut heartbeat = tokio::time::interval(std::time::Duration::from_millis(250));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut held: BTreeSet<u32> = BTreeSet::new();
     let mut to_scan: BTreeSet<u32> = BTreeSet::new();
     let mut exited: Vec<u32> = Vec::new();
 
@@ -311,6 +331,9 @@ async fn run(
                         k if k == EventKind::Exec as u32 || k == EventKind::ExecMmap as u32 => {
                             to_scan.insert(ev.tgid);
                         }
+                        k if k == EventKind::Held as u32 => {
+                            held.insert(ev.tgid);
+                        }
                         k if k == EventKind::Exit as u32 => exited.push(ev.tgid),
                         k if k == EventKind::CodecName as u32 => {
                             if let Ok(mut s) = shared.lock() {
@@ -326,6 +349,12 @@ async fn run(
                     }
                 }
                 guard.clear_ready();
+                // Held processes first: they wait for this.
+                for pid in std::mem::take(&mut held) {
+                    to_scan.remove(&pid);
+                    release_held(&mut kernel, &mut tracker, &shared, pid);
+                    scans += 1;
+                }
                 for pid in &exited {
                     to_scan.remove(pid);
                 }
@@ -352,6 +381,14 @@ async fn run(
             _ = frame_poll.tick() => {
                 drain_frames(frames.get_mut(), otlp.as_mut(), &tracker);
             }
+            // Beats, and answers any hold whose event was lost (a full ring).
+            _ = heartbeat.tick() => {
+                kernel.beat();
+                for (pid, _) in kernel.held() {
+                    release_held(&mut kernel, &mut tracker, &shared, pid);
+                    scans += 1;
+                }
+            }
             _ = collect.tick() => {
                 tracker.distrust_failing(&mut kernel);
                 tracker.detach_unused(&mut kernel);
@@ -373,6 +410,7 @@ async fn run(
         }
     }
     tracing::info!("shutting down: detaching every probe");
+    kernel.release_all();
     drop(kernel);
     if let Some(o) = otlp
         && let Ok(s) = shared.lock()
@@ -382,6 +420,27 @@ async fn run(
         flush_otlp(o, registry, ios);
     }
     Ok(())
+}
+
+/// Answers a process the kernel held: scans it (attaching any FFmpeg file it maps), files the
+/// file it was held for as judged where the daemon now knows it, and resumes it.
+fn release_held(kernel: &mut Kernel, tracker: &mut Tracker, shared: &SharedState, pid: u32) {
+    let Some((_, h)) = kernel.held().into_iter().find(|(p, _)| *p == pid) else {
+        return;
+    };
+    let judged = tracker.scan_held(kernel, pid, &h.file);
+    kernel.release(pid, judged.then_some(h.file));
+    let held_for = kernel::boot_ns().saturating_sub(h.since_ns) as f64 / 1e9;
+    tracing::debug!(
+        pid,
+        judged,
+        held_ms = held_for * 1e3,
+        "resumed a held process"
+    );
+    if let Ok(mut s) = shared.lock() {
+        s.holds += 1;
+        s.held_seconds += held_for;
+    }
 }
 
 /// Exports the sampled and slow frames waiting in the kernel's ring buffer.

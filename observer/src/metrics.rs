@@ -939,6 +939,41 @@ fn daemon_families(f: &mut Families, shared: &Shared) {
         );
     }
     f.add(
+        "observer_kernel_info",
+        MetricType::GAUGE,
+        "The running kernel's release",
+        &set(&[("release", shared.kernel_release.as_str())]),
+        1.0,
+    );
+    f.declare(
+        "observer_feature_available",
+        MetricType::GAUGE,
+        "1 where this kernel runs the job, 0 where it cannot (the daemon logs why once); jobs turned off by a flag are left out",
+    );
+    for (feature, why) in &shared.features {
+        f.add(
+            "observer_feature_available",
+            MetricType::GAUGE,
+            "",
+            &set(&[("feature", *feature)]),
+            if why.is_none() { 1.0 } else { 0.0 },
+        );
+    }
+    f.add(
+        "observer_processes_held_total",
+        MetricType::COUNTER,
+        "Processes stopped when they mapped an executable file not yet inspected, until its probes were in (--hold-new-files)",
+        &LabelSet::default(),
+        shared.holds as f64,
+    );
+    f.add(
+        "observer_process_held_seconds_total",
+        MetricType::COUNTER,
+        "Time those processes spent stopped, in all",
+        &LabelSet::default(),
+        shared.held_seconds,
+    );
+    f.add(
         "observer_processes",
         MetricType::GAUGE,
         "Processes mapping an attached FFmpeg file",

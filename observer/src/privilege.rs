@@ -120,9 +120,8 @@ pub fn effective() -> u64 {
 
 /// The running kernel's (major, minor), from `uname -r`'s digits.
 pub fn kernel_version() -> (u32, u32) {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = crate::procfs::kernel_release();
     let mut parts = release
-        .trim()
         .split(|c: char| !c.is_ascii_digit())
         .map(|p| p.parse().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))

@@ -264,3 +264,10 @@ mod tests {
         assert!(s.start_ns > 0);
     }
 }
+
+/// The running kernel's release, as `uname -r` prints it.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_string())
+        .unwrap_or_default()
+}

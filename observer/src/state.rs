@@ -6,7 +6,11 @@ use std::{
 };
 
 use crate::{
-    io::IoRegistry, kernel::IoProbes, logs::LogRegistry, streams::Registry, tracker::AttachedInfo,
+    io::IoRegistry,
+    kernel::{Features, IoProbes},
+    logs::LogRegistry,
+    streams::Registry,
+    tracker::AttachedInfo,
 };
 
 pub struct Shared {
@@ -15,6 +19,13 @@ pub struct Shared {
     pub ios: IoRegistry,
     /// Which input/output probes loaded.
     pub io_probes: IoProbes,
+    /// Each kernel-dependent job and why it does not run here, if it does not.
+    pub features: Features,
+    /// The running kernel's release (`uname -r`).
+    pub kernel_release: String,
+    /// Processes held until the file they mapped was probed, and how long in all.
+    pub holds: u64,
+    pub held_seconds: f64,
     /// Names of the kernel's drop reasons, by number.
     pub drop_reasons: HashMap<u32, String>,
     pub stall_after: std::time::Duration,

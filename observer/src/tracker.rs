@@ -8,9 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use observer_common::kernel::FileKey;
+
 use crate::{
     elf::{self, FfmpegFile},
-    kernel::{Attachment, Kernel},
+    kernel::{Attachment, Kernel, kernel_dev},
     procfs::{self, ExecMapping, FileId},
 };
 
@@ -24,6 +26,9 @@ enum Verdict {
 
 struct AttachedFile {
     attachment: Attachment,
+    /// Names the kernel gave this file when it held processes for it (`JUDGED`): forgotten
+    /// when the file is detached, so the next process that maps it is held again.
+    judged: Vec<FileKey>,
     path: String,
     file: Arc<FfmpegFile>,
     /// Kept open so strings can be read from the file after every process using it (and
@@ -169,6 +174,49 @@ impl Tracker {
         self.scan_mappings(kernel, pid, &maps, facts);
     }
 
+    /// Scans a process the kernel held because it mapped `file`, not judged yet; returns
+    /// whether `file` is judged now (inspected, and attached if FFmpeg), so processes that map
+    /// it later run on without a hold.
+    pub fn scan_held(&mut self, kernel: &mut Kernel, pid: u32, file: &FileKey) -> bool {
+        let Ok(maps) = procfs::exec_mappings(pid) else {
+            return false;
+        };
+        let facts = self.may_map_ffmpeg(&maps).then(|| ProcessFacts::read(pid));
+        self.scan_mappings(kernel, pid, &maps, facts);
+        // The kernel names the file it was handed (an overlay's own inode, in a container),
+        // /proc/PID/maps the file behind it; in both the inode number is the same, and the
+        // device too outside containers.
+        let same_ino: Vec<FileId> = maps
+            .iter()
+            .map(|m| m.id)
+            .filter(|id| id.inode == file.ino)
+            .collect();
+        let id = same_ino
+            .iter()
+            .find(|id| kernel_dev(id.dev) == file.dev)
+            .or_else(|| {
+                same_ino
+                    .first()
+                    .filter(|_| same_ino.iter().all(|i| i == &same_ino[0]))
+            });
+        let Some(id) = id else {
+            return false;
+        };
+        match self.verdicts.get(id) {
+            Some(Verdict::NotFfmpeg | Verdict::Unsupported) => true,
+            Some(Verdict::Ffmpeg(_)) => match self.attached.get_mut(id) {
+                Some(a) => {
+                    if !a.judged.contains(file) {
+                        a.judged.push(*file);
+                    }
+                    true
+                }
+                None => false,
+            },
+            None => false,
+        }
+    }
+
     /// Whether any of `maps` is FFmpeg or not inspected yet.
     fn may_map_ffmpeg(&self, maps: &[ExecMapping]) -> bool {
         maps.iter()
@@ -257,7 +305,7 @@ impl Tracker {
         for id in done {
             if let Some(a) = self.attached.remove(&id) {
                 tracing::info!(path = %a.path, "detached: no process maps it");
-                kernel.detach(a.attachment);
+                detach(kernel, a);
             }
         }
     }
@@ -277,7 +325,7 @@ impl Tracker {
         for id in failing {
             if let Some(a) = self.attached.remove(&id) {
                 tracing::error!(path = %a.path, "reads through this library fail their sanity checks; detached and reported as unsupported");
-                kernel.detach(a.attachment);
+                detach(kernel, a);
                 self.verdicts.insert(id, Verdict::Unsupported);
                 self.unsupported
                     .entry("sanity_check_failed")
@@ -369,13 +417,14 @@ impl Tracker {
             };
             use std::os::fd::AsRawFd as _;
             let by_fd = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
-            match kernel.attach(&by_fd, &file) {
+            match kernel.attach(&by_fd, id, &file) {
                 Ok(attachment) => {
                     tracing::info!(path = shown, slot = ?attachment.slot, "attached");
                     self.attached.insert(
                         id,
                         AttachedFile {
                             attachment,
+                            judged: Vec::new(),
                             path: shown.to_string(),
                             file,
                             handle,
@@ -464,6 +513,14 @@ impl Tracker {
             .map(|(r, s)| (*r, s.len()))
             .collect()
     }
+}
+
+/// Detaches a file's probes; a process that maps it later is held again, until they are back.
+fn detach(kernel: &mut Kernel, a: AttachedFile) {
+    for key in &a.judged {
+        kernel.unjudge(key);
+    }
+    kernel.detach(a.attachment);
 }
 
 /// The path to hand the kernel for a uprobe: the process's own view of the file (through

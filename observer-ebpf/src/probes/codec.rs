@@ -8,11 +8,7 @@
 //! counts, times and pairs, all into the stream's map entry.
 
 use aya_ebpf::{
-    EbpfContext,
-    helpers::{
-        bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_probe_read_user_str_bytes,
-    },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user_str_bytes},
     macros::{tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
@@ -29,6 +25,7 @@ use observer_common::{
 };
 
 use crate::{
+    cookie,
     maps::{
         BPF_NOEXIST, CALLS, CODEC_THREADS, CallKey, CallState, CodecThread, ENDED_STREAMS, FRAMES,
         LIB_READ_FAILURES, LIBS, STREAMS, ZERO_STREAM, bump,
@@ -59,12 +56,6 @@ const AV_FRAME_FLAG_KEY: i32 = 1 << 1;
 pub fn now_ns() -> u64 {
     // SAFETY: the helper has no arguments and no side effects.
     unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() }
-}
-
-#[inline(always)]
-pub fn cookie(ctx: &impl EbpfContext) -> u64 {
-    // SAFETY: the helper only reads the cookie of the link that ran this program.
-    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
 }
 
 #[inline(always)]
@@ -328,7 +319,7 @@ pub fn open_enter(ctx: ProbeContext) -> u32 {
         // SAFETY: ctx.regs points at the probed thread's saved registers.
         args: [avctx, unsafe { (*ctx.regs).rip }, 0, 0],
         pts: 0,
-        slot: cookie_slot(cookie(&ctx)),
+        slot: cookie_slot(cookie::entry(&ctx, false)),
         _pad: 0,
     };
     begin(&key, &state);
@@ -416,7 +407,7 @@ pub fn stream_end(ctx: ProbeContext) -> u32 {
     let Some(arg) = ctx.arg::<u64>(0) else {
         return 0;
     };
-    let target = match cookie_call(cookie(&ctx)) {
+    let target = match cookie_call(cookie::entry(&ctx, false)) {
         CLOSE => arg,
         _ => match field::<u64>(arg, 0) {
             Some(p) => p,
@@ -433,7 +424,7 @@ pub fn stream_end(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn call_enter(ctx: ProbeContext) -> u32 {
-    let c = cookie(&ctx);
+    let c = cookie::entry(&ctx, true);
     let call = cookie_call(c);
     let slot = cookie_slot(c);
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -470,7 +461,7 @@ pub fn call_enter(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn call_return(ctx: RetProbeContext) -> u32 {
     let now = now_ns();
-    let c = cookie(&ctx);
+    let c = cookie::of_return(&ctx);
     let call_id = cookie_call(c);
     let Some(call) = Call::from_u32(call_id) else {
         return 0;

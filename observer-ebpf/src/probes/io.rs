@@ -26,8 +26,9 @@ use observer_common::{
     },
 };
 
-use super::codec::{add_shared, begin, cookie, finish, layout, now_ns};
+use super::codec::{add_shared, begin, finish, layout, now_ns};
 use crate::{
+    cookie,
     maps::{BPF_F_NO_PREALLOC, BPF_NOEXIST, CallKey, CallState, EVENTS, STREAMS, bump, copied},
     read::{Window, field},
 };
@@ -189,7 +190,7 @@ pub fn working_on(pid_tgid: u64, fmt: u64) -> bool {
 /// `avio_open2(pb, url, flags, int_cb, options)`.
 #[uprobe]
 pub fn io_open_enter(ctx: ProbeContext) -> u32 {
-    let c = cookie(&ctx);
+    let c = cookie::entry(&ctx, true);
     let kind = cookie_call(c);
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -247,8 +248,7 @@ pub fn io_open_enter(ctx: ProbeContext) -> u32 {
 /// The common start of the return probes here: the call's state, the io it worked on, the
 /// thread's current io given back (if this call set it), and the `int` return value.
 #[inline(always)]
-fn returned(ctx: &RetProbeContext) -> Option<(CallState, IoKey, &'static mut Io, i32)> {
-    let kind = cookie_call(cookie(ctx));
+fn returned(ctx: &RetProbeContext, kind: u32) -> Option<(CallState, IoKey, &'static mut Io, i32)> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let state = finish(&CallKey::new(pid_tgid, kind))?;
     if state.pts == OWNS_CURRENT {
@@ -266,8 +266,8 @@ fn returned(ctx: &RetProbeContext) -> Option<(CallState, IoKey, &'static mut Io,
 
 #[uretprobe]
 pub fn io_open_return(ctx: RetProbeContext) -> u32 {
-    let kind = cookie_call(cookie(&ctx));
-    let Some((state, key, io, ret)) = returned(&ctx) else {
+    let kind = cookie_call(cookie::of_return(&ctx));
+    let Some((state, key, io, ret)) = returned(&ctx, kind) else {
         return 0;
     };
     let tgid = key.tgid;
@@ -294,7 +294,7 @@ pub fn io_close(ctx: ProbeContext) -> u32 {
     let Some(arg) = ctx.arg::<u64>(0) else {
         return 0;
     };
-    let fmt = if cookie_call(cookie(&ctx)) == CLOSE_INPUT {
+    let fmt = if cookie_call(cookie::entry(&ctx, false)) == CLOSE_INPUT {
         match field::<u64>(arg, 0) {
             Some(p) => p,
             None => return 0,
@@ -322,7 +322,7 @@ pub fn io_close(ctx: ProbeContext) -> u32 {
 /// `av_interleaved_write_frame(s, pkt)`, `av_write_frame(s, pkt)`, `av_write_trailer(s)`.
 #[uprobe]
 pub fn io_call_enter(ctx: ProbeContext) -> u32 {
-    let c = cookie(&ctx);
+    let c = cookie::entry(&ctx, true);
     let kind = cookie_call(c);
     let Some(fmt) = ctx.arg::<u64>(0) else {
         return 0;
@@ -360,8 +360,8 @@ pub fn io_call_enter(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn io_call_return(ctx: RetProbeContext) -> u32 {
-    let kind = cookie_call(cookie(&ctx));
-    let Some((state, key, io, ret)) = returned(&ctx) else {
+    let kind = cookie_call(cookie::of_return(&ctx));
+    let Some((state, key, io, ret)) = returned(&ctx, kind) else {
         return 0;
     };
     let tgid = key.tgid;

@@ -13,9 +13,9 @@
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_str_bytes, generated},
-    macros::{btf_tracepoint, map, tracepoint},
+    macros::{btf_tracepoint, fexit, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, FExitContext, TracePointContext},
 };
 use observer_common::{
     event::EventKind,
@@ -23,6 +23,7 @@ use observer_common::{
         CC_SLOTS, CcKey, CcSlot, DROP_SLOTS, DropCount, FdEntry, FdKind, Io, IoEvent, IoKey,
         MAX_FDS, OP_READ, OP_WRITE, Rtp, SockEntry, TEXT_LEN, UNCLAIMED_SOCKETS, UnclaimedDrops,
     },
+    kernel::REASON_NOT_GIVEN,
     stream::counter,
 };
 
@@ -32,7 +33,10 @@ use super::{
     codec::{add_shared, now_ns},
     io::{CURRENT_IO, IO_PROCESSES, current_io, io_of},
 };
-use crate::maps::{BPF_NOEXIST, EVENTS, bump, copied};
+use crate::{
+    kernel::{kernel, read as read_kernel},
+    maps::{BPF_NOEXIST, EVENTS, bump, copied},
+};
 
 /// Descriptors tied to an io, by `tgid << 32 | fd`. LRU: a process killed without closing
 /// them leaves entries that age out.
@@ -713,9 +717,15 @@ const SYS_SENDMMSG: u64 = 307;
 const MSG_PEEK: i32 = 2;
 
 /// The syscall this thread is in: (number, first argument, second argument), from its saved
-/// user registers (`orig_rax`, `rdi`, `rsi`: the x86-64 syscall ABI, stable like ptrace's).
+/// user registers (`orig_rax`, `rdi`, `rsi`: the x86-64 syscall ABI, stable like ptrace's),
+/// or, on kernels without `bpf_task_pt_regs`, from what the syscall's entry left in
+/// `SYSCALL_ARGS`.
 #[inline(always)]
 fn current_syscall() -> Option<(u64, u64, u64)> {
+    if kernel!(task_pt_regs) == 0 {
+        return copied(SYSCALL_ARGS.get_ptr(&bpf_get_current_pid_tgid()))
+            .map(|a| (a[0], a[1], a[2]));
+    }
     // SAFETY: helpers on the current task. The helper returns a BTF-typed pointer, so these
     // are plain loads the verifier checks against the kernel's `struct pt_regs` (and turns
     // into fault-tolerant ones): no probe-read call, which costs about 100 ns here.
@@ -727,6 +737,39 @@ fn current_syscall() -> Option<(u64, u64, u64)> {
         }
         Some(((*regs).orig_rax, (*regs).rdi, (*regs).rsi))
     }
+}
+
+/// The socket syscalls in progress of processes with ios, by thread: (number, first
+/// argument, second argument). Kept only where `bpf_task_pt_regs` is missing (before 5.15).
+#[map]
+static SYSCALL_ARGS: HashMap<u64, [u64; 3]> = HashMap::with_max_entries(MAX_FDS, 0);
+
+/// Where a syscall tracepoint record keeps the syscall's number.
+const SYSCALL_NR: usize = 8;
+
+/// Entry of `read`, `readv`, `recvfrom`, `recvmsg`, `write`, `writev`, `sendto`, `sendmsg`
+/// and `connect` (kernels without `bpf_task_pt_regs`): the socket programs that fire inside
+/// learn the syscall and its descriptor here.
+#[tracepoint]
+pub fn syscall_args_enter(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if IO_PROCESSES.get_ptr(&((pid_tgid >> 32) as u32)).is_none() {
+        return 0;
+    }
+    // SAFETY: the syscall number's place in every syscall tracepoint record.
+    let nr = unsafe { ctx.read_at::<i32>(SYSCALL_NR) }.unwrap_or(-1) as u64;
+    let _ = SYSCALL_ARGS.insert(&pid_tgid, &[nr, arg(&ctx, ARG0), arg(&ctx, ARG1)], 0);
+    0
+}
+
+/// The same syscalls' exits.
+#[tracepoint]
+pub fn syscall_args_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if SYSCALL_ARGS.get_ptr(&pid_tgid).is_some() {
+        let _ = SYSCALL_ARGS.remove(&pid_tgid);
+    }
+    0
 }
 
 #[inline(always)]
@@ -856,33 +899,7 @@ fn record_unclaimed(sk: u64, reason: u32) {
 /// program per datagram: bytes, and the payload's RTP and MPEG-TS headers.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv(ctx: BtfTracePointContext) -> u32 {
-    let (sk, ret, flags): (u64, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
-    if ret <= 0 || flags & MSG_PEEK != 0 {
-        return 0;
-    }
-    let Some(e) = socket_entry(sk) else {
-        return 0;
-    };
-    let datagram = e.kind == FdKind::Datagram as u32;
-    let Some(io) = io_of(&e.io) else { return 0 };
-    let n = ret as u64;
-    count(io, OP_READ, n, datagram);
-    if !datagram {
-        return 0;
-    }
-    let Some((nr, _, arg1)) = current_syscall() else {
-        return 0;
-    };
-    let buf = match nr {
-        SYS_READ | SYS_RECVFROM => arg1,
-        // msghdr.msg_iov (offset 16) -> iov[0].iov_base
-        SYS_RECVMSG => match read_user::<u64>(arg1 + 16).and_then(read_user::<u64>) {
-            Some(b) => b,
-            None => return 0,
-        },
-        _ => return 0,
-    };
-    parse_datagram(io, &e.io, e.generation, buf, n, io.last_ns);
+    received(ctx.arg(0), ctx.arg(1), ctx.arg(2));
     0
 }
 
@@ -890,16 +907,90 @@ pub fn sock_recv(ctx: BtfTracePointContext) -> u32 {
 /// sends.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send(ctx: BtfTracePointContext) -> u32 {
-    let (sk, ret): (u64, i32) = (ctx.arg(0), ctx.arg(1));
+    sent(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+/// The `struct sock *` of a `struct socket *`.
+#[inline(always)]
+fn sock_of(socket: u64) -> u64 {
+    read_kernel(socket, kernel!(offsets.socket_sk)).unwrap_or(0)
+}
+
+// Where the `sock_*_length` tracepoints are missing (before Linux 6.3), the same counting runs
+// at the return of the IPv4 and IPv6 socket layer's receive and send calls, which every socket
+// syscall goes through (an fexit reads a function's arguments, then its return value).
+
+/// `int inet_recvmsg(struct socket *sock, struct msghdr *msg, size_t size, int flags)`.
+#[fexit(function = "inet_recvmsg")]
+pub fn inet_recv(ctx: FExitContext) -> u32 {
+    received(sock_of(ctx.arg(0)), ctx.arg::<i64>(4) as i32, ctx.arg(3));
+    0
+}
+
+/// `int inet6_recvmsg(struct socket *sock, struct msghdr *msg, size_t size, int flags)`.
+#[fexit(function = "inet6_recvmsg")]
+pub fn inet6_recv(ctx: FExitContext) -> u32 {
+    received(sock_of(ctx.arg(0)), ctx.arg::<i64>(4) as i32, ctx.arg(3));
+    0
+}
+
+/// `int inet_sendmsg(struct socket *sock, struct msghdr *msg, size_t size)`.
+#[fexit(function = "inet_sendmsg")]
+pub fn inet_send(ctx: FExitContext) -> u32 {
+    sent(sock_of(ctx.arg(0)), ctx.arg::<i64>(3) as i32);
+    0
+}
+
+/// `int inet6_sendmsg(struct socket *sock, struct msghdr *msg, size_t size)`.
+#[fexit(function = "inet6_sendmsg")]
+pub fn inet6_send(ctx: FExitContext) -> u32 {
+    sent(sock_of(ctx.arg(0)), ctx.arg::<i64>(3) as i32);
+    0
+}
+
+/// A message of `ret` bytes received on kernel socket `sk`.
+#[inline(always)]
+fn received(sk: u64, ret: i32, flags: i32) {
+    if ret <= 0 || flags & MSG_PEEK != 0 {
+        return;
+    }
+    let Some(e) = socket_entry(sk) else {
+        return;
+    };
+    let datagram = e.kind == FdKind::Datagram as u32;
+    let Some(io) = io_of(&e.io) else { return };
+    let n = ret as u64;
+    count(io, OP_READ, n, datagram);
+    if !datagram {
+        return;
+    }
+    let Some((nr, _, arg1)) = current_syscall() else {
+        return;
+    };
+    let buf = match nr {
+        SYS_READ | SYS_RECVFROM => arg1,
+        // msghdr.msg_iov (offset 16) -> iov[0].iov_base
+        SYS_RECVMSG => match read_user::<u64>(arg1 + 16).and_then(read_user::<u64>) {
+            Some(b) => b,
+            None => return,
+        },
+        _ => return,
+    };
+    parse_datagram(io, &e.io, e.generation, buf, n, io.last_ns);
+}
+
+/// A message of `ret` bytes sent on kernel socket `sk`.
+#[inline(always)]
+fn sent(sk: u64, ret: i32) {
     if ret <= 0 {
-        return 0;
+        return;
     }
     if let Some(e) = socket_entry(sk)
         && let Some(io) = io_of(&e.io)
     {
         count(io, OP_WRITE, ret as u64, e.kind == FdKind::Datagram as u32);
     }
-    0
 }
 
 /// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`: a TCP connect
@@ -921,33 +1012,85 @@ pub fn tcp_destroy(ctx: BtfTracePointContext) -> u32 {
 
 /// `kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason,
 /// struct sock *rx_sk)`: a packet dropped; `rx_sk` (Linux 6.12 on) is the receiving socket
-/// when the drop happened at it (receive buffer full, socket filter, ...).
+/// when the drop happened at it (receive buffer full, socket filter, ...). Kernels from 5.17
+/// without `rx_sk` pass the reason only: it is kept for `udp_drop`, which fires next for a
+/// drop at a UDP socket's queue and names the socket.
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn skb_drop(ctx: BtfTracePointContext) -> u32 {
+    if kernel!(kfree_skb_args) < 4 {
+        // Tracepoint arguments by position, as declared above.
+        let reason: u32 = ctx.arg(2);
+        if let Some(r) = LAST_REASON.get_ptr_mut(0) {
+            // SAFETY: a per-CPU slot; nothing else on this CPU runs while a BPF program does.
+            unsafe { *r = reason };
+        }
+        return 0;
+    }
     // Tracepoint arguments by position, as declared above.
     let sk: u64 = ctx.arg(3);
     if sk == 0 {
         return 0;
     }
-    // Tracepoint arguments by position, as declared above.
-    let reason: u32 = ctx.arg(2);
+    charge_drop(sk, ctx.arg(2));
+    0
+}
+
+/// The reason of the last packet `kfree_skb` dropped on this CPU (kernels whose `kfree_skb`
+/// names no socket).
+#[map]
+static LAST_REASON: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// `udp_fail_queue_rcv_skb(int rc, struct sock *sk, ...)`: a datagram that did not fit the
+/// socket's receive queue (its buffer, or UDP's memory), on kernels whose `kfree_skb` does not
+/// name the receiving socket. The kernel frees it with `kfree_skb` just before, on this CPU
+/// in the same softirq: that call's reason is this drop's (none before 5.17).
+#[btf_tracepoint(function = "udp_fail_queue_rcv_skb")]
+pub fn udp_drop(ctx: BtfTracePointContext) -> u32 {
+    let sk: u64 = ctx.arg(1);
+    if sk == 0 {
+        return 0;
+    }
+    let mut reason = REASON_NOT_GIVEN;
+    if kernel!(kfree_skb_args) >= 3
+        && let Some(r) = LAST_REASON.get_ptr_mut(0)
+    {
+        // SAFETY: a per-CPU slot, as above.
+        unsafe {
+            if *r != 0 {
+                reason = *r;
+            }
+            *r = 0;
+        }
+    }
+    charge_drop(sk, reason);
+    0
+}
+
+/// Counts a drop of `reason` at kernel socket `sk`: to its io, or kept for a socket not known
+/// yet.
+#[inline(always)]
+fn charge_drop(sk: u64, reason: u32) {
     let Some(key) = copied(SOCKETS.get_ptr(&sk)).map(|e| e.io) else {
         record_unclaimed(sk, reason);
-        return 0;
+        return;
     };
     if let Some(io) = io_of(&key) {
         add_drop(&mut io.drops, reason, 1);
     }
-    0
 }
 
-/// `tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb, int err)`.
+/// `tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb, int err)`; `err`
+/// only from Linux 6.13, which fires it for failed transmissions too. Before, it fired only
+/// for a retransmission that went out.
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcp_retransmit(ctx: BtfTracePointContext) -> u32 {
     // Tracepoint arguments by position, as declared above.
-    let (sk, err): (u64, i32) = (ctx.arg(0), ctx.arg(2));
-    if err != 0 {
-        return 0;
+    let sk: u64 = ctx.arg(0);
+    if kernel!(retransmit_args) >= 3 {
+        let err: i32 = ctx.arg(2);
+        if err != 0 {
+            return 0;
+        }
     }
     if let Some(e) = copied(SOCKETS.get_ptr(&sk))
         && let Some(io) = io_of(&e.io)
@@ -961,5 +1104,6 @@ pub fn tcp_retransmit(ctx: BtfTracePointContext) -> u32 {
 #[inline(always)]
 pub fn thread_exit(pid_tgid: u64) {
     let _ = SYSCALLS.remove(&pid_tgid);
+    let _ = SYSCALL_ARGS.remove(&pid_tgid);
     let _ = CURRENT_IO.remove(&pid_tgid);
 }
