@@ -44,8 +44,6 @@ static RETURN_COOKIES: LruHashMap<[u64; 2], u64> =
 /// The cookie of a probe whose point is not known: no call, no slot; every program ignores it.
 pub const UNKNOWN: u64 = make_cookie(0xffff, 0xff);
 
-/// x86-64 uprobes stop on an `int3`: the saved instruction pointer is past its one byte.
-const BREAKPOINT_LEN: u64 = 1;
 /// A call pushes its return address: 8 bytes.
 const RETURN_ADDRESS_LEN: u64 = 8;
 
@@ -57,9 +55,10 @@ pub fn entry(ctx: &ProbeContext, with_return: bool) -> u64 {
         // SAFETY: the helper only reads the cookie of the link that ran this program.
         return unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     }
-    // SAFETY: ctx.regs points at the probed thread's saved registers.
+    // SAFETY: ctx.regs points at the probed thread's saved registers; the kernel sets the
+    // instruction pointer back to the probed instruction before it runs the programs.
     let (ip, sp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp) };
-    let cookie = by_address(ip.wrapping_sub(BREAKPOINT_LEN)).unwrap_or(UNKNOWN);
+    let cookie = by_address(ip).unwrap_or(UNKNOWN);
     if with_return {
         let _ = RETURN_COOKIES.insert(&[bpf_get_current_pid_tgid(), sp], &cookie, 0);
     }
