@@ -87,6 +87,34 @@ pub fn parse_maps(text: &str) -> Vec<ExecMapping> {
     out
 }
 
+/// The identity /proc/PID/maps gives `file` when a process maps it, which is not always what
+/// `stat` says: on an overlay (a container's root) `stat` answers with the overlay's device,
+/// while a mapping holds the file underneath. Found by mapping the file's first page (read
+/// only, never executable) and reading this process's own maps.
+pub fn mapped_id(file: &fs::File) -> std::io::Result<FileId> {
+    // SAFETY: a private read-only mapping, unmapped at the end of this function; its bytes are
+    // never read.
+    let map = unsafe { memmap2::MmapOptions::new().len(1).map(file)? };
+    let start = map.as_ptr() as u64;
+    let maps = fs::read_to_string("/proc/self/maps")?;
+    maps.lines()
+        .find_map(|line| {
+            let mut f = line.split_whitespace();
+            let range = f.next()?;
+            let (from, _) = range.split_once('-')?;
+            if u64::from_str_radix(from, 16).ok()? != start {
+                return None;
+            }
+            let (_perms, _off, dev, inode) = (f.next()?, f.next()?, f.next()?, f.next()?);
+            let (maj, min) = dev.split_once(':')?;
+            Some(FileId {
+                dev: (u64::from_str_radix(maj, 16).ok()? << 32) | u64::from_str_radix(min, 16).ok()?,
+                inode: inode.parse().ok()?,
+            })
+        })
+        .ok_or_else(|| std::io::Error::other("the file's mapping is not in /proc/self/maps"))
+}
+
 /// All process ids, from the names of /proc's numeric entries.
 pub fn pids() -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {

@@ -142,15 +142,11 @@ impl Tracker {
         }
     }
 
-    /// Attaches a library file found on disk (not through a process), for good.
+    /// Attaches a library file found on disk (not through a process), for good. It is named as
+    /// processes' mappings will name it, so a process that maps it finds it attached.
     pub fn attach_path(&mut self, kernel: &mut Kernel, path: &Path) {
-        let Ok(meta) = std::fs::metadata(path) else {
+        let Ok(id) = std::fs::File::open(path).and_then(|f| procfs::mapped_id(&f)) else {
             return;
-        };
-        use std::os::unix::fs::MetadataExt as _;
-        let id = FileId {
-            dev: dev_of(meta.dev()),
-            inode: meta.ino(),
         };
         let shown = path.display().to_string();
         if let Some(f) = self.verdict(id, path, &shown, None)
@@ -531,13 +527,6 @@ fn attach_path(pid: u32, m: &ExecMapping) -> PathBuf {
     } else {
         PathBuf::from(format!("/proc/{pid}/root{}", m.path))
     }
-}
-
-/// The kernel's `dev_t` as /proc/PID/maps prints it (major << 32 | minor in our FileId).
-fn dev_of(dev: u64) -> u64 {
-    // SAFETY: major/minor are pure arithmetic.
-    let (maj, min) = (libc::major(dev), libc::minor(dev));
-    (u64::from(maj) << 32) | u64::from(min)
 }
 
 /// Directories the dynamic linker searches; FFmpeg libraries in them are attached at start so

@@ -348,6 +348,22 @@ pub fn decode_piped_nut(
     (pid, child.wait_with_output().expect("ffmpeg's exit"))
 }
 
+/// FFmpeg 4.3 (libavcodec 58): Debian bullseye's ffmpeg with its libraries, which
+/// `cargo xtask test` unpacked under the assets, with quiet, non-interactive defaults.
+pub fn ffmpeg4() -> Command {
+    let root = assets().join("ffmpeg4");
+    let bin = root.join("usr/bin/ffmpeg");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo xtask test`",
+        bin.display()
+    );
+    let mut c = Command::new(bin);
+    c.env("LD_LIBRARY_PATH", root.join("usr/lib/x86_64-linux-gnu"))
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"]);
+    c
+}
+
 /// `ffmpeg` with quiet, non-interactive defaults.
 pub fn ffmpeg() -> Command {
     let mut c = Command::new("ffmpeg");

@@ -258,6 +258,49 @@ fn transcode_counts_equal_ffprobe() {
     assert_eq!(info.label("width").map(String::as_str), Some("160"));
 }
 
+/// FFmpeg 4.3 (libavcodec 58, Debian bullseye's) run for real: its libraries are the ones on
+/// no linker path here, found when the process maps them, and read with libavcodec 58's
+/// layout (and its legacy encode calls counted once, inside `avcodec_send_frame`).
+#[test]
+fn ffmpeg_4_decode_and_encode_counts_equal_ffprobe() {
+    let input = media::h264_aac_mp4();
+    let truth_in = truth(&input, true);
+    let dir = tempdir("ffmpeg4");
+    let out = dir.join("out.nut");
+    let d = Daemon::start(&[]);
+    let (pid, _) = run(observer_tests::ffmpeg4()
+        .arg("-i")
+        .arg(&input)
+        .args([
+            "-c:v", "libx264", "-preset", "veryfast", "-bf", "2", "-c:a", "aac", "-f", "nut",
+        ])
+        .arg(&out));
+    let s = d.wait_ended(pid);
+    for t in truth_in.values() {
+        assert_decoded(&s, pid, t);
+    }
+    let p = pid.to_string();
+    for t in truth(&out, false).values() {
+        let codec = if t.media == "video" { "libx264" } else { "aac" };
+        let l = [
+            ("pid", p.as_str()),
+            ("direction", "encode"),
+            ("media", t.media.as_str()),
+            ("codec", codec),
+        ];
+        s.assert_values(
+            &l,
+            &[
+                ("media_packets_total", t.packets),
+                ("media_packet_bytes_total", t.bytes),
+                ("media_keyframes_total", t.key_packets),
+            ],
+        );
+        let info = s.one("media_stream_info", &l).expect("stream info");
+        assert_eq!(info.label("libavcodec").map(String::as_str), Some("58"));
+    }
+}
+
 #[test]
 fn corrupt_input_counts_codec_errors_by_name() {
     let dir = tempdir("corrupt");

@@ -128,6 +128,62 @@ fn endpoints_and_self_metrics() {
     );
 }
 
+/// The kernel-dependent jobs, as `observer_feature_available` names them.
+const FEATURES: [&str; 10] = [
+    "codec_probes",
+    "codec_threads",
+    "hold_new_files",
+    "io_drops",
+    "io_files",
+    "io_retransmits",
+    "io_sockets",
+    "library_loads",
+    "process_exec",
+    "process_exit",
+];
+
+/// Every job runs on this kernel, whichever way it offers (the suite runs this on this
+/// machine's kernel and inside each kernel of the matrix), and the daemon says which kernel
+/// it is; a job turned off by a flag is left out rather than reported missing.
+#[test]
+fn every_kernel_dependent_feature_runs_on_this_kernel() {
+    let d = Daemon::start(&[]);
+    let s = d.scrape();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(
+        s.value("observer_kernel_info", &[("release", release.trim())]),
+        Some(1.0),
+        "{}",
+        s.text
+    );
+    let features: Vec<(String, f64)> = s
+        .all("observer_feature_available")
+        .map(|x| (x.label("feature").cloned().unwrap_or_default(), x.value))
+        .collect();
+    let names: Vec<&str> = features.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(names, FEATURES, "{}", d.log_text());
+    let off: Vec<&(String, f64)> = features.iter().filter(|(_, v)| *v != 1.0).collect();
+    assert!(off.is_empty(), "unavailable: {off:?}\n{}", d.log_text());
+    drop(d);
+
+    let d = Daemon::start(&["--io-stats", "false", "--hold-new-files", "false"]);
+    let s = d.scrape();
+    let names: Vec<String> = s
+        .all("observer_feature_available")
+        .filter_map(|x| x.label("feature").cloned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "codec_probes",
+            "codec_threads",
+            "library_loads",
+            "process_exec",
+            "process_exit"
+        ]
+    );
+}
+
 #[test]
 fn ended_streams_stay_for_the_grace_period_then_go() {
     let _quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());

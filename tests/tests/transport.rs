@@ -48,6 +48,9 @@ const SECS: Duration = Duration::from_secs(30);
 
 /// An ffmpeg in namespace `ns`, its stderr in `log`.
 fn spawn_ffmpeg(ns: &str, args: &[&str], log: &std::path::Path) -> Child {
+    // The senders' stream is made before any receiver starts its timeout: making it takes
+    // seconds where the CPU is emulated (the kernel matrix's virtual machines).
+    ingest_ts();
     Link::exec(ns, "ffmpeg")
         .args(["-nostdin", "-hide_banner"])
         .args(args)
@@ -326,9 +329,9 @@ fn receive_buffer_drops_equal_the_sockets_own_drop_counter() {
         &["-loglevel", "error", "-timeout", "3000000"],
         // A buffer this size holds a key frame's burst, so drops come only while the
         // receiver is stopped, long after its first read (drops before it: the next test);
-        // it does not hold the seconds it is stopped for: the kernel grants twice what is
+        // it does not hold what comes while it is stopped: the kernel grants twice what is
         // asked and charges a 1316-byte datagram its whole buffer (2,304 bytes), so 177
-        // datagrams (233 KB of payload) fill it.
+        // datagrams (233 KB of payload, 1.3 s of the stream) fill it.
         "udp://0.0.0.0:5006?buffer_size=204800&overrun_nonfatal=1",
         &dir.join("rx.log"),
     );
@@ -339,11 +342,18 @@ fn receive_buffer_drops_equal_the_sockets_own_drop_counter() {
         &format!("udp://{}:5006?pkt_size=1316", link.rx_addr),
         "mpegts",
     );
-    // A receiver that stops reading for 2.5 s (about 470 KB at 1.5 Mbit/s): its socket
-    // buffer overflows.
-    std::thread::sleep(Duration::from_secs(1));
+    // A receiver that stops reading once it reads the stream, until its socket's buffer has
+    // overflowed: told by the kernel's own counter, however fast the sender runs (an emulated
+    // CPU's is slow to start).
+    d.wait_for("the receiver reading the stream", SECS, |s| {
+        (io_value(s, "media_io_datagrams_total", rx_pid, "input")? > 20.0).then_some(())
+    });
     signal(rx_pid, libc::SIGSTOP);
-    std::thread::sleep(Duration::from_millis(2500));
+    let t0 = std::time::Instant::now();
+    while udp_socket_drops(rx_pid, 5006).unwrap_or(0) < 20 && tx.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < SECS, "the stopped receiver's buffer never overflowed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     signal(rx_pid, libc::SIGCONT);
     wait_exit(&mut tx, SECS);
     std::thread::sleep(Duration::from_millis(500));

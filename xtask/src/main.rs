@@ -17,6 +17,7 @@ mod plot;
 mod scale;
 mod setup;
 mod table;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -50,9 +51,14 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Run every test: unit tests and the tests that load the kernel programs against real
-    /// ffmpeg processes (as root).
+    /// ffmpeg processes (as root), on this machine's kernel and then inside Debian's 5.10, 6.1
+    /// and 6.12 kernels under QEMU (the kernel matrix).
     Test {
-        /// Arguments for `cargo test`, after `--` (e.g. `-- decode`).
+        /// Only these kernels (repeat or comma-separate): `host` (this machine's, the whole
+        /// suite), `bullseye` (5.10), `bookworm` (6.1), `trixie` (6.12). Default: all.
+        #[arg(long, value_delimiter = ',', value_parser = ["host", "bullseye", "bookworm", "trixie"])]
+        kernel: Vec<String>,
+        /// Arguments for `cargo test` on this machine, after `--` (e.g. `-- decode`).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -118,36 +124,51 @@ fn main() -> anyhow::Result<()> {
             let bin = build_daemon(!debug)?;
             table::run(&bin, &args)
         }
-        Cmd::Test { args } => {
+        Cmd::Test { kernel, args } => {
             setup::require_root("the tests load kernel programs")?;
             setup::build_deps()?;
             let assets = setup::test_deps(&root)?;
             let bin = build_daemon(false)?;
-            setup::cargo_tool(
-                "cargo-deny",
-                CARGO_DENY_VERSION,
-                None,
-                "checks the dependencies' advisories, licenses and sources",
-            )?;
-            check_dependencies()?;
-            step("running the tests");
-            let status = Command::new(cargo())
-                // Every test binary runs even after one fails: one flaky test must not hide
-                // what the others would say.
-                .args([
-                    "test",
-                    "--no-fail-fast",
-                    "--workspace",
-                    "--exclude",
-                    "observer-ebpf",
-                ])
-                .args(&args)
-                .env("OBSERVER_BIN", &bin)
-                .env("OBSERVER_TEST_ASSETS", &assets)
-                .status()
-                .context("running cargo test")?;
-            if !status.success() {
-                bail!("tests failed");
+            let all = kernel.is_empty();
+            let mut failed = Vec::new();
+            if all || kernel.iter().any(|k| k == "host") {
+                setup::cargo_tool(
+                    "cargo-deny",
+                    CARGO_DENY_VERSION,
+                    None,
+                    "checks the dependencies' advisories, licenses and sources",
+                )?;
+                check_dependencies()?;
+                step("running the tests");
+                let status = Command::new(cargo())
+                    // Every test binary runs even after one fails: one flaky test must not
+                    // hide what the others would say.
+                    .args([
+                        "test",
+                        "--no-fail-fast",
+                        "--workspace",
+                        "--exclude",
+                        "observer-ebpf",
+                    ])
+                    .args(&args)
+                    .env("OBSERVER_BIN", &bin)
+                    .env("OBSERVER_TEST_ASSETS", &assets)
+                    .status()
+                    .context("running cargo test")?;
+                if !status.success() {
+                    failed.push("this machine's kernel".to_string());
+                }
+            }
+            let suites: Vec<&str> = vm::KERNELS
+                .iter()
+                .map(|(suite, _)| *suite)
+                .filter(|s| all || kernel.iter().any(|k| k == s))
+                .collect();
+            if !suites.is_empty() {
+                failed.extend(kernel_matrix(&root, &assets, &bin, &suites)?);
+            }
+            if !failed.is_empty() {
+                bail!("tests failed on {}", failed.join(", "));
             }
             Ok(())
         }
@@ -178,6 +199,102 @@ fn main() -> anyhow::Result<()> {
 }
 
 const CARGO_DENY_VERSION: &str = "0.20.2";
+
+/// Runs the kernel-dependent tests inside each of `suites`' kernels; returns the kernels
+/// where any failed.
+fn kernel_matrix(
+    root: &Path,
+    assets: &Path,
+    daemon: &Path,
+    suites: &[&str],
+) -> anyhow::Result<Vec<String>> {
+    step("building the test binaries the kernel matrix runs");
+    let binaries = test_binaries()?;
+    let tests: Vec<(PathBuf, &str)> = vm::GUEST_TESTS
+        .iter()
+        .map(|(binary, name)| {
+            binaries
+                .iter()
+                .find(|(b, _)| b == binary)
+                .map(|(_, path)| (path.clone(), *name))
+                .with_context(|| format!("no test binary {binary}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let env = [
+        ("OBSERVER_BIN", daemon.display().to_string()),
+        ("OBSERVER_TEST_ASSETS", assets.display().to_string()),
+    ];
+    let mut failed = Vec::new();
+    let (mut passed_all, mut failed_all) = (0, 0);
+    for suite in suites {
+        let kernel = vm::kernel(assets, suite)?;
+        let work = root.join("target").join("vm").join(suite);
+        let t0 = std::time::Instant::now();
+        let outcomes = vm::run_tests(&kernel, &tests, &env, &work)?;
+        eprintln!(
+            "\n    Debian {suite}, kernel {} ({:.0} s in all):",
+            kernel.release,
+            t0.elapsed().as_secs_f64()
+        );
+        for o in &outcomes {
+            eprintln!(
+                "    {} {} ({:.0} s){}",
+                if o.passed { "ok    " } else { "FAILED" },
+                o.test,
+                o.seconds,
+                if o.passed {
+                    String::new()
+                } else {
+                    format!(": {}", o.log.display())
+                }
+            );
+        }
+        let bad = outcomes.iter().filter(|o| !o.passed).count();
+        passed_all += outcomes.len() - bad;
+        failed_all += bad;
+        if bad > 0 {
+            failed.push(format!("Debian {suite}'s kernel {}", kernel.release));
+        }
+    }
+    // The plain closing line CI reads, for the matrix as a whole.
+    println!("kernel matrix: {passed_all} passed, {failed_all} failed");
+    Ok(failed)
+}
+
+/// The integration test binaries by name, built (`cargo test --no-run`).
+fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let out = Command::new(cargo())
+        .args([
+            "test",
+            "--no-run",
+            "--package",
+            "observer-tests",
+            "--message-format=json",
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let is_test = m["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "test"));
+        if let (true, Some(name), Some(exe)) = (
+            is_test,
+            m["target"]["name"].as_str(),
+            m["executable"].as_str(),
+        ) {
+            found.push((name.to_string(), PathBuf::from(exe)));
+        }
+    }
+    Ok(found)
+}
 
 /// `cargo deny` with deny.toml: licenses, bans and sources always; advisories when the
 /// RustSec database can be fetched (it lives on GitHub, which some build machines cannot

@@ -186,6 +186,12 @@ const TEST_PACKAGES: &[&str] = &[
     // promtool and amtool: the shipped alert rules' unit tests and config checks
     "prometheus",
     "prometheus-alertmanager",
+    // the kernel matrix: Debian's kernels booted under QEMU from a busybox initramfs; depmod
+    // indexes their modules, and the guests load veth and nftables with modprobe
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "xz-utils",
 ];
 
 fn missing_packages(pkgs: &[&str]) -> Vec<String> {
@@ -259,6 +265,7 @@ pub fn test_deps(root: &Path) -> anyhow::Result<PathBuf> {
     for suite in HEADER_SUITES {
         debian_headers(&assets, suite)?;
     }
+    ffmpeg4(&assets)?;
     for v in PYAV_VERSIONS {
         let dir = assets.join("pyav").join(v);
         if !dir.join("av").exists() {
@@ -309,6 +316,27 @@ pub fn test_deps(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(assets)
 }
 
+/// FFmpeg 4.x (libavcodec 58), run for real: Debian bullseye's ffmpeg 4.3 with the libraries
+/// it needs that this system lacks (its own libav*, codec libraries of older sonames),
+/// unpacked under the assets; tests run it with those libraries on `LD_LIBRARY_PATH`.
+fn ffmpeg4(assets: &Path) -> anyhow::Result<()> {
+    let dir = assets.join("ffmpeg4");
+    if dir.join("usr/bin/ffmpeg").exists() {
+        return Ok(());
+    }
+    step("fetching FFmpeg 4.3 (Debian bullseye's ffmpeg and the libraries it needs)");
+    let apt = DebianSuite::new(assets, "bullseye")?;
+    let closure = apt.closure("ffmpeg")?;
+    // This system's newer copies of the rest (the C library, zlib, ...) serve it.
+    let missing = missing_packages(&closure.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut wanted: Vec<&str> = missing.iter().map(String::as_str).collect();
+    if !wanted.contains(&"ffmpeg") {
+        wanted.push("ffmpeg");
+    }
+    let debs = apt.download(&wanted)?;
+    unpack(&debs, &dir)
+}
+
 fn pip_target(dir: &Path, requirement: &str, deps: bool) -> anyhow::Result<()> {
     let python = ["python3", "python"]
         .into_iter()
@@ -334,81 +362,136 @@ fn pip_target(dir: &Path, requirement: &str, deps: bool) -> anyhow::Result<()> {
     )
 }
 
-/// Downloads and unpacks FFmpeg's -dev packages from another Debian release, with a private
-/// apt state so the system's own sources are untouched.
+/// Downloads and unpacks FFmpeg's -dev packages from another Debian release.
 fn debian_headers(assets: &Path, suite: &str) -> anyhow::Result<()> {
     let dir = assets.join("headers").join(suite);
     if dir.join("usr/include").exists() {
         return Ok(());
     }
     step(&format!("fetching FFmpeg headers from Debian {suite}"));
-    let apt = assets.join("apt").join(suite);
-    for d in [
-        "sources.list.d",
-        "lists/partial",
-        "cache/archives/partial",
-        "debs",
-    ] {
-        std::fs::create_dir_all(apt.join(d))?;
-    }
-    std::fs::write(
-        apt.join("sources.list.d/ffmpeg.sources"),
-        format!(
-            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {suite}\nComponents: main\n\
-             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
-        ),
-    )?;
-    let opts = |cmd: &mut Command| {
-        cmd.arg("-o").arg("Dir::Etc::SourceList=/dev/null");
-        cmd.arg("-o").arg(format!(
-            "Dir::Etc::SourceParts={}",
-            apt.join("sources.list.d").display()
-        ));
-        cmd.arg("-o")
-            .arg(format!("Dir::State::Lists={}", apt.join("lists").display()));
-        cmd.arg("-o")
-            .arg(format!("Dir::Cache={}", apt.join("cache").display()));
-        cmd.arg("-o").arg("Dir::State::status=/dev/null");
-    };
-    let apt_get = |args: &[&str]| {
-        let mut c = Command::new("apt-get");
-        opts(&mut c);
-        c.current_dir(apt.join("debs")).args(args);
-        c
-    };
-    download(
-        || apt_get(&["update", "-q"]),
-        &format!("apt-get update for {suite}"),
-    )?;
-    // A failed try can leave some packages behind; the next try starts from none.
-    download(
-        || {
-            let _ = std::fs::remove_dir_all(apt.join("debs"));
-            let _ = std::fs::create_dir_all(apt.join("debs"));
-            apt_get(&[
-                "download",
-                "libavcodec-dev",
-                "libavformat-dev",
-                "libavutil-dev",
-                "libavfilter-dev",
-            ])
-        },
-        &format!("downloading {suite}'s FFmpeg headers"),
-    )?;
+    let apt = DebianSuite::new(assets, suite)?;
+    let debs = apt.download(&[
+        "libavcodec-dev",
+        "libavformat-dev",
+        "libavutil-dev",
+        "libavfilter-dev",
+    ])?;
+    unpack(&debs, &dir)
+}
+
+/// Unpacks Debian packages into `dir`, whole or not at all.
+pub(crate) fn unpack(debs: &[PathBuf], dir: &Path) -> anyhow::Result<()> {
     let staging = dir.with_extension("partial");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging)?;
-    for deb in std::fs::read_dir(apt.join("debs"))?.flatten() {
+    for deb in debs {
         run(
-            Command::new("dpkg-deb")
-                .arg("-x")
-                .arg(deb.path())
-                .arg(&staging),
-            "unpacking a header package",
+            Command::new("dpkg-deb").arg("-x").arg(deb).arg(&staging),
+            "unpacking a package",
         )?;
     }
-    std::fs::rename(&staging, &dir)?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&staging, dir)?;
     Ok(())
+}
+
+/// Another Debian release's packages, through a private apt state (its own sources, lists and
+/// cache under the test assets) so the system's own sources are untouched.
+pub(crate) struct DebianSuite {
+    apt: PathBuf,
+    suite: String,
+}
+
+impl DebianSuite {
+    /// The suite's package lists, fetched.
+    pub(crate) fn new(assets: &Path, suite: &str) -> anyhow::Result<DebianSuite> {
+        let apt = assets.join("apt").join(suite);
+        for d in [
+            "sources.list.d",
+            "lists/partial",
+            "cache/archives/partial",
+            "debs",
+        ] {
+            std::fs::create_dir_all(apt.join(d))?;
+        }
+        std::fs::write(
+            apt.join("sources.list.d/suite.sources"),
+            format!(
+                "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {suite}\nComponents: main\n\
+                 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+            ),
+        )?;
+        let _ = std::fs::remove_file(apt.join("sources.list.d/ffmpeg.sources"));
+        let s = DebianSuite {
+            apt,
+            suite: suite.to_string(),
+        };
+        download(
+            || s.command("apt-get", &["update", "-q"]),
+            &format!("apt-get update for {suite}"),
+        )?;
+        Ok(s)
+    }
+
+    /// `apt-get` or `apt-cache` with this suite's private state; it runs in the download folder.
+    fn command(&self, tool: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(tool);
+        c.arg("-o").arg("Dir::Etc::SourceList=/dev/null");
+        c.arg("-o").arg(format!(
+            "Dir::Etc::SourceParts={}",
+            self.apt.join("sources.list.d").display()
+        ));
+        c.arg("-o")
+            .arg(format!("Dir::State::Lists={}", self.apt.join("lists").display()));
+        c.arg("-o")
+            .arg(format!("Dir::Cache={}", self.apt.join("cache").display()));
+        c.arg("-o").arg("Dir::State::status=/dev/null");
+        c.current_dir(self.apt.join("debs")).args(args);
+        c
+    }
+
+    /// The suite's package names matching the regular expression `pattern`.
+    pub(crate) fn search(&self, pattern: &str) -> Vec<String> {
+        output(&mut self.command("apt-cache", &["search", "--names-only", pattern]))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
+    /// Every package installing `package` from this suite on an empty system takes, as apt
+    /// resolves it (first alternatives).
+    pub(crate) fn closure(&self, package: &str) -> anyhow::Result<Vec<String>> {
+        let text = output(&mut self.command(
+            "apt-get",
+            &["-s", "install", "--no-install-recommends", package],
+        ))
+        .with_context(|| format!("resolving {package} in Debian {}", self.suite))?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.strip_prefix("Inst "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect())
+    }
+
+    /// Downloads `packages` (a failed try starts again from none) and returns the files.
+    pub(crate) fn download(&self, packages: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
+        let debs = self.apt.join("debs");
+        download(
+            || {
+                let _ = std::fs::remove_dir_all(&debs);
+                let _ = std::fs::create_dir_all(&debs);
+                let mut args = vec!["download"];
+                args.extend_from_slice(packages);
+                self.command("apt-get", &args)
+            },
+            &format!("downloading {} from Debian {}", packages.join(" "), self.suite),
+        )?;
+        Ok(std::fs::read_dir(&debs)?
+            .flatten()
+            .map(|e| e.path())
+            .collect())
+    }
 }
 
 #[cfg(test)]

@@ -429,10 +429,12 @@ pub fn call_enter(ctx: ProbeContext) -> u32 {
     let slot = cookie_slot(c);
     let pid_tgid = bpf_get_current_pid_tgid();
     if call == Call::EncodeLegacy as u32 {
-        // libavcodec 58's avcodec_send_frame encodes through avcodec_encode_video2/audio2:
-        // count the outer call only.
-        let outer = CallKey::new(pid_tgid, Call::SendFrame as u32);
-        if in_progress(&outer) {
+        // libavcodec 58 emulates the send/receive API over the old one: avcodec_send_frame
+        // encodes through avcodec_encode_video2/audio2, and avcodec_receive_packet does too
+        // while draining the encoder. Count the outer call only.
+        let send = CallKey::new(pid_tgid, Call::SendFrame as u32);
+        let receive = CallKey::new(pid_tgid, Call::ReceivePacket as u32);
+        if in_progress(&send) || in_progress(&receive) {
             return 0;
         }
     }
