@@ -2,6 +2,7 @@
 //! and reads the maps. The only module that talks to aya.
 
 mod facts;
+mod pin;
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
@@ -156,7 +157,18 @@ pub struct Kernel {
     /// Holding processes that map files not judged yet (`probes::process`).
     judged: HashMap<MapData, FileKey, u32>,
     held: HashMap<MapData, u32, Held>,
+    /// Where `held` is pinned, so a daemon started after this one dies resumes its holds.
+    held_pin: Option<std::path::PathBuf>,
     alive: Array<MapData, u64>,
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        self.release_all();
+        if let Some(p) = self.held_pin.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// What to load.
@@ -291,6 +303,16 @@ impl Kernel {
             p.load()
                 .map_err(|source| KernelError::Program { name, source })?;
         }
+        // What a daemon killed while processes waited for it left stopped runs on now.
+        let orphans = pin::resume_orphans();
+        if orphans > 0 {
+            tracing::warn!(processes = orphans, "resumed processes held by a daemon that is gone");
+        }
+        let held_pin = if info.hold != 0 {
+            ebpf.map("HELD").and_then(pin::pin_held)
+        } else {
+            None
+        };
         let mut features = Features::new();
         features.insert(
             "codec_probes",
@@ -394,6 +416,7 @@ impl Kernel {
             },
             judged: map(&mut ebpf, "JUDGED")?,
             held: map(&mut ebpf, "HELD")?,
+            held_pin,
             alive: map(&mut ebpf, "ALIVE")?,
             ebpf,
             life,
@@ -692,7 +715,7 @@ impl Kernel {
         let _ = self.judged.remove(key);
     }
 
-    /// Stops holding and resumes every held process: at shutdown.
+    /// Stops holding and resumes every held process: at shutdown (also when dropped).
     pub fn release_all(&mut self) {
         let _ = self.alive.set(0, 0, 0);
         for (tgid, _) in self.held() {

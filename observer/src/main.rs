@@ -410,7 +410,7 @@ async fn run(
         }
     }
     tracing::info!("shutting down: detaching every probe");
-    kernel.release_all();
+    // Dropping the kernel side resumes any process still held.
     drop(kernel);
     if let Some(o) = otlp
         && let Ok(s) = shared.lock()

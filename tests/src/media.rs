@@ -9,7 +9,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{assets, ffmpeg, run};
+use crate::{Scrape, assets, ffmpeg, run};
 
 static MAKING: Mutex<()> = Mutex::new(());
 
@@ -262,4 +262,36 @@ pub fn damaged_ts(ts: &Path, dir: &Path) -> PathBuf {
     let out = dir.join("damaged.ts");
     std::fs::write(&out, bad).expect("write damaged file");
     out
+}
+
+/// A video decode of `pid` counted exactly as `t` (ffprobe) has it, every frame with a latency
+/// sample, its 320-wide yuv420p picture described.
+pub fn assert_video_decode(s: &Scrape, pid: u32, t: &StreamTruth, codec: &str) {
+    let p = pid.to_string();
+    let l = [
+        ("pid", p.as_str()),
+        ("direction", "decode"),
+        ("media", "video"),
+        ("codec", codec),
+    ];
+    s.assert_values(
+        &l,
+        &[
+            ("media_packets_total", t.packets),
+            ("media_packet_bytes_total", t.bytes),
+            ("media_frames_total", t.frames),
+            ("media_keyframes_total", t.key_frames),
+        ],
+    );
+    assert_eq!(
+        s.value("media_frame_latency_seconds", &l),
+        Some(t.frames as f64),
+        "latency samples"
+    );
+    let info = s.one("media_stream_info", &l).expect("stream info");
+    assert_eq!(info.label("width").map(String::as_str), Some("320"));
+    assert_eq!(
+        info.label("pixel_format").map(String::as_str),
+        Some("yuv420p")
+    );
 }

@@ -2,10 +2,11 @@
 //! bundled in Python wheels (FFmpeg 6.1 and 8.0 under hashed names), a static ffmpeg 9 build,
 //! and libraries that only look like FFmpeg.
 //!
-//! A file the daemon has not seen before is attached when the process maps it, which races
-//! the process's first frame; these pipelines therefore wait on their standard input until
-//! the daemon reports the file attached, then get their input. (Files on the linker path are
-//! attached at start, which the codec tests cover.)
+//! The tests here run at once, each with a daemon, and every daemon holds a process that maps
+//! a new FFmpeg file for itself only: another test's daemon may resume it before this test's
+//! has attached. These pipelines therefore wait on their standard input until the daemon
+//! reports the file attached, then get their input. (The hold itself is tested alone, in
+//! `hold.rs`; files on the linker path are attached at start, which the codec tests cover.)
 
 use std::{
     io::Write as _,
@@ -15,8 +16,8 @@ use std::{
 };
 
 use observer_tests::{
-    Daemon, Scrape, assets, decode_piped_nut,
-    media::{self, StreamTruth, fixture, truth},
+    Daemon, assets, decode_piped_nut,
+    media::{self, assert_video_decode, fixture, truth},
     run, static_ffmpeg, tempdir,
 };
 
@@ -35,36 +36,6 @@ fn streamable_input() -> PathBuf {
             "{out}",
         ],
     )
-}
-
-fn assert_video_decode(s: &Scrape, pid: u32, t: &StreamTruth, codec: &str) {
-    let p = pid.to_string();
-    let l = [
-        ("pid", p.as_str()),
-        ("direction", "decode"),
-        ("media", "video"),
-        ("codec", codec),
-    ];
-    s.assert_values(
-        &l,
-        &[
-            ("media_packets_total", t.packets),
-            ("media_packet_bytes_total", t.bytes),
-            ("media_frames_total", t.frames),
-            ("media_keyframes_total", t.key_frames),
-        ],
-    );
-    assert_eq!(
-        s.value("media_frame_latency_seconds", &l),
-        Some(t.frames as f64),
-        "latency samples"
-    );
-    let info = s.one("media_stream_info", &l).expect("stream info");
-    assert_eq!(info.label("width").map(String::as_str), Some("320"));
-    assert_eq!(
-        info.label("pixel_format").map(String::as_str),
-        Some("yuv420p")
-    );
 }
 
 /// Feeds `input` to a child waiting on its stdin, then waits for it.
@@ -197,12 +168,9 @@ fn pyav_decode(version: &str, lavc: &str) {
     );
 }
 
-/// The PyAV release that bundles FFmpeg 6.1 (libavcodec 60).
-const PYAV_6: &str = "12.3.0";
-
 #[test]
 fn bundled_ffmpeg_6_in_a_python_wheel() {
-    pyav_decode(PYAV_6, "60");
+    pyav_decode("12.3.0", "60");
 }
 
 #[test]
@@ -245,92 +213,6 @@ fn static_ffmpeg_9_build() {
         s.value("media_packets_total", &audio),
         Some(t[&1].packets as f64)
     );
-}
-
-/// Runs `cmd` without a controlling terminal (in a session of its own): a process with one is
-/// never held (its shell would take a stop for the user's Ctrl-Z), and a test run from a
-/// terminal must not depend on that.
-fn no_terminal(cmd: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt as _;
-    // SAFETY: setsid is async-signal-safe and touches nothing of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        })
-    }
-}
-
-fn processes_held(s: &Scrape) -> f64 {
-    s.value("observer_processes_held_total", &[]).unwrap_or(0.0)
-}
-
-/// A static build copied where the daemon has never looked (a new file), started at once on
-/// a file: the kernel holds its process at exec until the copy is inspected and attached, so
-/// it is counted from its first frame. Without the hold the process runs while the daemon
-/// inspects its 172 MB, and its first frames go uncounted (checked by hand: 95 of 100).
-#[test]
-fn a_static_build_never_seen_before_is_counted_from_its_first_frame() {
-    let input = media::h264_aac_mp4();
-    let t = truth(&input, true);
-    let d = Daemon::start(&[]);
-    let dir = tempdir("new-static");
-    let bin = dir.join("ffmpeg");
-    std::fs::copy(static_ffmpeg(), &bin).unwrap();
-    let before = processes_held(&d.scrape());
-    let (pid, _) = run(no_terminal(
-        Command::new(&bin)
-            .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-i"])
-            .arg(&input)
-            .args(["-f", "null", "-"]),
-    ));
-    let s = d.wait_ended(pid);
-    assert_video_decode(&s, pid, &t[&0], "h264");
-    let audio = [
-        ("pid", pid.to_string()),
-        ("direction", "decode".into()),
-        ("media", "audio".into()),
-    ];
-    let audio: Vec<(&str, &str)> = audio.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    s.assert_values(
-        &audio,
-        &[
-            ("media_packets_total", t[&1].packets),
-            ("media_frames_total", t[&1].frames),
-        ],
-    );
-    assert!(processes_held(&s) > before, "the process was held");
-}
-
-/// A wheel installed where the daemon has never looked (new files, FFmpeg 6.1 under hashed
-/// names), whose libraries Python loads with `dlopen` and decodes with at once: the process is
-/// held at each new library's mapping until it is attached, and counted from its first frame.
-#[test]
-fn a_wheel_never_seen_before_is_counted_from_its_first_frame() {
-    let site = assets().join("pyav").join(PYAV_6);
-    assert!(site.join("av").exists(), "PyAV {PYAV_6} missing: run `cargo xtask test`");
-    let input = media::h264_aac_mp4();
-    let t = truth(&input, true);
-    let d = Daemon::start(&[]);
-    let dir = tempdir("new-wheel");
-    let fresh = dir.join("site");
-    run(Command::new("cp").arg("-a").arg(&site).arg(&fresh));
-    let before = processes_held(&d.scrape());
-    let script = "import sys, av\nwith av.open(sys.argv[1]) as c:\n    for f in c.decode(video=0):\n        pass\n";
-    let (pid, _) = run(no_terminal(
-        Command::new("python3")
-            .args(["-c", script])
-            .arg(&input)
-            .env("PYTHONPATH", &fresh),
-    ));
-    let s = d.wait_ended(pid);
-    assert_video_decode(&s, pid, &t[&0], "h264");
-    assert!(
-        s.all("observer_attached_file_info")
-            .any(|x| x.label("path").is_some_and(|p| p.contains("new-wheel"))),
-        "the fresh copy is what was attached"
-    );
-    assert!(processes_held(&s) > before, "the process was held");
 }
 
 /// A shared library that exports FFmpeg's names, built from C here.

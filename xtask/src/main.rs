@@ -165,7 +165,10 @@ fn main() -> anyhow::Result<()> {
                 .filter(|s| all || kernel.iter().any(|k| k == s))
                 .collect();
             if !suites.is_empty() {
-                failed.extend(kernel_matrix(&root, &assets, &bin, &suites)?);
+                // The release daemon: under an emulated CPU a debug build takes longer to read
+                // the kernel's BTF and the libraries than a test waits for it to be ready.
+                let release = build_daemon(true)?;
+                failed.extend(kernel_matrix(&root, &assets, &release, &suites)?);
             }
             if !failed.is_empty() {
                 bail!("tests failed on {}", failed.join(", "));
