@@ -1041,9 +1041,15 @@ fn fexit(ebpf: &mut Ebpf, btf: &Btf, name: &'static str, function: &str) -> Resu
 /// The names of the running kernel's drop reasons (`enum skb_drop_reason`), read from the
 /// `skb:kfree_skb` tracepoint's own format: the numbers change between kernel versions.
 pub fn drop_reason_names() -> StdHashMap<u32, String> {
-    tracepoint_format("skb", "kfree_skb")
+    let mut names = tracepoint_format("skb", "kfree_skb")
         .map(|f| parse_symbolic(&f, "REC->reason"))
-        .unwrap_or_default()
+        .unwrap_or_default();
+    // Kernels before 5.17 give no reason: such drops are the kernel's own "not specified".
+    names.insert(
+        observer_common::kernel::REASON_NOT_GIVEN,
+        "NOT_SPECIFIED".into(),
+    );
+    names
 }
 
 /// A tracepoint's format file, from tracefs wherever it is mounted.
@@ -1178,7 +1184,43 @@ impl Kernel {
 
 #[cfg(test)]
 mod tests {
-    use super::field_offset;
+    use super::{Object, PROGRAMS, RUNTIME_ALLOCATED_MAPS, field_offset, kernel_dev};
+
+    /// The flags of map `name` in the object, read back from its definition.
+    fn map_flags(bytes: &[u8], name: &str) -> u32 {
+        use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+        let elf = object::File::parse(bytes).unwrap();
+        let sym = elf.symbols().find(|s| s.name() == Ok(name)).unwrap();
+        let section = elf.section_by_index(sym.section_index().unwrap()).unwrap();
+        let at = (section.file_range().unwrap().0 + sym.address() + 16) as usize;
+        u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn preallocating_clears_no_prealloc_on_the_named_maps_only() {
+        for name in RUNTIME_ALLOCATED_MAPS {
+            assert_eq!(map_flags(PROGRAMS, name) & 1, 1, "{name} as built");
+        }
+        let patched = Object::preallocated(PROGRAMS, &RUNTIME_ALLOCATED_MAPS).unwrap();
+        let bytes = patched.bytes();
+        assert_eq!(bytes.len(), PROGRAMS.len());
+        assert_eq!(bytes.as_ptr() as usize % 8, 0, "aligned for the ELF parser");
+        for name in RUNTIME_ALLOCATED_MAPS {
+            assert_eq!(map_flags(bytes, name) & 1, 0, "{name} preallocated");
+        }
+        // Everything else is untouched.
+        let changed = bytes.iter().zip(PROGRAMS).filter(|(a, b)| a != b).count();
+        assert_eq!(changed, RUNTIME_ALLOCATED_MAPS.len());
+        assert!(Object::preallocated(PROGRAMS, &["NO_SUCH_MAP"]).is_err());
+        assert!(Object::preallocated(&PROGRAMS[..64], &["STREAMS"]).is_err());
+    }
+
+    #[test]
+    fn a_maps_device_becomes_the_kernels_dev_t() {
+        // /proc/PID/maps prints 08:02 for sda2; the kernel keeps MKDEV(8, 2).
+        assert_eq!(kernel_dev((8 << 32) | 2), (8 << 20) | 2);
+        assert_eq!(kernel_dev(0x1f), 0x1f);
+    }
 
     #[test]
     fn fork_records_child_pid_is_found_in_old_and_new_formats() {

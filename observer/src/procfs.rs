@@ -1,6 +1,9 @@
 //! The little of /proc the daemon reads: executable file mappings, names and start times.
 
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 /// A file on some filesystem, as /proc/PID/maps names it: device and inode. The same library
 /// seen from two mount namespaces has the same identity.
@@ -233,6 +236,21 @@ fn read_mem(pid: u32, addr: u64, buf: &mut [u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The identity found by mapping a file is the one a process's maps give it: this test's
+    /// own executable, which the kernel mapped when it started.
+    #[test]
+    fn a_mapped_files_identity_is_the_one_processes_maps_show() {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let from_maps = exec_mappings(std::process::id())
+            .unwrap()
+            .into_iter()
+            .find(|m| Path::new(&m.path) == exe)
+            .expect("this executable's mapping")
+            .id;
+        let file = fs::File::open(&exe).unwrap();
+        assert_eq!(mapped_id(&file).unwrap(), from_maps);
+    }
 
     #[test]
     fn maps_keep_one_executable_mapping_per_file() {

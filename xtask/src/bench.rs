@@ -416,7 +416,7 @@ pub(crate) fn median(v: &mut [f64]) -> f64 {
 pub fn run(
     root: &Path,
     bin: &Path,
-    _assets: &Path,
+    assets: &Path,
     runs: usize,
     only: Option<&str>,
     soak_minutes: u64,
@@ -571,6 +571,9 @@ pub fn run(
     }
     if only.is_none_or(|o| o.contains("reaction")) {
         crate::scale::reaction(root, bin, &dir, port, &mut report)?;
+    }
+    if only.is_none_or(|o| o.contains("hold")) {
+        hold(bin, assets, &dir, port, runs, &mut report)?;
     }
     if only.is_none_or(|o| o.contains("churn")) {
         crate::scale::churn(bin, &dir, port, 2000, &mut report)?;
@@ -1145,6 +1148,95 @@ fn worst_case_args(dir: &Path) -> Vec<String> {
 }
 
 /// One value from the daemon's /metrics, by its exposition line's name and labels.
+/// What holding a process that maps a new FFmpeg file costs it, and what not holding loses:
+/// a fresh copy of the static ffmpeg 9 build (a new file each run) decodes 100 frames of a
+/// small file at once, under the daemon with `--hold-new-files` on and off, interleaved. The
+/// held time is the daemon's own account (`observer_process_held_seconds_total`).
+fn hold(
+    bin: &Path,
+    assets: &Path,
+    dir: &Path,
+    port: u16,
+    runs: usize,
+    report: &mut String,
+) -> anyhow::Result<()> {
+    step("hold: a never-seen static build, held and not");
+    std::fs::create_dir_all(dir)?;
+    let input = dir.join("hold-100.mp4");
+    if !input.exists() {
+        ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=25:duration=4",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            input.to_str().context("path")?,
+        ])?;
+    }
+    let statik = assets.join("static-ffmpeg").join("ffmpeg");
+    let (mut held_ms, mut wall) = (Vec::new(), [Vec::new(), Vec::new()]);
+    let mut counted = [Vec::new(), Vec::new()];
+    for run in 0..runs {
+        for (i, hold) in [true, false].into_iter().enumerate() {
+            let daemon = Daemon::start(bin, port, &["--hold-new-files", &hold.to_string()])?;
+            let copy = dir.join(format!("ffmpeg-hold-{run}-{hold}"));
+            std::fs::copy(&statik, &copy)?;
+            let before = scrape_value(port, "observer_process_held_seconds_total ").unwrap_or(0.0);
+            let t0 = Instant::now();
+            let child = Command::new(&copy)
+                .args(["-nostdin", "-loglevel", "error", "-i"])
+                .arg(&input)
+                .args(["-f", "null", "-"])
+                .spawn()?;
+            let pid = child.id();
+            let status = child.wait_with_output()?.status;
+            wall[i].push(t0.elapsed().as_secs_f64() * 1000.0);
+            if !status.success() {
+                bail!("the copied ffmpeg failed");
+            }
+            std::thread::sleep(Duration::from_millis(1500));
+            // The frames the decoder (h264) returned, as counted.
+            let body = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+                .call()?
+                .body_mut()
+                .read_to_string()?;
+            let decoded: f64 = body
+                .lines()
+                .filter(|l| l.starts_with("media_frames_total{"))
+                .filter(|l| l.contains(&format!("pid=\"{pid}\"")) && l.contains("codec=\"h264\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            counted[i].push(decoded);
+            if hold {
+                let after =
+                    scrape_value(port, "observer_process_held_seconds_total ").unwrap_or(0.0);
+                held_ms.push((after - before) * 1000.0);
+            }
+            drop(daemon);
+            std::fs::remove_file(&copy)?;
+        }
+    }
+    let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let _ = writeln!(
+        report,
+        "\n### Holding a process until a new FFmpeg file is probed\n\n\
+         {runs} runs, each a new copy of the 172 MB static ffmpeg 9 decoding 100 frames (320x240 \
+         H.264) at once:\n\n\
+         | `--hold-new-files` | process wall time, median (ms) | held, median (ms) | frames \
+         counted of 100, fewest |\n|---|---|---|---|\n\
+         | true | {:.0} | {:.0} | {:.0} |\n| false | {:.0} | - | {:.0} |",
+        median(&mut wall[0]),
+        median(&mut held_ms),
+        min(&counted[0]),
+        median(&mut wall[1]),
+        min(&counted[1]),
+    );
+    Ok(())
+}
+
 fn scrape_value(port: u16, series: &str) -> Option<f64> {
     let mut r = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
         .call()

@@ -30,12 +30,12 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("trixie", "6.12"),
 ];
 
-/// The tests that depend on the kernel, run inside each guest: (test binary, test name).
+/// The tests that depend on the kernel, run inside each guest: (test binary, test name). The
+/// transcode checks decode and encode counts both; FFmpeg 4.3 and a killed daemon's held
+/// process depend on no kernel feature of their own and run on this machine only.
 pub const GUEST_TESTS: &[(&str, &str)] = &[
     ("daemon", "every_kernel_dependent_feature_runs_on_this_kernel"),
-    ("codec", "decode_counts_equal_ffprobe"),
     ("codec", "transcode_counts_equal_ffprobe"),
-    ("codec", "ffmpeg_4_decode_and_encode_counts_equal_ffprobe"),
     (
         "hold",
         "a_static_build_never_seen_before_is_counted_from_its_first_frame",
@@ -43,10 +43,6 @@ pub const GUEST_TESTS: &[(&str, &str)] = &[
     (
         "hold",
         "a_wheel_never_seen_before_is_counted_from_its_first_frame",
-    ),
-    (
-        "hold",
-        "a_process_held_by_a_daemon_that_was_killed_is_resumed_by_the_next",
     ),
     (
         "transport",
@@ -421,6 +417,10 @@ pub fn run_tests(
 
 fn qemu(kernel: &Kernel, initrd: &Path, share: &Path, accel: &str) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
+    // TCG runs both virtual CPUs on one host thread: with one thread each, 5.10 guests
+    // locked up (both CPUs spinning in syscall_trace_enter) when the daemon enabled syscall
+    // tracepoints, whose code the kernel patches while the other CPU runs it.
+    let accel = if accel == "tcg" { "tcg,thread=single" } else { accel };
     c.args(["-accel", accel, "-cpu", "max", "-smp", "2", "-m", "4G"])
         .args(["-nographic", "-nodefaults", "-serial", "stdio", "-net", "none"])
         .arg("-no-reboot")
