@@ -306,7 +306,10 @@ impl Kernel {
         // What a daemon killed while processes waited for it left stopped runs on now.
         let orphans = pin::resume_orphans();
         if orphans > 0 {
-            tracing::warn!(processes = orphans, "resumed processes held by a daemon that is gone");
+            tracing::warn!(
+                processes = orphans,
+                "resumed processes held by a daemon that is gone"
+            );
         }
         let held_pin = if info.hold != 0 {
             ebpf.map("HELD").and_then(pin::pin_held)

@@ -111,7 +111,8 @@ pub fn mapped_id(file: &fs::File) -> std::io::Result<FileId> {
             let (_perms, _off, dev, inode) = (f.next()?, f.next()?, f.next()?, f.next()?);
             let (maj, min) = dev.split_once(':')?;
             Some(FileId {
-                dev: (u64::from_str_radix(maj, 16).ok()? << 32) | u64::from_str_radix(min, 16).ok()?,
+                dev: (u64::from_str_radix(maj, 16).ok()? << 32)
+                    | u64::from_str_radix(min, 16).ok()?,
                 inode: inode.parse().ok()?,
             })
         })

@@ -88,7 +88,10 @@ fn a_static_build_never_seen_before_is_counted_from_its_first_frame() {
 fn a_wheel_never_seen_before_is_counted_from_its_first_frame() {
     let _alone = alone();
     let site = assets().join("pyav").join(PYAV_6);
-    assert!(site.join("av").exists(), "PyAV {PYAV_6} missing: run `cargo xtask test`");
+    assert!(
+        site.join("av").exists(),
+        "PyAV {PYAV_6} missing: run `cargo xtask test`"
+    );
     let input = media::h264_aac_mp4();
     let t = truth(&input, true);
     let d = Daemon::start(&[]);
@@ -112,7 +115,6 @@ fn a_wheel_never_seen_before_is_counted_from_its_first_frame() {
     );
     assert!(processes_held(&s) > before, "the process was held");
 }
-
 
 /// The state letter of a process (`R`, `S`, `T` for stopped, ...), from /proc/PID/stat.
 fn state(pid: u32) -> Option<char> {

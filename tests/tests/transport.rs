@@ -195,15 +195,18 @@ fn udp_mpegts_bytes_datagrams_and_continuity_match_the_network_and_ffmpeg() {
     d.wait_for("the receiver reading the stream", SECS, |s| {
         (io_value(s, "media_io_mpegts_packets_total", rx_pid, "input")? > 100.0).then_some(())
     });
+    // About eleven drops (the quota's bytes: 1,344-byte datagrams), early: however late the
+    // receiver's first reads show (an emulated CPU answers scrapes slowly), the stream has
+    // datagrams enough left for them.
     link.nft_rx(
-        "insert rule inet obs input udp dport 5000 numgen random mod 100 < 4 \
-         counter name dropped drop",
+        "insert rule inet obs input udp dport 5000 numgen random mod 100 < 8 \
+         quota until 14784 bytes counter name dropped drop",
     );
     wait_exit(&mut tx, SECS);
     wait_exit(&mut rx, SECS);
     let (passed, passed_bytes) = link.counter("passed");
     let (dropped, dropped_bytes) = link.counter("dropped");
-    assert!(dropped > 10, "the loss should show: {dropped}");
+    assert!(dropped >= 10, "the loss should show: {dropped}");
     let log = std::fs::read_to_string(&rx_log).unwrap();
     let truth = log.matches("Continuity check failed").count() as f64;
     assert!(truth > 0.0);
@@ -336,7 +339,8 @@ fn receive_buffer_drops_equal_the_sockets_own_drop_counter() {
     let dir = tempdir("rcvbuf");
     let mut rx = receive(
         &link,
-        &["-loglevel", "error", "-timeout", "3000000"],
+        // A sender slow to start (an emulated CPU) must find the receiver still there.
+        &["-loglevel", "error", "-timeout", "10000000"],
         // A buffer this size holds a key frame's burst, so drops come only while the
         // receiver is stopped, long after its first read (drops before it: the next test);
         // it does not hold what comes while it is stopped: the kernel grants twice what is
@@ -361,7 +365,10 @@ fn receive_buffer_drops_equal_the_sockets_own_drop_counter() {
     signal(rx_pid, libc::SIGSTOP);
     let t0 = std::time::Instant::now();
     while udp_socket_drops(rx_pid, 5006).unwrap_or(0) < 20 && tx.try_wait().unwrap().is_none() {
-        assert!(t0.elapsed() < SECS, "the stopped receiver's buffer never overflowed");
+        assert!(
+            t0.elapsed() < SECS,
+            "the stopped receiver's buffer never overflowed"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     signal(rx_pid, libc::SIGCONT);
@@ -370,6 +377,7 @@ fn receive_buffer_drops_equal_the_sockets_own_drop_counter() {
     let truth = udp_socket_drops(rx_pid, 5006).expect("the receiver's socket");
     assert!(truth > 0, "the receiver should have dropped");
     wait_for_drops(&d, rx_pid, truth);
+    signal(rx_pid, libc::SIGINT);
     wait_exit(&mut rx, SECS);
 }
 

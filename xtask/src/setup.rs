@@ -441,8 +441,10 @@ impl DebianSuite {
             "Dir::Etc::SourceParts={}",
             self.apt.join("sources.list.d").display()
         ));
-        c.arg("-o")
-            .arg(format!("Dir::State::Lists={}", self.apt.join("lists").display()));
+        c.arg("-o").arg(format!(
+            "Dir::State::Lists={}",
+            self.apt.join("lists").display()
+        ));
         c.arg("-o")
             .arg(format!("Dir::Cache={}", self.apt.join("cache").display()));
         c.arg("-o").arg("Dir::State::status=/dev/null");
@@ -485,7 +487,11 @@ impl DebianSuite {
                 args.extend_from_slice(packages);
                 self.command("apt-get", &args)
             },
-            &format!("downloading {} from Debian {}", packages.join(" "), self.suite),
+            &format!(
+                "downloading {} from Debian {}",
+                packages.join(" "),
+                self.suite
+            ),
         )?;
         Ok(std::fs::read_dir(&debs)?
             .flatten()

@@ -34,7 +34,10 @@ pub const KERNELS: &[(&str, &str)] = &[
 /// transcode checks decode and encode counts both; FFmpeg 4.3 and a killed daemon's held
 /// process depend on no kernel feature of their own and run on this machine only.
 pub const GUEST_TESTS: &[(&str, &str)] = &[
-    ("daemon", "every_kernel_dependent_feature_runs_on_this_kernel"),
+    (
+        "daemon",
+        "every_kernel_dependent_feature_runs_on_this_kernel",
+    ),
     ("codec", "transcode_counts_equal_ffprobe"),
     (
         "hold",
@@ -48,7 +51,10 @@ pub const GUEST_TESTS: &[(&str, &str)] = &[
         "transport",
         "udp_mpegts_bytes_datagrams_and_continuity_match_the_network_and_ffmpeg",
     ),
-    ("transport", "rtp_lost_packets_equal_the_nftables_drop_count"),
+    (
+        "transport",
+        "rtp_lost_packets_equal_the_nftables_drop_count",
+    ),
     (
         "transport",
         "receive_buffer_drops_equal_the_sockets_own_drop_counter",
@@ -420,9 +426,20 @@ fn qemu(kernel: &Kernel, initrd: &Path, share: &Path, accel: &str) -> Command {
     // TCG runs both virtual CPUs on one host thread: with one thread each, 5.10 guests
     // locked up (both CPUs spinning in syscall_trace_enter) when the daemon enabled syscall
     // tracepoints, whose code the kernel patches while the other CPU runs it.
-    let accel = if accel == "tcg" { "tcg,thread=single" } else { accel };
+    let accel = if accel == "tcg" {
+        "tcg,thread=single"
+    } else {
+        accel
+    };
     c.args(["-accel", accel, "-cpu", "max", "-smp", "2", "-m", "4G"])
-        .args(["-nographic", "-nodefaults", "-serial", "stdio", "-net", "none"])
+        .args([
+            "-nographic",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+            "-net",
+            "none",
+        ])
         .arg("-no-reboot")
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
@@ -505,8 +522,12 @@ mod tests {
                    kernel/net/9p/9pnet_virtio.ko.xz: kernel/net/9p/9pnet.ko.xz\n";
         let builtin = "kernel/drivers/virtio/virtio_pci.ko\n";
         assert_eq!(
-            with_dependencies(dep, builtin, &["9pnet_virtio", "9p", "overlay", "virtio_pci"])
-                .unwrap(),
+            with_dependencies(
+                dep,
+                builtin,
+                &["9pnet_virtio", "9p", "overlay", "virtio_pci"]
+            )
+            .unwrap(),
             [
                 "kernel/fs/netfs/netfs.ko.xz",
                 "kernel/net/9p/9pnet.ko.xz",
