@@ -157,18 +157,28 @@ pub struct Kernel {
     /// Holding processes that map files not judged yet (`probes::process`).
     judged: HashMap<MapData, FileKey, u32>,
     held: HashMap<MapData, u32, Held>,
-    /// Where `held` is pinned, so a daemon started after this one dies resumes its holds.
-    held_pin: Option<std::path::PathBuf>,
+    /// Where `held` is pinned, and the watchdog that resumes what the daemon does not
+    /// answer for (see `pin`).
+    rescue: Option<(std::path::PathBuf, std::process::Child)>,
     alive: Array<MapData, u64>,
 }
 
 impl Drop for Kernel {
     fn drop(&mut self) {
         self.release_all();
-        if let Some(p) = self.held_pin.take() {
-            let _ = std::fs::remove_file(p);
+        if let Some((pin, mut watchdog)) = self.rescue.take() {
+            // Without its pin the watchdog exits on its own; it is told to at once.
+            let _ = std::fs::remove_file(pin);
+            // SAFETY: a signal to our own child.
+            unsafe { libc::kill(watchdog.id() as i32, libc::SIGTERM) };
+            let _ = watchdog.wait();
         }
     }
+}
+
+/// `observer hold-watchdog PIN DAEMON_PID` (started by the daemon, see `pin`).
+pub fn hold_watchdog(pin: &Path, daemon: u32) -> ! {
+    pin::watchdog(pin, daemon)
 }
 
 /// What to load.
@@ -271,7 +281,7 @@ impl Kernel {
                 None
             }
         };
-        let mut info = facts.as_ref().map(|f| f.info).unwrap_or(KernelInfo {
+        let info = facts.as_ref().map(|f| f.info).unwrap_or(KernelInfo {
             attach_cookie: attach_cookie as u32,
             page_shift: 12,
             ..KernelInfo::default()
@@ -311,11 +321,27 @@ impl Kernel {
                 "resumed processes held by a daemon that is gone"
             );
         }
-        let held_pin = if info.hold != 0 {
-            ebpf.map("HELD").and_then(pin::pin_held)
-        } else {
-            None
-        };
+        // Holding needs its rescue: the pinned map and the watchdog that resumes what the
+        // daemon does not answer for.
+        let mut rescue = None;
+        let mut why_no_hold = None;
+        if info.hold != 0 {
+            let started = ebpf
+                .map("HELD")
+                .ok_or_else(|| "no HELD map".to_string())
+                .and_then(pin::pin_held)
+                .and_then(|pin| match pin::start_watchdog(&pin) {
+                    Ok(child) => Ok((pin, child)),
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&pin);
+                        Err(format!("starting the hold watchdog: {e}"))
+                    }
+                });
+            match started {
+                Ok(r) => rescue = Some(r),
+                Err(e) => why_no_hold = Some(e),
+            }
+        }
         let mut features = Features::new();
         features.insert(
             "codec_probes",
@@ -371,11 +397,10 @@ impl Kernel {
                 .as_ref()
                 .map_or(Some("no kernel BTF"), |f| f.hold_unavailable)
                 .or((!life.exec).then_some("no exec events"))
-                .or((!life.mmap).then_some("no library-load events"));
-            if why.is_some() {
-                info.hold = 0;
-            }
-            features.insert("hold_new_files", why.map(str::to_string));
+                .or((!life.mmap).then_some("no library-load events"))
+                .map(str::to_string)
+                .or(why_no_hold);
+            features.insert("hold_new_files", why);
         }
         if ffmpeg_logs && !empty_probes {
             features.insert(
@@ -419,7 +444,7 @@ impl Kernel {
             },
             judged: map(&mut ebpf, "JUDGED")?,
             held: map(&mut ebpf, "HELD")?,
-            held_pin,
+            rescue,
             alive: map(&mut ebpf, "ALIVE")?,
             ebpf,
             life,
@@ -693,7 +718,11 @@ impl Kernel {
     /// Tells the programs the daemon runs: a process that maps an unjudged file is held only
     /// while this is recent (`probes::process::ALIVE_WITHIN_NS`).
     pub fn beat(&mut self) {
-        let _ = self.alive.set(0, boot_ns(), 0);
+        // Without its rescue (or where a kernel lacks what it needs) nothing is held: the
+        // programs see no beat.
+        if self.features.get("hold_new_files") == Some(&None) {
+            let _ = self.alive.set(0, boot_ns(), 0);
+        }
     }
 
     /// The processes held now.

@@ -39,6 +39,14 @@ fn limit_malloc_arenas() {
 }
 
 fn main() {
+    // The daemon's own helper (observer/src/kernel/pin.rs), started by it.
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, cmd, pin, daemon] = &args[..]
+        && cmd == "hold-watchdog"
+        && let Ok(daemon) = daemon.parse()
+    {
+        kernel::hold_watchdog(std::path::Path::new(pin), daemon);
+    }
     if std::env::args().nth(1).as_deref() == Some("top") {
         use clap::Parser as _;
         let args = observer::top::TopArgs::parse_from(std::env::args().skip(1));
@@ -248,6 +256,9 @@ async fn run(
     let mut rescan = tokio::time::interval(opts.rescan_interval);
     rescan.tick().await;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    // Registered now, not at the loop's first turn: a SIGINT that came in between would be
+    // lost where the shell started the daemon with SIGINT ignored (a background job).
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     // The kernel holds processes only while the daemon beats.
     let mut heartbeat = tokio::time::interval(std::time::Duration::from_millis(250));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -405,7 +416,7 @@ async fn run(
                     }
                 }
             }
-            _ = tokio::signal::ctrl_c() => break,
+            _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }

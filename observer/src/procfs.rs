@@ -1,9 +1,6 @@
 //! The little of /proc the daemon reads: executable file mappings, names and start times.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::PathBuf};
 
 /// A file on some filesystem, as /proc/PID/maps names it: device and inode. The same library
 /// seen from two mount namespaces has the same identity.
@@ -242,6 +239,7 @@ mod tests {
     /// own executable, which the kernel mapped when it started.
     #[test]
     fn a_mapped_files_identity_is_the_one_processes_maps_show() {
+        use std::path::Path;
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         let from_maps = exec_mappings(std::process::id())
             .unwrap()

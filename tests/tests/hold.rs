@@ -1,6 +1,7 @@
 //! Holding a process that maps an FFmpeg copy the daemon has never seen (a new static build, a
 //! fresh wheel) until its probes are in, so it is counted from its first frame, on every
-//! kernel of the matrix; and resuming what a killed daemon held.
+//! kernel of the matrix; and resuming what a daemon that stopped answering, or was killed,
+//! held.
 //!
 //! One test at a time: every daemon's kernel programs hold new processes for that daemon
 //! alone, and another test's daemon would resume them before this test's has attached.
@@ -12,7 +13,7 @@ use std::{
 };
 
 use observer_tests::{
-    Daemon, Scrape, assets,
+    Daemon, Scrape, TempDir, assets,
     media::{self, assert_video_decode, truth},
     run, static_ffmpeg, tempdir,
 };
@@ -122,21 +123,34 @@ fn state(pid: u32) -> Option<char> {
     stat.rsplit_once(") ")?.1.chars().next()
 }
 
-/// A daemon killed while a process waits for it (SIGKILL, the OOM killer) leaves that process
-/// stopped, with nothing left to resume it; the next daemon resumes it as it starts, from the
-/// map the dead one pinned.
-#[test]
-fn a_process_held_by_a_daemon_that_was_killed_is_resumed_by_the_next() {
-    let _alone = alone();
-    let d = Daemon::start(&[]);
-    let dir = tempdir("orphan");
+/// The daemon's watchdog (`observer hold-watchdog`), a child of the daemon.
+fn watchdog_of(daemon: u32) -> u32 {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(daemon) && String::from_utf8_lossy(&cmdline).contains("hold-watchdog")
+        })
+        .expect("the daemon runs its hold watchdog")
+}
+
+/// Starts a copy of the static build never seen before while the daemon does not answer (it
+/// is stopped), and waits until the kernel holds it. The directory holds the copy.
+fn held_new_build(d: &Daemon, name: &str) -> (std::process::Child, TempDir) {
+    let dir = tempdir(name);
     let bin = dir.join("ffmpeg");
     std::fs::copy(static_ffmpeg(), &bin).unwrap();
     // The daemon stops answering; its programs still hold for the two seconds its last beat
     // is good for.
     // SAFETY: signals to the test's own daemon.
     unsafe { libc::kill(d.pid() as i32, libc::SIGSTOP) };
-    let mut child = no_terminal(Command::new(&bin).args(["-hide_banner", "-version"]))
+    let child = no_terminal(Command::new(&bin).args(["-hide_banner", "-version"]))
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -150,20 +164,63 @@ fn a_process_held_by_a_daemon_that_was_killed_is_resumed_by_the_next() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    (child, dir)
+}
+
+/// Waits up to `within` for `child` to exit successfully.
+fn exits_within(child: &mut std::process::Child, within: Duration, what: &str) {
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < within, "{what} ({:?})", state(child.id()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(child.wait().unwrap().success());
+}
+
+/// A daemon that stops answering (stopped by a debugger or a freezer, starved) while a process
+/// waits for it: its watchdog resumes the process once it has been held for the limit (3 s),
+/// the daemon still stopped.
+#[test]
+fn a_process_held_by_a_daemon_that_stopped_answering_is_resumed_by_its_watchdog() {
+    let _alone = alone();
+    let d = Daemon::start(&[]);
+    let (mut child, _dir) = held_new_build(&d, "unanswered");
+    exits_within(
+        &mut child,
+        Duration::from_secs(15),
+        "the watchdog did not resume it",
+    );
+    assert_eq!(
+        state(d.pid()),
+        Some('T'),
+        "the daemon was stopped throughout"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(d.pid() as i32, libc::SIGCONT) };
+    let (status, _) = d.stop();
+    assert!(status.success());
+}
+
+/// A daemon killed with its watchdog while a process waits for it (a container killed, the
+/// OOM killer) leaves that process stopped with nothing left to resume it; the next daemon
+/// resumes it as it starts, from the map the dead one pinned.
+#[test]
+fn a_process_held_by_a_daemon_that_was_killed_is_resumed_by_the_next() {
+    let _alone = alone();
+    let d = Daemon::start(&[]);
+    let watchdog = watchdog_of(d.pid());
+    // SAFETY: signals to the test's own daemon and its child.
+    unsafe { libc::kill(watchdog as i32, libc::SIGKILL) };
+    let (mut child, _dir) = held_new_build(&d, "orphan");
     // SAFETY: as above.
     unsafe { libc::kill(d.pid() as i32, libc::SIGKILL) };
     drop(d);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(state(pid), Some('T'), "nothing else resumes it");
+    assert_eq!(state(child.id()), Some('T'), "nothing else resumes it");
     let _next = Daemon::start(&[]);
-    let t0 = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the next daemon did not resume it ({:?})",
-            state(pid)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(child.wait().unwrap().success());
+    exits_within(
+        &mut child,
+        Duration::from_secs(30),
+        "the next daemon did not resume it",
+    );
 }

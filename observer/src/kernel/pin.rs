@@ -1,8 +1,17 @@
-//! Processes a daemon held and could not resume: one killed (OOM, SIGKILL) while a process
-//! waited for it leaves that process stopped. Each daemon pins its `HELD` map in the BPF file
-//! system, which outlives it; a daemon starting resumes what a dead one's map still holds.
+//! Never leaving a held process stopped. The daemon resumes what its kernel programs hold
+//! within milliseconds; when it cannot (stopped by a debugger or a freezer, starved, killed),
+//! something else must:
+//!
+//! - each daemon pins its `HELD` map in the BPF file system, which outlives it, and runs a
+//!   watchdog, a process of its own (`observer hold-watchdog`), that resumes any process held
+//!   longer than [`HOLD_LIMIT`], and everything when the daemon is gone;
+//! - a daemon starting resumes what the pinned maps of daemons no longer running still hold
+//!   (a container killed with its watchdog).
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use aya::maps::{HashMap, Map, MapData};
 use observer_common::kernel::Held;
@@ -11,25 +20,43 @@ use observer_common::kernel::Held;
 const DIR: &str = "/sys/fs/bpf/observer";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
+/// The longest a process stays held: past it the watchdog resumes it, attached or not. The
+/// daemon answers in milliseconds (50 ms for a 172 MB static build; BENCHMARKS.md).
+pub const HOLD_LIMIT: Duration = Duration::from_secs(3);
+
 /// Pins `held` as this daemon's; returns the pin, removed at a clean exit.
-pub fn pin_held(held: &Map) -> Option<PathBuf> {
-    if let Err(e) = ensure_bpffs() {
-        tracing::warn!(error = %e, "no BPF file system at /sys/fs/bpf: processes held by a daemon that is killed stay stopped until resumed by hand (kill -CONT)");
-        return None;
-    }
-    if let Err(e) = std::fs::create_dir_all(DIR) {
-        tracing::warn!(error = %e, dir = DIR, "cannot pin the held processes' map");
-        return None;
-    }
+pub fn pin_held(held: &Map) -> Result<PathBuf, String> {
+    ensure_bpffs().map_err(|e| format!("no BPF file system at /sys/fs/bpf ({e})"))?;
+    std::fs::create_dir_all(DIR).map_err(|e| format!("{DIR}: {e}"))?;
     let path = Path::new(DIR).join(format!("held-{}", std::process::id()));
     let _ = std::fs::remove_file(&path);
-    match held.pin(&path) {
-        Ok(()) => Some(path),
-        Err(e) => {
-            tracing::warn!(error = %e, path = %path.display(), "cannot pin the held processes' map");
-            None
+    held.pin(&path)
+        .map_err(|e| format!("pinning {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// The map pinned at `path`.
+fn open(path: &Path) -> Option<HashMap<MapData, u32, Held>> {
+    MapData::from_pin(path)
+        .map(Map::HashMap)
+        .ok()
+        .and_then(|m| HashMap::try_from(m).ok())
+}
+
+/// Resumes the processes of `held` that `due` selects and forgets them; returns how many.
+fn resume(held: &mut HashMap<MapData, u32, Held>, due: impl Fn(&Held) -> bool) -> usize {
+    let entries: Vec<(u32, Held)> = held.iter().filter_map(Result::ok).collect();
+    let mut resumed = 0;
+    for (tgid, h) in entries.into_iter().filter(|(_, h)| due(h)) {
+        let _ = held.remove(&tgid);
+        // The same process, not a later one that got its pid: started before the hold.
+        if crate::procfs::stat(tgid).is_some_and(|s| s.start_ns <= h.since_ns) {
+            // SAFETY: kill(2) on a process the kernel stopped for a daemon.
+            unsafe { libc::kill(tgid as i32, libc::SIGCONT) };
+            resumed += 1;
         }
     }
+    resumed
 }
 
 /// Resumes the processes that daemons no longer running held, and removes their pins.
@@ -51,29 +78,58 @@ pub fn resume_orphans() -> usize {
         if crate::procfs::comm(owner).is_some_and(|c| c.starts_with("observer")) {
             continue;
         }
-        let held = MapData::from_pin(entry.path())
-            .map(Map::HashMap)
-            .ok()
-            .and_then(|m| HashMap::<_, u32, Held>::try_from(m).ok());
-        for (tgid, h) in held
-            .iter()
-            .flat_map(|m| m.iter().filter_map(Result::ok).collect::<Vec<_>>())
-        {
-            // The same process, not a later one that got its pid: started before the hold.
-            if crate::procfs::stat(tgid).is_some_and(|s| s.start_ns <= h.since_ns) {
-                // SAFETY: kill(2) on a process the kernel stopped for a daemon.
-                unsafe { libc::kill(tgid as i32, libc::SIGCONT) };
-                resumed += 1;
-                tracing::warn!(
-                    pid = tgid,
-                    daemon = owner,
-                    "resumed a process a daemon that is gone had held"
-                );
-            }
+        if let Some(mut held) = open(&entry.path()) {
+            resumed += resume(&mut held, |_| true);
         }
         let _ = std::fs::remove_file(entry.path());
     }
     resumed
+}
+
+/// `observer hold-watchdog PIN DAEMON_PID`: the watchdog's loop, until the daemon exits
+/// (then it resumes everything and removes the pin) or removes the pin itself.
+pub fn watchdog(pin: &Path, daemon: u32) -> ! {
+    let started = crate::procfs::stat(daemon).map(|s| s.start_ns);
+    let limit = HOLD_LIMIT.as_nanos() as u64;
+    loop {
+        let Some(mut held) = open(pin) else {
+            // The daemon removed it: a clean exit.
+            std::process::exit(0);
+        };
+        let now_stat = crate::procfs::stat(daemon);
+        let alive = started.is_some()
+            && now_stat.map(|s| s.start_ns) == started
+            && now_stat.is_some_and(|s| !s.zombie);
+        if !alive {
+            let n = resume(&mut held, |_| true);
+            let _ = std::fs::remove_file(pin);
+            if n > 0 {
+                eprintln!("observer hold-watchdog: the daemon is gone; resumed {n} held processes");
+            }
+            std::process::exit(0);
+        }
+        let now = super::boot_ns();
+        let n = resume(&mut held, |h| now.saturating_sub(h.since_ns) > limit);
+        if n > 0 {
+            eprintln!(
+                "observer hold-watchdog: resumed {n} processes the daemon did not answer for in {} s",
+                HOLD_LIMIT.as_secs()
+            );
+        }
+        drop(held);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Starts this daemon's watchdog on its pinned map.
+pub fn start_watchdog(pin: &Path) -> std::io::Result<std::process::Child> {
+    std::process::Command::new(std::env::current_exe()?)
+        .arg("hold-watchdog")
+        .arg(pin)
+        .arg(std::process::id().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
 }
 
 /// Mounts the BPF file system at /sys/fs/bpf if something else is there (hosts that never
