@@ -14,6 +14,7 @@ use observer_tests::{
     Daemon, ffmpeg,
     media::fixture,
     net::Link,
+    patience,
     prom::{Sample, Scrape},
     run, tempdir,
 };
@@ -44,7 +45,10 @@ fn ingest_ts() -> PathBuf {
 
 /// IPv4 and UDP headers: what nftables counts in a datagram beyond its payload.
 const UDP_OVERHEAD: u64 = 28;
-const SECS: Duration = Duration::from_secs(30);
+/// The bound of every wait here (see `patience`).
+fn secs() -> Duration {
+    patience(Duration::from_secs(30))
+}
 
 /// An ffmpeg in namespace `ns`, its stderr in `log`.
 fn spawn_ffmpeg(ns: &str, args: &[&str], log: &std::path::Path) -> Child {
@@ -109,7 +113,7 @@ fn io_label(s: &Scrape, pid: u32, direction: &str) -> String {
 /// The pid of the ffprobe process that read `input` (Command::output hides it).
 fn probe_pid(d: &Daemon, input: &std::path::Path) -> u32 {
     let url = input.to_str().unwrap();
-    d.wait_for("ffprobe's input", SECS, |s| {
+    d.wait_for("ffprobe's input", secs(), |s| {
         s.all("media_io_info")
             .find(|x| {
                 x.label("process").map(String::as_str) == Some("ffprobe")
@@ -122,7 +126,7 @@ fn probe_pid(d: &Daemon, input: &std::path::Path) -> u32 {
 /// Waits until every io of `pid` has ended and returns the scrape.
 fn wait_io_ended(d: &Daemon, pid: u32) -> Scrape {
     let p = pid.to_string();
-    d.wait_for(&format!("the ios of {pid} to end"), SECS, |s| {
+    d.wait_for(&format!("the ios of {pid} to end"), secs(), |s| {
         let up: Vec<_> = s
             .all("media_io_up")
             .filter(|x| x.label("pid") == Some(&p))
@@ -147,12 +151,21 @@ fn signal(pid: u32, sig: i32) {
 #[test]
 fn udp_mpegts_bytes_datagrams_and_continuity_match_the_network_and_ffmpeg() {
     let link = Link::new();
+    // FFmpeg judges a PID's continuity once it has opened a filter for it (after the PAT
+    // and PMT, in the first datagrams); the kernel judges every PID from its first packet.
+    // So the first 300 KB (1.4 s of the 6 s stream) pass, then about eleven datagrams drop
+    // (the quota's bytes: 1,344-byte datagrams, 8% at random), early enough that the stream
+    // has datagrams to spare. Set by bytes, not by the clock: an emulated CPU is slow to show
+    // the receiver's first reads.
     link.nft_rx(
         "table inet obs {
            counter dropped {}
            counter passed {}
+           quota warmup { until 300000 bytes }
            chain input {
              type filter hook input priority 0;
+             udp dport 5000 quota name warmup counter name passed accept
+             udp dport 5000 numgen random mod 100 < 8 quota until 14784 bytes counter name dropped drop
              udp dport 5000 counter name passed
            }
          }",
@@ -187,23 +200,9 @@ fn udp_mpegts_bytes_datagrams_and_continuity_match_the_network_and_ffmpeg() {
         "mpegts",
     );
     let tx_pid = tx.id();
-    // FFmpeg judges a PID's continuity once it has opened a filter for it (after the PAT
-    // and PMT, in the first datagrams); the kernel judges every PID from its first packet.
-    // Drop only once the receiver has read past the stream's start, so both judge the same
-    // packets.
     let rx_pid = rx.id();
-    d.wait_for("the receiver reading the stream", SECS, |s| {
-        (io_value(s, "media_io_mpegts_packets_total", rx_pid, "input")? > 100.0).then_some(())
-    });
-    // About eleven drops (the quota's bytes: 1,344-byte datagrams), early: however late the
-    // receiver's first reads show (an emulated CPU answers scrapes slowly), the stream has
-    // datagrams enough left for them.
-    link.nft_rx(
-        "insert rule inet obs input udp dport 5000 numgen random mod 100 < 8 \
-         quota until 14784 bytes counter name dropped drop",
-    );
-    wait_exit(&mut tx, SECS);
-    wait_exit(&mut rx, SECS);
+    wait_exit(&mut tx, secs());
+    wait_exit(&mut rx, secs());
     let (passed, passed_bytes) = link.counter("passed");
     let (dropped, dropped_bytes) = link.counter("dropped");
     assert!(dropped >= 10, "the loss should show: {dropped}");
@@ -211,7 +210,7 @@ fn udp_mpegts_bytes_datagrams_and_continuity_match_the_network_and_ffmpeg() {
     let truth = log.matches("Continuity check failed").count() as f64;
     assert!(truth > 0.0);
 
-    let s = d.wait_for("the receiver's final counts", SECS, |s| {
+    let s = d.wait_for("the receiver's final counts", secs(), |s| {
         let up = io_value(s, "media_io_up", rx_pid, "input")?;
         (up == 0.0).then(|| s.clone())
     });
@@ -280,10 +279,21 @@ fn udp_mpegts_bytes_datagrams_and_continuity_match_the_network_and_ffmpeg() {
 #[test]
 fn rtp_lost_packets_equal_the_nftables_drop_count() {
     let link = Link::new();
+    // FFmpeg's RTP demuxer reads its first packet on a throwaway socket and opens the real one
+    // after, milliseconds later; a loss shows only in a later packet's sequence number. So the
+    // first 300 KB (1.6 s of the 6 s stream) pass, then about eleven packets drop (the quota's
+    // bytes: 1,356-byte packets, 5% at random), and the rest of the stream shows each loss.
+    // Set by bytes, not by the clock: an emulated CPU is slow to start the receiver and the
+    // daemon to show its counts.
     link.nft_rx(
         "table inet obs {
            counter dropped {}
-           chain input { type filter hook input priority 0; }
+           quota warmup { until 300000 bytes }
+           chain input {
+             type filter hook input priority 0;
+             udp dport 5004 quota name warmup accept
+             udp dport 5004 numgen random mod 100 < 5 quota until 15000 bytes counter name dropped drop
+           }
          }",
     );
     let d = Daemon::start(&[]);
@@ -297,31 +307,13 @@ fn rtp_lost_packets_equal_the_nftables_drop_count() {
     std::thread::sleep(Duration::from_millis(1500));
     let mut tx = send(&link, &format!("rtp://{}:5004", link.rx_addr), "rtp_mpegts");
     let rx_pid = rx.id();
-    // FFmpeg's RTP demuxer reads its first packet on a throwaway socket and opens the real one
-    // after; drop only once that one receives, so every drop has packets on both sides.
-    d.wait_for("RTP on the receiver's socket", SECS, |s| {
-        (io_value(s, "media_io_rtp_packets_received_total", rx_pid, "input")? > 100.0).then_some(())
-    });
-    // Drops at random, then none: a loss shows only in a later packet's sequence number, so
-    // the stream must go on past the last drop. Stopped by the count the kernel keeps, not
-    // by a share of the stream, which an emulated CPU's slow start would leave too little of.
-    link.nft_rx(
-        "add rule inet obs input udp dport 5004 numgen random mod 100 < 5 \
-         counter name dropped drop",
-    );
-    let t0 = std::time::Instant::now();
-    while link.counter("dropped").0 < 10 {
-        assert!(t0.elapsed() < SECS, "nftables dropped too few");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    link.nft_rx("flush chain inet obs input");
-    wait_exit(&mut tx, SECS);
+    wait_exit(&mut tx, secs());
     std::thread::sleep(Duration::from_secs(1));
     signal(rx_pid, libc::SIGINT);
-    wait_exit(&mut rx, SECS);
+    wait_exit(&mut rx, secs());
     let (dropped, _) = link.counter("dropped");
     assert!(dropped > 0);
-    let s = d.wait_for("the receiver's final counts", SECS, |s| {
+    let s = d.wait_for("the receiver's final counts", secs(), |s| {
         (io_value(s, "media_io_up", rx_pid, "input")? == 0.0).then(|| s.clone())
     });
     let v = |name| io_value(&s, name, rx_pid, "input").unwrap_or(-1.0);
@@ -359,26 +351,26 @@ fn receive_buffer_drops_equal_the_sockets_own_drop_counter() {
     // A receiver that stops reading once it reads the stream, until its socket's buffer has
     // overflowed: told by the kernel's own counter, however fast the sender runs (an emulated
     // CPU's is slow to start).
-    d.wait_for("the receiver reading the stream", SECS, |s| {
+    d.wait_for("the receiver reading the stream", secs(), |s| {
         (io_value(s, "media_io_datagrams_total", rx_pid, "input")? > 20.0).then_some(())
     });
     signal(rx_pid, libc::SIGSTOP);
     let t0 = std::time::Instant::now();
     while udp_socket_drops(rx_pid, 5006).unwrap_or(0) < 20 && tx.try_wait().unwrap().is_none() {
         assert!(
-            t0.elapsed() < SECS,
+            t0.elapsed() < secs(),
             "the stopped receiver's buffer never overflowed"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     signal(rx_pid, libc::SIGCONT);
-    wait_exit(&mut tx, SECS);
+    wait_exit(&mut tx, secs());
     std::thread::sleep(Duration::from_millis(500));
     let truth = udp_socket_drops(rx_pid, 5006).expect("the receiver's socket");
     assert!(truth > 0, "the receiver should have dropped");
     wait_for_drops(&d, rx_pid, truth);
     signal(rx_pid, libc::SIGINT);
-    wait_exit(&mut rx, SECS);
+    wait_exit(&mut rx, secs());
 }
 
 /// The kernel's own drop counter of the UDP socket on `port` in the namespace of `pid` (the
@@ -414,7 +406,7 @@ fn wait_for_drops(d: &Daemon, pid: u32, truth: u64) {
     let reason = receive_buffer_reason();
     d.wait_for(
         &format!("the socket's drops (the kernel counted {truth}, reason {reason})"),
-        SECS,
+        secs(),
         |s| {
             let v = s.value(
                 "media_io_kernel_drops_total",
@@ -442,7 +434,7 @@ fn drops_before_the_receivers_first_read_are_its_inputs_too() {
     // kernel drops at it, only when FFmpeg reads from it after SIGCONT.
     let t0 = std::time::Instant::now();
     while udp_socket_drops(rx_pid, 5007).is_none() {
-        assert!(t0.elapsed() < SECS, "the receiver never bound port 5007");
+        assert!(t0.elapsed() < secs(), "the receiver never bound port 5007");
         std::thread::sleep(Duration::from_millis(20));
     }
     signal(rx_pid, libc::SIGSTOP);
@@ -451,7 +443,7 @@ fn drops_before_the_receivers_first_read_are_its_inputs_too() {
         &format!("udp://{}:5007?pkt_size=1316", link.rx_addr),
         "mpegts",
     );
-    wait_exit(&mut tx, SECS);
+    wait_exit(&mut tx, secs());
     let truth = udp_socket_drops(rx_pid, 5007).expect("the receiver's socket");
     // Its 32 KiB of buffer hold about 14 of the stream's ~1,000 datagrams.
     assert!(
@@ -460,7 +452,7 @@ fn drops_before_the_receivers_first_read_are_its_inputs_too() {
     );
     signal(rx_pid, libc::SIGCONT);
     wait_for_drops(&d, rx_pid, truth);
-    wait_exit(&mut rx, SECS);
+    wait_exit(&mut rx, secs());
 }
 
 #[test]
@@ -495,24 +487,32 @@ fn tcp_output_through_loss_shows_the_kernels_retransmissions() {
          }",
         &dir,
     );
-    wait_exit(&mut rx, SECS);
+    let rx_pid = rx.id();
+    wait_exit(&mut rx, secs());
     wait_sent(&link, 5008);
     let truth = Link::snmp(&link.tx, "Tcp", "RetransSegs") - before;
     assert!(truth > 0, "3% loss should cause retransmissions");
-    let s = wait_for_retransmits(&d, tx_pid, truth);
-    let input = ingest_ts();
-    assert_eq!(
+    let s = wait_for_retransmits(&d, &link, tx_pid, before);
+    let file = std::fs::metadata(ingest_ts()).unwrap().len() as f64;
+    let bytes = |pid: u32, direction: &str, op: &str| {
         s.value(
             "media_io_bytes_total",
             &[
-                ("pid", &tx_pid.to_string()),
-                ("direction", "output"),
-                ("op", "write")
-            ]
-        ),
-        Some(std::fs::metadata(input).unwrap().len() as f64),
+                ("pid", &pid.to_string()),
+                ("direction", direction),
+                ("op", op),
+            ],
+        )
+    };
+    assert_eq!(
+        bytes(tx_pid, "output", "write"),
+        Some(file),
         "a stream copy of a TS file writes the file's bytes"
     );
+    // Each side's socket is its own, though on one CPU (a guest's) the receiver's side of the
+    // handshake runs inside the sender's connect.
+    assert_eq!(bytes(rx_pid, "input", "read"), Some(file));
+    assert_eq!(bytes(tx_pid, "output", "read"), Some(0.0));
 }
 
 /// Streams the test file over TCP to a receiver listening on `port`, with the nftables
@@ -530,20 +530,26 @@ fn tcp_stream(link: &Link, port: u16, rules: &str, dir: &std::path::Path) -> (Ch
     link.nft_rx(rules);
     let before = Link::snmp(&link.tx, "Tcp", "RetransSegs");
     let mut tx = send(link, &format!("tcp://{}:{port}", link.rx_addr), "mpegts");
-    wait_exit(&mut tx, SECS);
+    wait_exit(&mut tx, secs());
     (rx, tx.id(), before)
 }
 
-/// Waits until the daemon shows `pid`'s output ended with exactly `truth` retransmissions;
-/// returns that scrape.
-fn wait_for_retransmits(d: &Daemon, pid: u32, truth: u64) -> Scrape {
+/// Waits until the daemon shows `pid`'s output ended with exactly the retransmissions the
+/// kernel counted in `link`'s sender namespace since `before`, read again at every scrape (a
+/// probe the kernel sends after the sender's socket finished counts on both sides); returns
+/// that scrape.
+fn wait_for_retransmits(d: &Daemon, link: &Link, pid: u32, before: u64) -> Scrape {
+    let truth = || Link::snmp(&link.tx, "Tcp", "RetransSegs") - before;
     d.wait_for(
-        &format!("the sender's retransmissions (the kernel counted {truth})"),
-        SECS,
+        &format!(
+            "the sender's retransmissions (the kernel counted {})",
+            truth()
+        ),
+        secs(),
         |s| {
             let ended = io_value(s, "media_io_up", pid, "output")? == 0.0;
             let n = io_value(s, "media_io_tcp_retransmits_total", pid, "output")?;
-            (ended && n == truth as f64).then(|| s.clone())
+            (ended && n == truth() as f64).then(|| s.clone())
         },
     )
 }
@@ -560,7 +566,7 @@ fn wait_sent(link: &Link, port: u16) {
             return;
         }
         assert!(
-            t0.elapsed() < SECS,
+            t0.elapsed() < secs(),
             "the sender's connection never finished: {states:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -589,7 +595,7 @@ fn retransmissions_after_the_sender_exited_are_its_outputs() {
     std::thread::sleep(Duration::from_secs(9));
     link.nft_rx("delete table inet fin");
     wait_sent(&link, 5009);
-    wait_exit(&mut rx, SECS);
+    wait_exit(&mut rx, secs());
     let truth = Link::snmp(&link.tx, "Tcp", "RetransSegs") - before;
     // Retransmitted with backoff from 0.2 s, doubling: five or more in the 9 s, the last of
     // them seconds past the old 5 s.
@@ -597,7 +603,7 @@ fn retransmissions_after_the_sender_exited_are_its_outputs() {
         truth >= 5,
         "the FIN should have been retransmitted: {truth}"
     );
-    wait_for_retransmits(&d, tx_pid, truth);
+    wait_for_retransmits(&d, &link, tx_pid, before);
 }
 
 #[test]
@@ -619,7 +625,7 @@ fn a_stalled_input_is_reported_stalled_and_a_planted_secret_never_leaves() {
         &format!("udp://{}:5010?pkt_size=1316", link.rx_addr),
         "mpegts",
     );
-    d.wait_for("data flowing, not stalled", SECS, |s| {
+    d.wait_for("data flowing, not stalled", secs(), |s| {
         let bytes = s.value(
             "media_io_bytes_total",
             &[("pid", &rx_pid.to_string()), ("op", "read")],
@@ -628,11 +634,11 @@ fn a_stalled_input_is_reported_stalled_and_a_planted_secret_never_leaves() {
         (bytes > 0.0 && stalled == 0.0).then_some(())
     });
     signal(tx.id(), libc::SIGSTOP);
-    d.wait_for("the input stalled", SECS, |s| {
+    d.wait_for("the input stalled", secs(), |s| {
         (io_value(s, "media_io_stalled", rx_pid, "input")? == 1.0).then_some(())
     });
     signal(tx.id(), libc::SIGCONT);
-    d.wait_for("the input flowing again", SECS, |s| {
+    d.wait_for("the input flowing again", secs(), |s| {
         (io_value(s, "media_io_stalled", rx_pid, "input")? == 0.0).then_some(())
     });
     let s = d.scrape();
@@ -645,10 +651,10 @@ fn a_stalled_input_is_reported_stalled_and_a_planted_secret_never_leaves() {
         "{}",
         s.text
     );
-    wait_exit(&mut tx, SECS);
+    wait_exit(&mut tx, secs());
     // A UDP input without a timeout waits for more data; it is not the subject here.
     signal(rx_pid, libc::SIGKILL);
-    wait_exit(&mut rx, SECS);
+    wait_exit(&mut rx, secs());
     let ios = d.get("/ios").unwrap().1;
     let listed: Vec<serde_json::Value> = serde_json::from_str(&ios).unwrap();
     assert!(
@@ -790,7 +796,7 @@ fn io_stats_can_be_turned_off() {
         .args(["-c", "copy", "-f", "mpegts"])
         .arg(dir.join("copy.ts")));
     // Codec streams are still counted; no input or output is followed.
-    d.wait_for("the pipeline's end", SECS, |s| {
+    d.wait_for("the pipeline's end", secs(), |s| {
         let p = pid.to_string();
         s.all("media_log_messages_total")
             .any(|x| x.label("pid") == Some(&p))

@@ -997,10 +997,19 @@ fn sent(sk: u64, ret: i32) {
 /// on an io's descriptor (SYN_SENT, inside `connect`), so a retransmitted SYN counts too.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn sock_state(ctx: BtfTracePointContext) -> u32 {
-    // Inside connect, an unknown socket of a process with ios is looked up by descriptor.
-    let _ = socket_entry(ctx.arg(0));
+    // Only the move to SYN_SENT: it happens inside the process's own `connect`. The others
+    // may run for any socket in whatever task the packet arrived in: a connection across
+    // network namespaces on one CPU completes the peer's handshake inside the connecting
+    // process's syscall, and the peer's socket would be taken for its descriptor's.
+    let newstate: i32 = ctx.arg(2);
+    if newstate == TCP_SYN_SENT {
+        let _ = socket_entry(ctx.arg(0));
+    }
     0
 }
+
+/// `TCP_SYN_SENT` of the kernel's TCP states (include/net/tcp_states.h).
+const TCP_SYN_SENT: i32 = 2;
 
 /// `tcp_destroy_sock(struct sock *sk)`: the socket is gone; its address may be reused.
 #[btf_tracepoint(function = "tcp_destroy_sock")]
