@@ -35,18 +35,24 @@ pub struct KernelBtf {
 struct Bytes<'a>(&'a [u8]);
 
 impl Readable for Bytes<'_> {
+    // Called for every few bytes of a kernel's BTF (strings byte by byte: millions of calls),
+    // so written to stay cheap in a debug build too, where nothing here is inlined: the
+    // kernel matrix runs the debug daemon on an emulated CPU.
     fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
-        let start = usize::try_from(offset).ok();
-        match start.and_then(|s| self.0.get(s..s.checked_add(buffer.len())?)) {
-            Some(src) => {
-                buffer.copy_from_slice(src);
-                Ok(())
-            }
-            None => Err(btfparse::Error::new(
+        let (len, n) = (self.0.len() as u64, buffer.len() as u64);
+        if offset > len || n > len - offset {
+            return Err(btfparse::Error::new(
                 btfparse::ErrorKind::IOError,
                 "read past the end of the BTF data",
-            )),
+            ));
         }
+        let start = offset as usize;
+        if let [byte] = buffer {
+            *byte = self.0[start];
+        } else {
+            buffer.copy_from_slice(&self.0[start..start + buffer.len()]);
+        }
+        Ok(())
     }
 }
 

@@ -139,6 +139,8 @@ pub struct ProcStat {
     /// (`bpf_ktime_get_boot_ns`).
     pub start_ns: u64,
     pub zombie: bool,
+    /// Stopped by a signal (`T`) or a tracer (`t`).
+    pub stopped: bool,
 }
 
 /// The command line, arguments separated by spaces, at most 4 KiB (not redacted).
@@ -163,6 +165,7 @@ pub fn stat(pid: u32) -> Option<ProcStat> {
     Some(ProcStat {
         start_ns: ticks * (1_000_000_000 / hz),
         zombie: matches!(*state, "Z" | "X"),
+        stopped: matches!(*state, "T" | "t"),
     })
 }
 

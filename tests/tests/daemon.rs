@@ -164,6 +164,24 @@ fn every_kernel_dependent_feature_runs_on_this_kernel() {
     assert_eq!(names, FEATURES, "{}", d.log_text());
     let off: Vec<&(String, f64)> = features.iter().filter(|(_, v)| *v != 1.0).collect();
     assert!(off.is_empty(), "unavailable: {off:?}\n{}", d.log_text());
+    // The kernel memory its maps take here (preallocated on kernels that refuse run-time
+    // allocation), for the README's kernel table: printed, the kernel matrix keeps the log.
+    let memlock: u64 = std::fs::read_dir(format!("/proc/{}/fdinfo", d.pid()))
+        .unwrap()
+        .flatten()
+        .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+        .filter(|info| info.contains("map_type:"))
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum();
+    eprintln!(
+        "kernel {}: the daemon's maps take {:.1} MiB",
+        release.trim(),
+        memlock as f64 / (1 << 20) as f64
+    );
     drop(d);
 
     let d = Daemon::start(&["--io-stats", "false", "--hold-new-files", "false"]);

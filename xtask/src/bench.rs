@@ -1147,7 +1147,6 @@ fn worst_case_args(dir: &Path) -> Vec<String> {
     .collect()
 }
 
-/// One value from the daemon's /metrics, by its exposition line's name and labels.
 /// What holding a process that maps a new FFmpeg file costs it, and what not holding loses:
 /// a fresh copy of the static ffmpeg 9 build (a new file each run) decodes 100 frames of a
 /// small file at once, under the daemon with `--hold-new-files` on and off, interleaved. The
@@ -1237,6 +1236,7 @@ fn hold(
     Ok(())
 }
 
+/// One value from the daemon's /metrics, by its exposition line's name and labels.
 fn scrape_value(port: u16, series: &str) -> Option<f64> {
     let mut r = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
         .call()

@@ -4,7 +4,8 @@
 //!
 //! - each daemon pins its `HELD` map in the BPF file system, which outlives it, and runs a
 //!   watchdog, a process of its own (`observer hold-watchdog`), that resumes any process held
-//!   longer than [`HOLD_LIMIT`], and everything when the daemon is gone;
+//!   longer than [`HOLD_LIMIT`] while the daemon is stopped, longer than
+//!   [`HOLD_LIMIT_RUNNING`] while it runs, and everything when the daemon is gone;
 //! - a daemon starting resumes what the pinned maps of daemons no longer running still hold
 //!   (a container killed with its watchdog).
 
@@ -20,9 +21,14 @@ use observer_common::kernel::Held;
 const DIR: &str = "/sys/fs/bpf/observer";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// The longest a process stays held: past it the watchdog resumes it, attached or not. The
-/// daemon answers in milliseconds (50 ms for a 172 MB static build; BENCHMARKS.md).
+/// The longest a process stays held while the daemon is stopped (a debugger, SIGSTOP): past
+/// it the watchdog resumes it, attached or not.
 pub const HOLD_LIMIT: Duration = Duration::from_secs(3);
+
+/// The longest while the daemon runs. It answers in milliseconds (30 ms for a 172 MB static
+/// build; BENCHMARKS.md), but an emulated CPU or a starved container can take seconds for
+/// the same inspection, which a hold cut short would lose frames to.
+pub const HOLD_LIMIT_RUNNING: Duration = Duration::from_secs(30);
 
 /// Pins `held` as this daemon's; returns the pin, removed at a clean exit.
 pub fn pin_held(held: &Map) -> Result<PathBuf, String> {
@@ -90,7 +96,6 @@ pub fn resume_orphans() -> usize {
 /// (then it resumes everything and removes the pin) or removes the pin itself.
 pub fn watchdog(pin: &Path, daemon: u32) -> ! {
     let started = crate::procfs::stat(daemon).map(|s| s.start_ns);
-    let limit = HOLD_LIMIT.as_nanos() as u64;
     loop {
         let Some(mut held) = open(pin) else {
             // The daemon removed it: a clean exit.
@@ -108,12 +113,19 @@ pub fn watchdog(pin: &Path, daemon: u32) -> ! {
             }
             std::process::exit(0);
         }
+        let limit = if now_stat.is_some_and(|s| s.stopped) {
+            HOLD_LIMIT
+        } else {
+            HOLD_LIMIT_RUNNING
+        };
         let now = super::boot_ns();
-        let n = resume(&mut held, |h| now.saturating_sub(h.since_ns) > limit);
+        let n = resume(&mut held, |h| {
+            now.saturating_sub(h.since_ns) > limit.as_nanos() as u64
+        });
         if n > 0 {
             eprintln!(
                 "observer hold-watchdog: resumed {n} processes the daemon did not answer for in {} s",
-                HOLD_LIMIT.as_secs()
+                limit.as_secs()
             );
         }
         drop(held);
