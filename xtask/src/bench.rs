@@ -1207,7 +1207,8 @@ fn hold(
                 .filter(|l| l.starts_with("media_frames_total{"))
                 .filter(|l| l.contains(&format!("pid=\"{pid}\"")) && l.contains("codec=\"h264\""))
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
+                // Not `sum`: the sum of no floats is -0, printed "-0".
+                .fold(0.0, |a, b| a + b);
             counted[i].push(decoded);
             if hold {
                 let after =
