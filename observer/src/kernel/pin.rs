@@ -25,7 +25,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// it the watchdog resumes it, attached or not.
 pub const HOLD_LIMIT: Duration = Duration::from_secs(3);
 
-/// The longest while the daemon runs. It answers in milliseconds (30 ms for a 172 MB static
+/// The longest while the daemon runs. It answers in milliseconds (23 ms for a 172 MB static
 /// build; BENCHMARKS.md), but an emulated CPU or a starved container can take seconds for
 /// the same inspection, which a hold cut short would lose frames to.
 pub const HOLD_LIMIT_RUNNING: Duration = Duration::from_secs(30);
