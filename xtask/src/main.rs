@@ -245,7 +245,7 @@ fn kernel_matrix(
                 let work = root.join("target").join("vm").join(&kernel.suite);
                 scope.spawn(move || {
                     let t0 = std::time::Instant::now();
-                    let outcomes = vm::run_tests(kernel, tests, env, &work);
+                    let outcomes = vm::run_tests(kernel, tests, env, root, &work);
                     (outcomes, t0.elapsed().as_secs_f64())
                 })
             })

@@ -205,15 +205,22 @@ exec switch_root /root /observer-vm/stage2
 "#;
 
 /// The second stage, PID 1 on the overlay root: the file systems a test needs, the tests one
-/// by one (each result in `results`, each output in its own log), then power off.
-fn stage2(tests: &[(PathBuf, &str)], env: &[(&str, String)]) -> String {
+/// by one (each result in `results`, each output in its own log), then power off. `checkout`
+/// (the tests' binaries and assets) stays where it is, under `/tmp` or `/run` too, which the
+/// guest mounts afresh.
+fn stage2(tests: &[(PathBuf, &str)], env: &[(&str, String)], checkout: &Path) -> String {
     let mut s = String::from(
         r#"#!/bin/sh
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+CHECKOUT='{checkout}'
 mount -t proc proc /proc
 mount -t sysfs sys /sys
+mkdir -p /observer-checkout
+mount --bind "$CHECKOUT" /observer-checkout
 mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run 2>/dev/null || true
+mkdir -p "$CHECKOUT"
+mount --move /observer-checkout "$CHECKOUT"
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mount -t bpf bpf /sys/fs/bpf
@@ -225,7 +232,8 @@ ip link set lo up
 hostname observer-vm
 S=/observer-vm
 "#,
-    );
+    )
+    .replace("{checkout}", &checkout.display().to_string());
     for (k, v) in env {
         let _ = writeln!(s, "export {k}='{v}'");
     }
@@ -342,12 +350,13 @@ pub struct Outcome {
     pub log: PathBuf,
 }
 
-/// Boots `kernel` and runs `tests` (their binaries) inside it with `env`; `work` holds the
-/// guest's files and its results.
+/// Boots `kernel` and runs `tests` (their binaries, in `checkout`) inside it with `env`;
+/// `work` holds the guest's files and its results.
 pub fn run_tests(
     kernel: &Kernel,
     tests: &[(PathBuf, &str)],
     env: &[(&str, String)],
+    checkout: &Path,
     work: &Path,
 ) -> anyhow::Result<Vec<Outcome>> {
     let _ = std::fs::remove_dir_all(work);
@@ -355,7 +364,7 @@ pub fn run_tests(
     std::fs::create_dir_all(&share)?;
     let initrd = work.join("initramfs.cpio");
     initramfs(kernel, &initrd)?;
-    std::fs::write(share.join("stage2"), stage2(tests, env))?;
+    std::fs::write(share.join("stage2"), stage2(tests, env, checkout))?;
     set_executable(&share.join("stage2"))?;
     let console = work.join("console.log");
     let accel = accelerator(kernel, &initrd, work);
