@@ -44,6 +44,29 @@ fn assert_decoded(s: &Scrape, pid: u32, t: &StreamTruth) {
     }
 }
 
+/// The labels of the encoder the transcodes here use for `t`'s media (libx264, aac).
+fn encoder_labels<'a>(pid: &'a str, t: &'a StreamTruth) -> [(&'a str, &'a str); 4] {
+    let codec = if t.media == "video" { "libx264" } else { "aac" };
+    [
+        ("pid", pid),
+        ("direction", "encode"),
+        ("media", &t.media),
+        ("codec", codec),
+    ]
+}
+
+/// Packets, bytes and key packets of an encoder against its output file's truth.
+fn assert_encoded(s: &Scrape, l: &[(&str, &str)], t: &StreamTruth) {
+    s.assert_values(
+        l,
+        &[
+            ("media_packets_total", t.packets),
+            ("media_packet_bytes_total", t.bytes),
+            ("media_keyframes_total", t.key_packets),
+        ],
+    );
+}
+
 /// Every output paired with its input: the histogram counts each frame once, and its values
 /// are durations a decode of this size can take (above a microsecond, under 4 s).
 fn assert_latency_plausible(s: &Scrape, l: &[(&str, &str)], frames: u64) {
@@ -177,21 +200,8 @@ fn transcode_counts_equal_ffprobe() {
     let truth_out = truth(&out, false);
     let p = pid.to_string();
     for t in truth_out.values() {
-        let codec = if t.media == "video" { "libx264" } else { "aac" };
-        let l = [
-            ("pid", p.as_str()),
-            ("direction", "encode"),
-            ("media", t.media.as_str()),
-            ("codec", codec),
-        ];
-        s.assert_values(
-            &l,
-            &[
-                ("media_packets_total", t.packets),
-                ("media_packet_bytes_total", t.bytes),
-                ("media_keyframes_total", t.key_packets),
-            ],
-        );
+        let l = encoder_labels(&p, t);
+        assert_encoded(&s, &l, t);
         // The encoders' nominal frame rate, as the frame-rate alert compares output against
         // (the ffmpeg CLI sets the output rate on the encoder before opening it).
         if t.media == "video" {
@@ -281,21 +291,8 @@ fn ffmpeg_4_decode_and_encode_counts_equal_ffprobe() {
     }
     let p = pid.to_string();
     for t in truth(&out, false).values() {
-        let codec = if t.media == "video" { "libx264" } else { "aac" };
-        let l = [
-            ("pid", p.as_str()),
-            ("direction", "encode"),
-            ("media", t.media.as_str()),
-            ("codec", codec),
-        ];
-        s.assert_values(
-            &l,
-            &[
-                ("media_packets_total", t.packets),
-                ("media_packet_bytes_total", t.bytes),
-                ("media_keyframes_total", t.key_packets),
-            ],
-        );
+        let l = encoder_labels(&p, t);
+        assert_encoded(&s, &l, t);
         let info = s.one("media_stream_info", &l).expect("stream info");
         assert_eq!(info.label("libavcodec").map(String::as_str), Some("58"));
     }
