@@ -234,6 +234,13 @@ fn read_mem(pid: u32, addr: u64, buf: &mut [u8]) -> Option<usize> {
     (done > 0).then_some(done)
 }
 
+/// The running kernel's release, as `uname -r` prints it.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_string())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,11 +318,4 @@ mod tests {
         assert!(!s.zombie);
         assert!(s.start_ns > 0);
     }
-}
-
-/// The running kernel's release, as `uname -r` prints it.
-pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|r| r.trim().to_string())
-        .unwrap_or_default()
 }
