@@ -170,13 +170,14 @@ impl Daemon {
     }
 
     /// Scrapes until `f` returns a value; panics with the last scrape and the daemon's log
-    /// after `timeout`.
+    /// after `timeout` (stretched by `patience`).
     pub fn wait_for<T>(
         &self,
         what: &str,
         timeout: Duration,
         f: impl Fn(&Scrape) -> Option<T>,
     ) -> T {
+        let timeout = patience(timeout);
         let t0 = Instant::now();
         loop {
             let s = self.scrape();

@@ -58,12 +58,16 @@ fn a_static_build_never_seen_before_is_counted_from_its_first_frame() {
     let bin = dir.join("ffmpeg");
     std::fs::copy(static_ffmpeg(), &bin).unwrap();
     let before = processes_held(&d.scrape());
-    let (pid, _) = run(no_terminal(
-        Command::new(&bin)
-            .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-i"])
-            .arg(&input)
-            .args(["-f", "null", "-"]),
-    ));
+    let decode = || {
+        run(no_terminal(
+            Command::new(&bin)
+                .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-i"])
+                .arg(&input)
+                .args(["-f", "null", "-"]),
+        ))
+        .0
+    };
+    let pid = decode();
     let s = d.wait_ended(pid);
     assert_video_decode(&s, pid, &t[&0], "h264");
     let audio = [
@@ -79,7 +83,14 @@ fn a_static_build_never_seen_before_is_counted_from_its_first_frame() {
             ("media_frames_total", t[&1].frames),
         ],
     );
-    assert!(processes_held(&s) > before, "the process was held");
+    let held = processes_held(&s);
+    assert!(held > before, "the process was held");
+    // The file is judged now: the next process that runs it is not held, and counted all the
+    // same.
+    let pid = decode();
+    let s = d.wait_ended(pid);
+    assert_video_decode(&s, pid, &t[&0], "h264");
+    assert_eq!(processes_held(&s), held, "a judged file holds no process");
 }
 
 /// A wheel installed where the daemon has never looked (new files, FFmpeg 6.1 under hashed

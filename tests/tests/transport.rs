@@ -45,10 +45,8 @@ fn ingest_ts() -> PathBuf {
 
 /// IPv4 and UDP headers: what nftables counts in a datagram beyond its payload.
 const UDP_OVERHEAD: u64 = 28;
-/// The bound of every wait here (see `patience`).
-fn secs() -> Duration {
-    patience(Duration::from_secs(30))
-}
+/// The bound of every wait here; `patience` stretches it in the kernel matrix's guests.
+const SECS: Duration = Duration::from_secs(30);
 
 /// An ffmpeg in namespace `ns`, its stderr in `log`.
 fn spawn_ffmpeg(ns: &str, args: &[&str], log: &std::path::Path) -> Child {
@@ -113,7 +111,7 @@ fn io_label(s: &Scrape, pid: u32, direction: &str) -> String {
 /// The pid of the ffprobe process that read `input` (Command::output hides it).
 fn probe_pid(d: &Daemon, input: &std::path::Path) -> u32 {
     let url = input.to_str().unwrap();
-    d.wait_for("ffprobe's input", secs(), |s| {
+    d.wait_for("ffprobe's input", SECS, |s| {
         s.all("media_io_info")
             .find(|x| {
                 x.label("process").map(String::as_str) == Some("ffprobe")
@@ -126,7 +124,7 @@ fn probe_pid(d: &Daemon, input: &std::path::Path) -> u32 {
 /// Waits until every io of `pid` has ended and returns the scrape.
 fn wait_io_ended(d: &Daemon, pid: u32) -> Scrape {
     let p = pid.to_string();
-    d.wait_for(&format!("the ios of {pid} to end"), secs(), |s| {
+    d.wait_for(&format!("the ios of {pid} to end"), SECS, |s| {
         let up: Vec<_> = s
             .all("media_io_up")
             .filter(|x| x.label("pid") == Some(&p))
@@ -136,6 +134,7 @@ fn wait_io_ended(d: &Daemon, pid: u32) -> Scrape {
 }
 
 fn wait_exit(child: &mut Child, within: Duration) {
+    let within = patience(within);
     let t0 = std::time::Instant::now();
     while child.try_wait().unwrap().is_none() {
         assert!(t0.elapsed() < within, "process {} did not end", child.id());
@@ -201,8 +200,8 @@ fn udp_mpegts_bytes_datagrams_and_continuity_match_the_network_and_ffmpeg() {
     );
     let tx_pid = tx.id();
     let rx_pid = rx.id();
-    wait_exit(&mut tx, secs());
-    wait_exit(&mut rx, secs());
+    wait_exit(&mut tx, SECS);
+    wait_exit(&mut rx, SECS);
     let (passed, passed_bytes) = link.counter("passed");
     let (dropped, dropped_bytes) = link.counter("dropped");
     assert!(dropped >= 10, "the loss should show: {dropped}");
@@ -210,7 +209,7 @@ fn udp_mpegts_bytes_datagrams_and_continuity_match_the_network_and_ffmpeg() {
     let truth = log.matches("Continuity check failed").count() as f64;
     assert!(truth > 0.0);
 
-    let s = d.wait_for("the receiver's final counts", secs(), |s| {
+    let s = d.wait_for("the receiver's final counts", SECS, |s| {
         let up = io_value(s, "media_io_up", rx_pid, "input")?;
         (up == 0.0).then(|| s.clone())
     });
@@ -307,13 +306,13 @@ fn rtp_lost_packets_equal_the_nftables_drop_count() {
     std::thread::sleep(Duration::from_millis(1500));
     let mut tx = send(&link, &format!("rtp://{}:5004", link.rx_addr), "rtp_mpegts");
     let rx_pid = rx.id();
-    wait_exit(&mut tx, secs());
+    wait_exit(&mut tx, SECS);
     std::thread::sleep(Duration::from_secs(1));
     signal(rx_pid, libc::SIGINT);
-    wait_exit(&mut rx, secs());
+    wait_exit(&mut rx, SECS);
     let (dropped, _) = link.counter("dropped");
     assert!(dropped > 0);
-    let s = d.wait_for("the receiver's final counts", secs(), |s| {
+    let s = d.wait_for("the receiver's final counts", SECS, |s| {
         (io_value(s, "media_io_up", rx_pid, "input")? == 0.0).then(|| s.clone())
     });
     let v = |name| io_value(&s, name, rx_pid, "input").unwrap_or(-1.0);
@@ -351,26 +350,26 @@ fn receive_buffer_drops_equal_the_sockets_own_drop_counter() {
     // A receiver that stops reading once it reads the stream, until its socket's buffer has
     // overflowed: told by the kernel's own counter, however fast the sender runs (an emulated
     // CPU's is slow to start).
-    d.wait_for("the receiver reading the stream", secs(), |s| {
+    d.wait_for("the receiver reading the stream", SECS, |s| {
         (io_value(s, "media_io_datagrams_total", rx_pid, "input")? > 20.0).then_some(())
     });
     signal(rx_pid, libc::SIGSTOP);
     let t0 = std::time::Instant::now();
     while udp_socket_drops(rx_pid, 5006).unwrap_or(0) < 20 && tx.try_wait().unwrap().is_none() {
         assert!(
-            t0.elapsed() < secs(),
+            t0.elapsed() < patience(SECS),
             "the stopped receiver's buffer never overflowed"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     signal(rx_pid, libc::SIGCONT);
-    wait_exit(&mut tx, secs());
+    wait_exit(&mut tx, SECS);
     std::thread::sleep(Duration::from_millis(500));
     let truth = udp_socket_drops(rx_pid, 5006).expect("the receiver's socket");
     assert!(truth > 0, "the receiver should have dropped");
     wait_for_drops(&d, rx_pid, truth);
     signal(rx_pid, libc::SIGINT);
-    wait_exit(&mut rx, secs());
+    wait_exit(&mut rx, SECS);
 }
 
 /// The kernel's own drop counter of the UDP socket on `port` in the namespace of `pid` (the
@@ -406,7 +405,7 @@ fn wait_for_drops(d: &Daemon, pid: u32, truth: u64) {
     let reason = receive_buffer_reason();
     d.wait_for(
         &format!("the socket's drops (the kernel counted {truth}, reason {reason})"),
-        secs(),
+        SECS,
         |s| {
             let v = s.value(
                 "media_io_kernel_drops_total",
@@ -434,7 +433,10 @@ fn drops_before_the_receivers_first_read_are_its_inputs_too() {
     // kernel drops at it, only when FFmpeg reads from it after SIGCONT.
     let t0 = std::time::Instant::now();
     while udp_socket_drops(rx_pid, 5007).is_none() {
-        assert!(t0.elapsed() < secs(), "the receiver never bound port 5007");
+        assert!(
+            t0.elapsed() < patience(SECS),
+            "the receiver never bound port 5007"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     signal(rx_pid, libc::SIGSTOP);
@@ -443,7 +445,7 @@ fn drops_before_the_receivers_first_read_are_its_inputs_too() {
         &format!("udp://{}:5007?pkt_size=1316", link.rx_addr),
         "mpegts",
     );
-    wait_exit(&mut tx, secs());
+    wait_exit(&mut tx, SECS);
     let truth = udp_socket_drops(rx_pid, 5007).expect("the receiver's socket");
     // Its 32 KiB of buffer hold about 14 of the stream's ~1,000 datagrams.
     assert!(
@@ -452,7 +454,7 @@ fn drops_before_the_receivers_first_read_are_its_inputs_too() {
     );
     signal(rx_pid, libc::SIGCONT);
     wait_for_drops(&d, rx_pid, truth);
-    wait_exit(&mut rx, secs());
+    wait_exit(&mut rx, SECS);
 }
 
 #[test]
@@ -488,7 +490,7 @@ fn tcp_output_through_loss_shows_the_kernels_retransmissions() {
         &dir,
     );
     let rx_pid = rx.id();
-    wait_exit(&mut rx, secs());
+    wait_exit(&mut rx, SECS);
     wait_sent(&link, 5008);
     let truth = Link::snmp(&link.tx, "Tcp", "RetransSegs") - before;
     assert!(truth > 0, "3% loss should cause retransmissions");
@@ -530,7 +532,7 @@ fn tcp_stream(link: &Link, port: u16, rules: &str, dir: &std::path::Path) -> (Ch
     link.nft_rx(rules);
     let before = Link::snmp(&link.tx, "Tcp", "RetransSegs");
     let mut tx = send(link, &format!("tcp://{}:{port}", link.rx_addr), "mpegts");
-    wait_exit(&mut tx, secs());
+    wait_exit(&mut tx, SECS);
     (rx, tx.id(), before)
 }
 
@@ -545,7 +547,7 @@ fn wait_for_retransmits(d: &Daemon, link: &Link, pid: u32, before: u64) -> Scrap
             "the sender's retransmissions (the kernel counted {})",
             truth()
         ),
-        secs(),
+        SECS,
         |s| {
             let ended = io_value(s, "media_io_up", pid, "output")? == 0.0;
             let n = io_value(s, "media_io_tcp_retransmits_total", pid, "output")?;
@@ -566,7 +568,7 @@ fn wait_sent(link: &Link, port: u16) {
             return;
         }
         assert!(
-            t0.elapsed() < secs(),
+            t0.elapsed() < patience(SECS),
             "the sender's connection never finished: {states:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -595,7 +597,7 @@ fn retransmissions_after_the_sender_exited_are_its_outputs() {
     std::thread::sleep(Duration::from_secs(9));
     link.nft_rx("delete table inet fin");
     wait_sent(&link, 5009);
-    wait_exit(&mut rx, secs());
+    wait_exit(&mut rx, SECS);
     let truth = Link::snmp(&link.tx, "Tcp", "RetransSegs") - before;
     // Retransmitted with backoff from 0.2 s, doubling: five or more in the 9 s, the last of
     // them seconds past the old 5 s.
@@ -625,7 +627,7 @@ fn a_stalled_input_is_reported_stalled_and_a_planted_secret_never_leaves() {
         &format!("udp://{}:5010?pkt_size=1316", link.rx_addr),
         "mpegts",
     );
-    d.wait_for("data flowing, not stalled", secs(), |s| {
+    d.wait_for("data flowing, not stalled", SECS, |s| {
         let bytes = s.value(
             "media_io_bytes_total",
             &[("pid", &rx_pid.to_string()), ("op", "read")],
@@ -634,11 +636,11 @@ fn a_stalled_input_is_reported_stalled_and_a_planted_secret_never_leaves() {
         (bytes > 0.0 && stalled == 0.0).then_some(())
     });
     signal(tx.id(), libc::SIGSTOP);
-    d.wait_for("the input stalled", secs(), |s| {
+    d.wait_for("the input stalled", SECS, |s| {
         (io_value(s, "media_io_stalled", rx_pid, "input")? == 1.0).then_some(())
     });
     signal(tx.id(), libc::SIGCONT);
-    d.wait_for("the input flowing again", secs(), |s| {
+    d.wait_for("the input flowing again", SECS, |s| {
         (io_value(s, "media_io_stalled", rx_pid, "input")? == 0.0).then_some(())
     });
     let s = d.scrape();
@@ -651,10 +653,10 @@ fn a_stalled_input_is_reported_stalled_and_a_planted_secret_never_leaves() {
         "{}",
         s.text
     );
-    wait_exit(&mut tx, secs());
+    wait_exit(&mut tx, SECS);
     // A UDP input without a timeout waits for more data; it is not the subject here.
     signal(rx_pid, libc::SIGKILL);
-    wait_exit(&mut rx, secs());
+    wait_exit(&mut rx, SECS);
     let ios = d.get("/ios").unwrap().1;
     let listed: Vec<serde_json::Value> = serde_json::from_str(&ios).unwrap();
     assert!(
@@ -796,7 +798,7 @@ fn io_stats_can_be_turned_off() {
         .args(["-c", "copy", "-f", "mpegts"])
         .arg(dir.join("copy.ts")));
     // Codec streams are still counted; no input or output is followed.
-    d.wait_for("the pipeline's end", secs(), |s| {
+    d.wait_for("the pipeline's end", SECS, |s| {
         let p = pid.to_string();
         s.all("media_log_messages_total")
             .any(|x| x.label("pid") == Some(&p))

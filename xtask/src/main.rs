@@ -236,7 +236,7 @@ fn kernel_matrix(
         .collect::<anyhow::Result<Vec<_>>>()?;
     // A TCG guest runs on one host thread, and spends much of its time waiting (pipelines
     // paced in real time, timeouts of receivers): the three guests at once on CI's two cores
-    // take 11 minutes where one after another took about 15.
+    // take 7 to 8 minutes each, where one alone took 4 to 6.
     let runs: Vec<(anyhow::Result<Vec<vm::Outcome>>, f64)> = std::thread::scope(|scope| {
         let handles: Vec<_> = kernels
             .iter()
