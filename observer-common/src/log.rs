@@ -47,6 +47,10 @@ pub const LOG_STRINGS: usize = 4;
 pub const LOG_STRING_LEN: usize = 64;
 /// Bytes of the stack part of the `va_list` (arguments beyond the registers) kept.
 pub const LOG_OVERFLOW_LEN: usize = 64;
+/// Room for the integer registers a `va_list` saves (arm64's eight; x86-64 uses six).
+pub const LOG_GP_AREA: usize = 64;
+/// The vector registers a `va_list` saves: eight of 16 bytes on both architectures.
+pub const LOG_VR_AREA: usize = 128;
 
 /// One message at or above the configured level, sent through the ring buffer
 /// (`EventKind::LogMessage`).
@@ -63,13 +67,18 @@ pub struct LogEvent {
     /// kernel could not (its page not yet resident: `template` is then empty).
     pub fmt: u64,
     pub level: i32,
-    /// x86-64 `va_list`: offsets into the register save area of the next integer and
-    /// floating-point argument.
+    /// The `va_list`, the same on every architecture (the programs translate theirs, see
+    /// observer-ebpf's `arch`): byte offsets of the next integer argument in `gp_regs` and of
+    /// the next floating-point one in `vr_regs`.
     pub gp_offset: u32,
     pub fp_offset: u32,
-    pub _pad: u32,
-    /// The register save area: 6 integer registers (48 bytes), then 8 SSE registers of 16.
-    pub regs: [u8; 176],
+    /// Bytes of `gp_regs` the architecture passes arguments in: 48 on x86-64 (six
+    /// registers), 64 on arm64 (eight); the arguments after them are on the stack.
+    pub gp_end: u32,
+    /// The saved integer registers.
+    pub gp_regs: [u8; LOG_GP_AREA],
+    /// The saved vector registers: eight of 16 bytes (xmm0-7, q0-7).
+    pub vr_regs: [u8; LOG_VR_AREA],
     pub overflow: [u8; LOG_OVERFLOW_LEN],
     pub strings: [[u8; LOG_STRING_LEN]; LOG_STRINGS],
     pub template: [u8; TEMPLATE_LEN],

@@ -4,8 +4,8 @@
 //! there the daemon also files each probe point by file and offset (`PROBE_COOKIES`), and an
 //! entry probe finds its cookie from the mapping that holds the probed instruction (once per
 //! process and address, `IP_COOKIES`); a return probe finds the one its entry left under the
-//! thread and the stack pointer at entry, which is the return's stack pointer less the return
-//! address the call pushed.
+//! thread and the stack pointer at entry, which is the return's stack pointer less what the
+//! call pushed (`arch::CALL_PUSH`).
 
 use aya_ebpf::{
     EbpfContext,
@@ -21,6 +21,7 @@ use observer_common::{
 };
 
 use crate::{
+    arch,
     kernel::{current_task, kernel, mapping_of, read},
     maps::copied,
 };
@@ -44,9 +45,6 @@ static RETURN_COOKIES: LruHashMap<[u64; 2], u64> =
 /// The cookie of a probe whose point is not known: no call, no slot; every program ignores it.
 pub const UNKNOWN: u64 = make_cookie(0xffff, 0xff);
 
-/// A call pushes its return address: 8 bytes.
-const RETURN_ADDRESS_LEN: u64 = 8;
-
 /// The cookie of the entry probe that runs; `with_return` keeps it for the return probe of
 /// the same call.
 #[inline(always)]
@@ -57,7 +55,7 @@ pub fn entry(ctx: &ProbeContext, with_return: bool) -> u64 {
     }
     // SAFETY: ctx.regs points at the probed thread's saved registers; the kernel sets the
     // instruction pointer back to the probed instruction before it runs the programs.
-    let (ip, sp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp) };
+    let (ip, sp) = unsafe { (arch::ip(ctx.regs), arch::sp(ctx.regs)) };
     let cookie = by_address(ip).unwrap_or(UNKNOWN);
     if with_return {
         let _ = RETURN_COOKIES.insert(&[bpf_get_current_pid_tgid(), sp], &cookie, 0);
@@ -73,11 +71,8 @@ pub fn of_return(ctx: &RetProbeContext) -> u64 {
         return unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     }
     // SAFETY: ctx.regs points at the returning thread's saved registers.
-    let sp = unsafe { (*ctx.regs).rsp };
-    let key = [
-        bpf_get_current_pid_tgid(),
-        sp.wrapping_sub(RETURN_ADDRESS_LEN),
-    ];
+    let sp = unsafe { arch::sp(ctx.regs) };
+    let key = [bpf_get_current_pid_tgid(), sp.wrapping_sub(arch::CALL_PUSH)];
     let cookie = copied(RETURN_COOKIES.get_ptr(&key)).unwrap_or(UNKNOWN);
     let _ = RETURN_COOKIES.remove(&key);
     cookie

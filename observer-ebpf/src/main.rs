@@ -10,6 +10,7 @@
 // 512-byte BPF stack first.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod arch;
 mod cookie;
 mod kernel;
 mod maps;

@@ -8,7 +8,10 @@ use std::{collections::BTreeMap, fs::File, path::Path};
 use memchr::memmem;
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _, SymbolKind};
 
-use crate::ffmpeg::{self, Hook, Library, PROBES, Probe, Version};
+use crate::{
+    arch::Arch,
+    ffmpeg::{self, Hook, Library, PROBES, Probe, Version},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
@@ -26,6 +29,10 @@ pub enum InspectError {
         "{library:?} {version} is not a supported FFmpeg release (supported: libavcodec 58 to 63)"
     )]
     UnknownVersion { library: Library, version: Version },
+    /// Built for a machine this daemon does not run (another architecture's container under
+    /// an emulator, a 32-bit copy): its code never runs natively, so no probe would fire.
+    #[error("built for {0}, and this daemon runs on {native}", native = Arch::NATIVE.name())]
+    OtherArchitecture(String),
 }
 
 impl InspectError {
@@ -37,6 +44,7 @@ impl InspectError {
             InspectError::NoVersion => "no_version",
             InspectError::AmbiguousVersion(..) => "ambiguous_version",
             InspectError::UnknownVersion { .. } => "unknown_version",
+            InspectError::OtherArchitecture(_) => "other_architecture",
         }
     }
 }
@@ -61,6 +69,8 @@ pub struct FfmpegFile {
     pub open2_vaddr: Option<u64>,
     /// Loadable segments: (address, size, file offset), to turn an address into file bytes.
     pub segments: Vec<(u64, u64, u64)>,
+    /// The machine its code is for.
+    pub arch: Arch,
 }
 
 impl FfmpegFile {
@@ -85,18 +95,26 @@ impl FfmpegFile {
     }
 }
 
-/// Inspects the file at `path`. `Ok(None)`: not FFmpeg (most files on a node).
+/// Inspects the file at `path` for this daemon to probe. `Ok(None)`: not FFmpeg (most files
+/// on a node). An FFmpeg copy for another architecture is an error.
 pub fn inspect(path: &Path) -> Result<Option<FfmpegFile>, InspectError> {
     let file = File::open(path).map_err(InspectError::Open)?;
     // SAFETY: the map is read-only and private. A library replaced on disk while we read it
     // can change under us; the ELF parser bounds-checks every access, so the worst outcome is
     // a parse error.
     let data = unsafe { memmap2::Mmap::map(&file) }.map_err(InspectError::Open)?;
-    inspect_bytes(&data)
+    match inspect_bytes(&data)? {
+        Some(f) if f.arch != Arch::NATIVE => {
+            Err(InspectError::OtherArchitecture(f.arch.name().to_string()))
+        }
+        found => Ok(found),
+    }
 }
 
+/// Inspects an ELF file of any architecture the daemon reads.
 pub fn inspect_bytes(data: &[u8]) -> Result<Option<FfmpegFile>, InspectError> {
     let elf = object::File::parse(data)?;
+    let arch = Arch::of(&elf);
     let mut found: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut open2_vaddr = None;
     let wanted = |name: &[u8]| PROBES.iter().find(|p| p.symbol.as_bytes() == name);
@@ -133,7 +151,7 @@ pub fn inspect_bytes(data: &[u8]) -> Result<Option<FfmpegFile>, InspectError> {
         let skip = if probe.hook == Hook::Log {
             section.data().ok().and_then(|d| {
                 let at = usize::try_from(sym.address() - section.address()).ok()?;
-                cheap_entry(d.get(at..)?, sym.address())
+                arch?.cheap_entry(d.get(at..)?, sym.address())
             })
         } else {
             None
@@ -143,6 +161,10 @@ pub fn inspect_bytes(data: &[u8]) -> Result<Option<FfmpegFile>, InspectError> {
     if found.is_empty() {
         return Ok(None);
     }
+    let arch = arch.ok_or_else(|| {
+        use object::Object as _;
+        InspectError::OtherArchitecture(format!("{:?}", elf.architecture()).to_lowercase())
+    })?;
 
     let points: Vec<ProbePoint> = PROBES
         .iter()
@@ -183,57 +205,8 @@ pub fn inspect_bytes(data: &[u8]) -> Result<Option<FfmpegFile>, InspectError> {
         release,
         open2_vaddr,
         segments,
+        arch,
     }))
-}
-
-/// Where an entry-only probe on a function is cheapest, as an offset from its start.
-///
-/// x86 uprobes emulate a few instructions (pushes and direct branches) and single-step the
-/// rest out of line, which costs a second trap: `av_vlog` starts with `sub $0x18,%rsp`, and
-/// a probe there costs four times one on a `push`. So the probe goes on the first emulated
-/// instruction of the function's straight-line start, provided nothing before it writes the
-/// argument registers the program reads (rdi, rsi, rdx, and rcx: the `va_list` of a message
-/// sent as a structured event) and every call passes it. `None`:
-/// the start itself.
-pub fn cheap_entry(code: &[u8], address: u64) -> Option<u64> {
-    use iced_x86::{
-        Code, Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, OpAccess, Register,
-    };
-    let mut decoder = Decoder::with_ip(
-        64,
-        &code[..code.len().min(64)],
-        address,
-        DecoderOptions::NONE,
-    );
-    let mut info = InstructionInfoFactory::new();
-    let args = [Register::RDI, Register::RSI, Register::RDX, Register::RCX];
-    for insn in decoder.iter().take(16) {
-        if insn.is_invalid() {
-            return None;
-        }
-        let push = matches!(insn.code(), Code::Push_r64);
-        let branch = matches!(
-            insn.flow_control(),
-            FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch
-        ) && insn.is_jcc_short_or_near() | insn.is_jmp_short_or_near();
-        if push || branch {
-            return Some(insn.ip() - address).filter(|&o| o > 0);
-        }
-        if insn.flow_control() != FlowControl::Next {
-            return None;
-        }
-        let writes_args = info.info(&insn).used_registers().iter().any(|u| {
-            args.contains(&u.register().full_register())
-                && !matches!(
-                    u.access(),
-                    OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess
-                )
-        });
-        if writes_args {
-            return None;
-        }
-    }
-    None
 }
 
 /// Finds the `LIB*_IDENT` strings in the file's read-only data.
@@ -323,29 +296,3 @@ const VERSION_TAGS: [(&[u8], Library); 4] = [
     (b"LIBAVFILTER_", Library::Avfilter),
     (b"LIBAVUTIL_", Library::Avutil),
 ];
-
-#[cfg(test)]
-mod tests {
-    use super::cheap_entry;
-
-    #[test]
-    fn probes_skip_to_the_first_emulated_instruction_while_arguments_are_intact() {
-        // Debian's av_vlog: sub $0x18,%rsp; mov %fs:0x28,%rax; mov %rax,0x8(%rsp);
-        // mov 0x8b487(%rip),%rax; test %rdi,%rdi; je +0x2a
-        let code = [
-            0x48, 0x83, 0xec, 0x18, 0x64, 0x48, 0x8b, 0x04, 0x25, 0x28, 0x00, 0x00, 0x00, 0x48,
-            0x89, 0x44, 0x24, 0x08, 0x48, 0x8b, 0x05, 0x87, 0xb4, 0x08, 0x00, 0x48, 0x85, 0xff,
-            0x74, 0x2a,
-        ];
-        assert_eq!(cheap_entry(&code, 0x55b80), Some(28));
-        // A function that starts with a push is cheap at its start.
-        assert_eq!(cheap_entry(&[0x41, 0x55, 0x41, 0x54], 0x1000), None);
-        // mov (%rdi),%rdx overwrites the third argument before the branch: stay at the start.
-        let clobber = [
-            0x48, 0x83, 0xec, 0x18, 0x48, 0x8b, 0x17, 0x48, 0x85, 0xd2, 0x74, 0x10,
-        ];
-        assert_eq!(cheap_entry(&clobber, 0x2000), None);
-        // A return before any branch: stay at the start.
-        assert_eq!(cheap_entry(&[0x48, 0x83, 0xec, 0x18, 0xc3], 0x3000), None);
-    }
-}

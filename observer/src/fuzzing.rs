@@ -25,7 +25,9 @@ pub const TARGETS: &[(&str, Target)] = &[
 pub fn elf(data: &[u8]) {
     let _ = crate::elf::inspect_bytes(data);
     let _ = crate::ffmpeg::parse_version(data);
-    let _ = crate::elf::cheap_entry(&data[..data.len().min(256)], 0x1000);
+    for arch in [crate::arch::Arch::X86_64, crate::arch::Arch::Aarch64] {
+        let _ = arch.cheap_entry(&data[..data.len().min(256)], 0x1000);
+    }
 }
 
 /// The command line and the config file: arguments are the input's first line split on

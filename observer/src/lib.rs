@@ -1,6 +1,7 @@
 //! observer's daemon, as a library so the integration tests exercise the same code the
 //! binary runs (the layout table, the ELF inspector, the kernel loader).
 
+pub mod arch;
 pub mod btf;
 pub mod config;
 pub mod container;

@@ -379,7 +379,9 @@ pub fn format_message(template: &str, ev: &LogEvent, strings: bool) -> (String, 
     (out, shown)
 }
 
-/// Walks a captured x86-64 `va_list` the way `va_arg` does.
+/// Walks a captured `va_list` the way `va_arg` does, in the form the kernel programs give
+/// every architecture's (`LogEvent::gp_regs`): the integer registers up to `gp_end`, the vector
+/// registers, then the stack part for both.
 struct Args<'a> {
     ev: &'a LogEvent,
     gp: usize,
@@ -396,18 +398,19 @@ impl Args<'_> {
 
     fn int(&mut self) -> Option<u64> {
         self.ints += 1;
-        if self.gp + 8 <= 48 {
+        let end = (self.ev.gp_end as usize).min(self.ev.gp_regs.len());
+        if self.gp + 8 <= end {
             self.gp += 8;
-            return Args::word(&self.ev.regs, self.gp - 8);
+            return Args::word(&self.ev.gp_regs, self.gp - 8);
         }
         self.stack += 8;
         Args::word(&self.ev.overflow, self.stack - 8)
     }
 
     fn double(&mut self) -> Option<f64> {
-        if self.fp + 16 <= 176 {
+        if self.fp + 16 <= self.ev.vr_regs.len() {
             self.fp += 16;
-            return Args::word(&self.ev.regs, self.fp - 16).map(f64::from_bits);
+            return Args::word(&self.ev.vr_regs, self.fp - 16).map(f64::from_bits);
         }
         self.stack += 8;
         Args::word(&self.ev.overflow, self.stack - 8).map(f64::from_bits)
@@ -428,17 +431,29 @@ impl Args<'_> {
 mod tests {
     use super::*;
 
+    /// A message as av_log's caller leaves it on x86-64 (six integer registers): avcl, level,
+    /// fmt in the first three.
     fn event(ints: &[u64], doubles: &[f64], strings: &[(usize, &str)]) -> LogEvent {
+        event_on(48, ints, doubles, strings)
+    }
+
+    /// The same with `gp_end` bytes of integer registers (64: arm64's eight).
+    fn event_on(
+        gp_end: usize,
+        ints: &[u64],
+        doubles: &[f64],
+        strings: &[(usize, &str)],
+    ) -> LogEvent {
         // SAFETY: LogEvent is plain integers; all-zero is a valid value.
         let mut ev: LogEvent = unsafe { std::mem::zeroed() };
-        // As av_log's caller leaves it: avcl, level, fmt in the first three registers.
         ev.gp_offset = 24;
-        ev.fp_offset = 48;
+        ev.fp_offset = 0;
+        ev.gp_end = gp_end as u32;
         let mut gp = 24;
         let mut stack = 0;
         for v in ints {
-            if gp < 48 {
-                ev.regs[gp..gp + 8].copy_from_slice(&v.to_ne_bytes());
+            if gp < gp_end {
+                ev.gp_regs[gp..gp + 8].copy_from_slice(&v.to_ne_bytes());
                 gp += 8;
             } else {
                 ev.overflow[stack..stack + 8].copy_from_slice(&v.to_ne_bytes());
@@ -446,7 +461,7 @@ mod tests {
             }
         }
         for (i, d) in doubles.iter().enumerate() {
-            ev.regs[48 + 16 * i..56 + 16 * i].copy_from_slice(&d.to_bits().to_ne_bytes());
+            ev.vr_regs[16 * i..8 + 16 * i].copy_from_slice(&d.to_bits().to_ne_bytes());
         }
         for s in ev.strings.iter_mut() {
             s[0] = 0xff;
@@ -468,9 +483,18 @@ mod tests {
         let (msg, args) = format_message("pid %d cc %02d flags 0x%08X %s x%d at %.2f%%", &ev, true);
         assert_eq!(msg, "pid 188 cc 07 flags 0x00001234 h264 x5 at 2.50%");
         assert_eq!(args, ["188", "07", "00001234", "h264", "5", "2.50"]);
-        // Integer arguments beyond the registers come from the stack part.
-        let ev = event(&[1, 2, 3, 4, 5], &[], &[]);
-        assert_eq!(format_message("%d %d %d %d %d", &ev, true).0, "1 2 3 4 5");
+        // Integer arguments beyond the registers come from the stack part: after three on
+        // x86-64, after five on arm64, whose va_list saves eight registers.
+        let ev = event(&[1, 2, 3, 4, 5, 6, 7], &[], &[]);
+        assert_eq!(
+            format_message("%d %d %d %d %d %d %d", &ev, true).0,
+            "1 2 3 4 5 6 7"
+        );
+        let ev = event_on(64, &[1, 2, 3, 4, 5, 6, 7], &[0.5], &[(3, "hevc")]);
+        assert_eq!(
+            format_message("%d %d %d %s %d %d %d %.1f", &ev, true).0,
+            "1 2 3 hevc 5 6 7 0.5"
+        );
         // What the capture did not reach reads as "?", never as garbage.
         let ev = event(&[1], &[], &[]);
         assert_eq!(format_message("%s", &ev, true).0, "?");

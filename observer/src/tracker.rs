@@ -532,8 +532,8 @@ fn attach_path(pid: u32, m: &ExecMapping) -> PathBuf {
 /// Directories the dynamic linker searches; FFmpeg libraries in them are attached at start so
 /// a process started later is counted from its first frame.
 pub const LIBRARY_DIRS: &[&str] = &[
-    "/usr/lib/x86_64-linux-gnu",
-    "/lib/x86_64-linux-gnu",
+    crate::arch::MULTIARCH_LIBRARY_DIRS[0],
+    crate::arch::MULTIARCH_LIBRARY_DIRS[1],
     "/usr/lib64",
     "/usr/lib",
     "/usr/local/lib",

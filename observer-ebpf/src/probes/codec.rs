@@ -317,7 +317,7 @@ pub fn open_enter(ctx: ProbeContext) -> u32 {
         // args[1]: where avcodec_open2 runs in this process, so the daemon can find the
         // library's load address (and read a codec name from the file, see Stream::open_ip).
         // SAFETY: ctx.regs points at the probed thread's saved registers.
-        args: [avctx, unsafe { (*ctx.regs).rip }, 0, 0],
+        args: [avctx, unsafe { crate::arch::ip(ctx.regs) }, 0, 0],
         pts: 0,
         slot: cookie_slot(cookie::entry(&ctx, false)),
         _pad: 0,

@@ -5,17 +5,14 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf,
-        bpf_probe_read_user_str_bytes,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_str_bytes},
     macros::{map, uprobe},
     maps::HashMap,
     programs::ProbeContext,
 };
 use observer_common::{
     event::EventKind,
-    log::{LOG_OVERFLOW_LEN, LOG_STRINGS, LogEntry, LogEvent, LogKey, MAX_LOG_KEYS, TEMPLATE_LEN},
+    log::{LOG_STRINGS, LogEntry, LogEvent, LogKey, MAX_LOG_KEYS, TEMPLATE_LEN},
     stream::counter,
 };
 
@@ -95,9 +92,9 @@ pub fn log_message(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Sends one message with the raw material to format it: the `va_list` (x86-64: gp_offset,
-/// fp_offset, overflow_arg_area, reg_save_area), its register save area and stack part, and
-/// a string read at each of the next integer-class arguments.
+/// Sends one message with the raw material to format it: the `va_list`'s saved registers and
+/// stack part (`arch::capture_va_list`), and a string read at each of the next
+/// integer-class arguments.
 #[inline(always)]
 fn send_message(pid_tgid: u64, avcl: u64, level: i32, fmt: u64, vl: u64) {
     let tgid = (pid_tgid >> 32) as u32;
@@ -116,23 +113,7 @@ fn send_message(pid_tgid: u64, avcl: u64, level: i32, fmt: u64, vl: u64) {
         (*ev).thread_codec = thread_codec(pid_tgid);
         (*ev).fmt = fmt;
         (*ev).level = level;
-        (*ev)._pad = 0;
-        let list = if vl == 0 {
-            None
-        } else {
-            bpf_probe_read_user(vl as *const [u64; 3]).ok()
-        };
-        let [offsets, overflow, save] = list.unwrap_or([0; 3]);
-        (*ev).gp_offset = offsets as u32;
-        (*ev).fp_offset = (offsets >> 32) as u32;
-        if save == 0 || bpf_probe_read_user_buf(save as *const u8, &mut (*ev).regs).is_err() {
-            (*ev).regs = [0; 176];
-        }
-        if overflow == 0
-            || bpf_probe_read_user_buf(overflow as *const u8, &mut (*ev).overflow).is_err()
-        {
-            (*ev).overflow = [0; LOG_OVERFLOW_LEN];
-        }
+        crate::arch::capture_va_list(vl, ev);
         // The next integer-class arguments: registers from gp_offset on, then the stack.
         let first = ((*ev).gp_offset / 8) as usize;
         let mut i = 0;
@@ -155,21 +136,29 @@ fn send_message(pid_tgid: u64, avcl: u64, level: i32, fmt: u64, vl: u64) {
     entry.submit(0);
 }
 
-/// Integer-class argument slot `n` of a captured `va_list`: the six registers, then the
-/// stack. Constant offsets only, so the verifier sees every access in bounds.
+/// Integer-class argument slot `n` of a captured `va_list`: the registers, then the stack.
+/// Constant offsets only, so the verifier sees every access in bounds.
 #[inline(always)]
 fn integer_arg(ev: &LogEvent, n: usize) -> u64 {
-    match n {
-        0 => read_u64(&ev.regs, 0),
-        1 => read_u64(&ev.regs, 8),
-        2 => read_u64(&ev.regs, 16),
-        3 => read_u64(&ev.regs, 24),
-        4 => read_u64(&ev.regs, 32),
-        5 => read_u64(&ev.regs, 40),
-        6 => read_u64(&ev.overflow, 0),
-        7 => read_u64(&ev.overflow, 8),
-        8 => read_u64(&ev.overflow, 16),
-        9 => read_u64(&ev.overflow, 24),
+    const SLOTS: usize = crate::arch::GP_SAVED / 8;
+    if n < SLOTS {
+        return match n {
+            0 => read_u64(&ev.gp_regs, 0),
+            1 => read_u64(&ev.gp_regs, 8),
+            2 => read_u64(&ev.gp_regs, 16),
+            3 => read_u64(&ev.gp_regs, 24),
+            4 => read_u64(&ev.gp_regs, 32),
+            5 => read_u64(&ev.gp_regs, 40),
+            6 => read_u64(&ev.gp_regs, 48),
+            7 => read_u64(&ev.gp_regs, 56),
+            _ => 0,
+        };
+    }
+    match n - SLOTS {
+        0 => read_u64(&ev.overflow, 0),
+        1 => read_u64(&ev.overflow, 8),
+        2 => read_u64(&ev.overflow, 16),
+        3 => read_u64(&ev.overflow, 24),
         _ => 0,
     }
 }

@@ -11,7 +11,6 @@
 //! fails fast for descriptors, sockets and threads that are not ours.
 
 use aya_ebpf::{
-    bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_str_bytes, generated},
     macros::{btf_tracepoint, fexit, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
@@ -701,23 +700,17 @@ fn send_file(
 
 // --- kernel sockets: drops and retransmissions ----------------------------------------------
 
-// x86-64 syscall numbers: the socket tracepoints below learn which syscall they fire in
-// from the thread's saved user registers.
-const SYS_READ: u64 = 0;
-const SYS_WRITE: u64 = 1;
-const SYS_READV: u64 = 19;
-const SYS_WRITEV: u64 = 20;
-const SYS_CONNECT: u64 = 42;
-const SYS_SENDTO: u64 = 44;
-const SYS_RECVFROM: u64 = 45;
-const SYS_SENDMSG: u64 = 46;
-const SYS_RECVMSG: u64 = 47;
-const SYS_RECVMMSG: u64 = 299;
-const SYS_SENDMMSG: u64 = 307;
+// The socket tracepoints below learn which syscall they fire in from the thread's saved
+// user registers; the numbers are the architecture's (`arch::nr`).
+use crate::arch::nr::{
+    CONNECT as SYS_CONNECT, READ as SYS_READ, READV as SYS_READV, RECVFROM as SYS_RECVFROM,
+    RECVMMSG as SYS_RECVMMSG, RECVMSG as SYS_RECVMSG, SENDMMSG as SYS_SENDMMSG,
+    SENDMSG as SYS_SENDMSG, SENDTO as SYS_SENDTO, WRITE as SYS_WRITE, WRITEV as SYS_WRITEV,
+};
 const MSG_PEEK: i32 = 2;
 
 /// The syscall this thread is in: (number, first argument, second argument), from its saved
-/// user registers (`orig_rax`, `rdi`, `rsi`: the x86-64 syscall ABI, stable like ptrace's),
+/// user registers (the architecture's syscall ABI, stable like ptrace's: `arch::syscall`),
 /// or, on kernels without `bpf_task_pt_regs`, from what the syscall's entry left in
 /// `SYSCALL_ARGS`.
 #[inline(always)]
@@ -726,16 +719,17 @@ fn current_syscall() -> Option<(u64, u64, u64)> {
         return copied(SYSCALL_ARGS.get_ptr(&bpf_get_current_pid_tgid()))
             .map(|a| (a[0], a[1], a[2]));
     }
-    // SAFETY: helpers on the current task. The helper returns a BTF-typed pointer, so these
-    // are plain loads the verifier checks against the kernel's `struct pt_regs` (and turns
-    // into fault-tolerant ones): no probe-read call, which costs about 100 ns here.
+    // SAFETY: helpers on the current task. The helper returns a BTF-typed pointer, so the
+    // loads `arch::syscall` makes are plain ones the verifier checks against the kernel's
+    // `struct pt_regs` (and turns into fault-tolerant ones): no probe-read call, which costs
+    // about 100 ns here.
     unsafe {
-        let regs =
-            generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) as *const pt_regs;
+        let regs = generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf())
+            as *const core::ffi::c_void;
         if regs.is_null() {
             return None;
         }
-        Some(((*regs).orig_rax, (*regs).rdi, (*regs).rsi))
+        Some(crate::arch::syscall(regs))
     }
 }
 
