@@ -13,7 +13,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, FExit, TracePoint, UProbe,
+        BtfTracePoint, FExit, KProbe, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
@@ -983,6 +983,12 @@ fn attach_io_tracepoints(
                         tracing::info!(program = name, error = %e, "IPv6 sockets not counted");
                     }
                 }
+            })
+            .or_else(|fexit_error| {
+                // No BPF trampoline for kernel functions (arm64 before 6.4): kprobes on the
+                // same calls, where the kernel has them.
+                tracing::info!(error = %fexit_error, "fexit unavailable; counting sockets with kprobes");
+                inet_kprobes(ebpf).map_err(|e| format!("fexit: {fexit_error}; kprobes: {e}"))
             }),
         SocketPath::None(why) => Err(why.to_string()),
     }
@@ -1060,6 +1066,26 @@ fn btf_tracepoint(ebpf: &mut Ebpf, btf: &Btf, name: &'static str, tp: &str) -> R
     p.load(tp, btf)
         .and_then(|()| p.attach().map(drop))
         .map_err(|e| error_text(&e))
+}
+
+/// The kprobe twins of the `inet_*msg` fexit programs: an entry and a return program each,
+/// attached to the IPv4 call and, where there is one, the IPv6 call.
+fn inet_kprobes(ebpf: &mut Ebpf) -> Result<(), String> {
+    for (name, functions) in [
+        ("inet_recv_enter", ["inet_recvmsg", "inet6_recvmsg"]),
+        ("inet_recv_return", ["inet_recvmsg", "inet6_recvmsg"]),
+        ("inet_send_enter", ["inet_sendmsg", "inet6_sendmsg"]),
+        ("inet_send_return", ["inet_sendmsg", "inet6_sendmsg"]),
+    ] {
+        let p: &mut KProbe = program(ebpf, name).map_err(|e| error_text(&e))?;
+        p.load().map_err(|e| error_text(&e))?;
+        let [v4, v6] = functions;
+        p.attach(v4, 0).map_err(|e| error_text(&e))?;
+        if let Err(e) = p.attach(v6, 0) {
+            tracing::info!(program = name, error = %error_text(&e), "IPv6 sockets not counted");
+        }
+    }
+    Ok(())
 }
 
 /// Loads fexit program `name` for kernel function `function` and attaches it.

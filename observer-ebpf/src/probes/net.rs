@@ -12,9 +12,11 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_str_bytes, generated},
-    macros::{btf_tracepoint, fexit, map, tracepoint},
+    macros::{btf_tracepoint, fexit, kprobe, kretprobe, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::{BtfTracePointContext, FExitContext, TracePointContext},
+    programs::{
+        BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext,
+    },
 };
 use observer_common::{
     event::EventKind,
@@ -940,6 +942,61 @@ pub fn inet_send(ctx: FExitContext) -> u32 {
 #[fexit(function = "inet6_sendmsg")]
 pub fn inet6_send(ctx: FExitContext) -> u32 {
     sent(sock_of(ctx.arg(0)), ctx.arg::<i64>(3) as i32);
+    0
+}
+
+// Where fexit cannot attach either (arm64 before Linux 6.4 has no BPF trampoline for kernel
+// functions), kprobes do the same: the entry keeps the socket and flags by thread, the
+// return reads them with the result. Only threads of processes with ios keep anything.
+
+/// Arguments of a socket call in progress, by thread: (`struct socket *`, flags).
+#[map]
+static SOCKET_CALLS: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(MAX_FDS, 0);
+
+#[inline(always)]
+fn socket_call_enter(socket: Option<u64>, flags: Option<u64>) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if IO_PROCESSES.get_ptr(&((pid_tgid >> 32) as u32)).is_none() {
+        return;
+    }
+    let _ = SOCKET_CALLS.insert(&pid_tgid, &[socket.unwrap_or(0), flags.unwrap_or(0)], 0);
+}
+
+#[inline(always)]
+fn socket_call_return() -> Option<[u64; 2]> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let args = copied(SOCKET_CALLS.get_ptr(&pid_tgid))?;
+    let _ = SOCKET_CALLS.remove(&pid_tgid);
+    Some(args)
+}
+
+/// Entry of `inet_recvmsg` and `inet6_recvmsg` (same arguments).
+#[kprobe]
+pub fn inet_recv_enter(ctx: ProbeContext) -> u32 {
+    socket_call_enter(ctx.arg(0), ctx.arg(3));
+    0
+}
+
+#[kretprobe]
+pub fn inet_recv_return(ctx: RetProbeContext) -> u32 {
+    if let Some([socket, flags]) = socket_call_return() {
+        received(sock_of(socket), ctx.ret::<i64>() as i32, flags as i32);
+    }
+    0
+}
+
+/// Entry of `inet_sendmsg` and `inet6_sendmsg`.
+#[kprobe]
+pub fn inet_send_enter(ctx: ProbeContext) -> u32 {
+    socket_call_enter(ctx.arg(0), None);
+    0
+}
+
+#[kretprobe]
+pub fn inet_send_return(ctx: RetProbeContext) -> u32 {
+    if let Some([socket, _]) = socket_call_return() {
+        sent(sock_of(socket), ctx.ret::<i64>() as i32);
+    }
     0
 }
 
