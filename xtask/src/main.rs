@@ -2,6 +2,8 @@
 //!
 //! - `cargo xtask run`: install what the build needs, build, start the daemon, and show a
 //!   live per-stream table.
+//! - `cargo xtask build [--arch arm64]`: install what the build needs and build the daemon,
+//!   for this machine or cross-built for arm64.
 //! - `cargo xtask test`: install what the tests need too, then run every test.
 //! - `cargo xtask bench`: the benchmarks behind BENCHMARKS.md: overhead on pipelines (beside
 //!   the empty-probe floor and a bpftrace peer), the ingest, GPU sampling, frame spans, and
@@ -41,6 +43,16 @@ enum Cmd {
         #[arg(long)]
         tests: bool,
     },
+    /// Build the daemon (release) for an architecture: `target/release/observer` for amd64,
+    /// `target/aarch64-unknown-linux-gnu/release/observer` for arm64 (cross-built here, with
+    /// the kernel programs built for arm64's registers inside).
+    Build {
+        #[arg(long, default_value = "amd64", value_parser = ["amd64", "arm64"])]
+        arch: String,
+        /// Build without optimisations.
+        #[arg(long)]
+        debug: bool,
+    },
     /// Build and start the daemon on this machine and show its streams live.
     Run {
         /// Build without optimisations (faster to build, slower to run).
@@ -52,12 +64,17 @@ enum Cmd {
     },
     /// Run every test: unit tests and the tests that load the kernel programs against real
     /// ffmpeg processes (as root), on this machine's kernel and then inside Debian's 5.10, 6.1
-    /// and 6.12 kernels under QEMU (the kernel matrix).
+    /// and 6.12 kernels under QEMU, and arm64's 6.1 and 6.12 (the kernel matrix).
     Test {
         /// Only these kernels (repeat or comma-separate): `host` (this machine's, the whole
         /// suite), `bullseye` (5.10), `bookworm` (6.1), `trixie` (6.12). Default: all.
         #[arg(long, value_delimiter = ',', value_parser = ["host", "bullseye", "bookworm", "trixie"])]
         kernel: Vec<String>,
+        /// Only these architectures' kernels (comma-separated): `amd64` (this machine's and
+        /// the amd64 guests), `arm64` (guests of bookworm's and trixie's arm64 kernels).
+        /// Default: both.
+        #[arg(long, value_delimiter = ',', value_parser = ["amd64", "arm64"])]
+        arch: Vec<String>,
         /// Arguments for `cargo test` on this machine, after `--` (e.g. `-- decode`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -118,20 +135,41 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Build { arch, debug } => {
+            let arch = vm::Arch::parse(&arch)?;
+            setup::build_deps()?;
+            let bin = build_daemon_for(arch, !debug)?;
+            // The path alone on standard output, for scripts (deploy/docker/Dockerfile).
+            println!("{}", bin.display());
+            Ok(())
+        }
         Cmd::Run { debug, args } => {
             setup::require_root("the daemon loads kernel programs")?;
             setup::build_deps()?;
             let bin = build_daemon(!debug)?;
             table::run(&bin, &args)
         }
-        Cmd::Test { kernel, args } => {
+        Cmd::Test { kernel, arch, args } => {
             setup::require_root("the tests load kernel programs")?;
             setup::build_deps()?;
+            let archs: Vec<vm::Arch> = if arch.is_empty() {
+                vec![vm::Arch::Amd64, vm::Arch::Arm64]
+            } else {
+                arch.iter()
+                    .map(|a| vm::Arch::parse(a))
+                    .collect::<anyhow::Result<_>>()?
+            };
+            if kernel.iter().any(|k| k == "bullseye") && archs == [vm::Arch::Arm64] {
+                bail!("the arm64 guests run bookworm's and trixie's kernels, not bullseye's");
+            }
             let assets = setup::test_deps(&root)?;
+            // The arm64 root and assets: the arm64 guests run on them, and this machine's ELF
+            // tests read their binaries.
+            let (arm64_root, arm64_assets) = setup::arm64_guest(&assets)?;
             let bin = build_daemon(false)?;
             let all = kernel.is_empty();
             let mut failed = Vec::new();
-            if all || kernel.iter().any(|k| k == "host") {
+            if archs.contains(&vm::Arch::Amd64) && (all || kernel.iter().any(|k| k == "host")) {
                 setup::cargo_tool(
                     "cargo-deny",
                     CARGO_DENY_VERSION,
@@ -159,15 +197,42 @@ fn main() -> anyhow::Result<()> {
                     failed.push("this machine's kernel".to_string());
                 }
             }
-            let suites: Vec<&str> = vm::KERNELS
-                .iter()
-                .map(|(suite, _)| *suite)
-                .filter(|s| all || kernel.iter().any(|k| k == s))
-                .collect();
-            if !suites.is_empty() {
-                // The same debug daemon: what it does at start is optimized even in debug
-                // (Cargo.toml), fast enough under an emulated CPU.
-                failed.extend(kernel_matrix(&root, &assets, &bin, &suites)?);
+            let mut guests = Vec::new();
+            for &a in &archs {
+                let suites: Vec<&str> = a
+                    .kernels()
+                    .iter()
+                    .map(|(suite, _)| *suite)
+                    .filter(|s| all || kernel.iter().any(|k| k == s))
+                    .collect();
+                if suites.is_empty() {
+                    continue;
+                }
+                // amd64's guests run this machine's debug daemon and test binaries: what the
+                // daemon does at start is optimized even in debug (Cargo.toml), fast enough
+                // under an emulated CPU. arm64's are built here for it in one profile, release:
+                // the daemon `cargo xtask build --arch arm64` makes, and tests that share its
+                // dependencies' build.
+                let (daemon, guest_root, guest_assets, release) = match a {
+                    vm::Arch::Amd64 => (bin.clone(), vm::Root::Host, assets.clone(), false),
+                    vm::Arch::Arm64 => (
+                        build_daemon_for(a, true)?,
+                        vm::Root::Foreign(arm64_root.clone()),
+                        arm64_assets.clone(),
+                        true,
+                    ),
+                };
+                guests.push(Guests {
+                    arch: a,
+                    suites,
+                    daemon,
+                    release,
+                    root: guest_root,
+                    assets: guest_assets,
+                });
+            }
+            if !guests.is_empty() {
+                failed.extend(kernel_matrix(&root, &assets, &guests)?);
             }
             if !failed.is_empty() {
                 bail!("tests failed on {}", failed.join(", "));
@@ -202,50 +267,70 @@ fn main() -> anyhow::Result<()> {
 
 const CARGO_DENY_VERSION: &str = "0.20.2";
 
-/// Runs the kernel-dependent tests inside each of `suites`' kernels; returns the kernels
-/// where any failed.
-fn kernel_matrix(
-    root: &Path,
-    assets: &Path,
-    daemon: &Path,
-    suites: &[&str],
-) -> anyhow::Result<Vec<String>> {
-    step("building the test binaries the kernel matrix runs");
-    let binaries = test_binaries()?;
-    let tests: Vec<(PathBuf, &str)> = vm::GUEST_TESTS
-        .iter()
-        .map(|(binary, name)| {
-            binaries
-                .iter()
-                .find(|(b, _)| b == binary)
-                .map(|(_, path)| (path.clone(), *name))
-                .with_context(|| format!("no test binary {binary}"))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let env = [
-        ("OBSERVER_BIN", daemon.display().to_string()),
-        ("OBSERVER_TEST_ASSETS", assets.display().to_string()),
-        // Three emulated CPUs on two cores stretch the tests' waits: a debug daemon took
-        // 25-35 s to start there (the kernel's verifier), a receiver decoding at debug level
-        // longer than 30 s to finish.
-        ("OBSERVER_TEST_PATIENCE", "4".to_string()),
-    ];
-    let kernels = suites
-        .iter()
-        .map(|suite| vm::kernel(assets, suite))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    // A TCG guest runs on one host thread, and spends much of its time waiting (pipelines
-    // paced in real time, timeouts of receivers): the three guests at once on CI's two cores
-    // take 7 to 8 minutes each, where one alone took 4 to 6.
-    let runs: Vec<(anyhow::Result<Vec<vm::Outcome>>, f64)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = kernels
+/// One architecture's part of the kernel matrix.
+struct Guests {
+    arch: vm::Arch,
+    suites: Vec<&'static str>,
+    /// The daemon built for it.
+    daemon: PathBuf,
+    /// Whether its test binaries are built in the release profile.
+    release: bool,
+    root: vm::Root,
+    /// `OBSERVER_TEST_ASSETS` inside its guests.
+    assets: PathBuf,
+}
+
+/// Runs the kernel-dependent tests inside each of `guests`' kernels, all at once; returns the
+/// kernels where any failed.
+fn kernel_matrix(root: &Path, assets: &Path, guests: &[Guests]) -> anyhow::Result<Vec<String>> {
+    let mut runs = Vec::new();
+    for g in guests {
+        step(&format!(
+            "building the {} test binaries the kernel matrix runs",
+            g.arch.name()
+        ));
+        let binaries = test_binaries(g.arch, g.release)?;
+        let tests: Vec<(PathBuf, &str)> = vm::GUEST_TESTS
             .iter()
-            .map(|kernel| {
-                let (tests, env) = (&tests, &env);
-                let work = root.join("target").join("vm").join(&kernel.suite);
+            .map(|(binary, name)| {
+                binaries
+                    .iter()
+                    .find(|(b, _)| b == binary)
+                    .map(|(_, path)| (path.clone(), *name))
+                    .with_context(|| format!("no test binary {binary}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let env = vec![
+            ("OBSERVER_BIN", g.daemon.display().to_string()),
+            ("OBSERVER_TEST_ASSETS", g.assets.display().to_string()),
+            // Several emulated CPUs on two cores stretch the tests' waits: a debug daemon took
+            // 25-35 s to start there (the kernel's verifier), a receiver decoding at debug
+            // level longer than 30 s to finish.
+            ("OBSERVER_TEST_PATIENCE", "4".to_string()),
+        ];
+        for suite in &g.suites {
+            runs.push((
+                vm::kernel(assets, suite, g.arch)?,
+                g,
+                tests.clone(),
+                env.clone(),
+            ));
+        }
+    }
+    // A TCG guest runs on one host thread, and spends much of its time waiting (pipelines
+    // paced in real time, timeouts of receivers): the three amd64 guests at once on CI's two
+    // cores take 7 to 8 minutes each, where one alone took 4 to 6.
+    let results: Vec<(anyhow::Result<Vec<vm::Outcome>>, f64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = runs
+            .iter()
+            .map(|(kernel, g, tests, env)| {
+                let work = root.join("target").join("vm").join(match kernel.arch {
+                    vm::Arch::Amd64 => kernel.suite.clone(),
+                    a => format!("{}-{}", kernel.suite, a.name()),
+                });
                 scope.spawn(move || {
                     let t0 = std::time::Instant::now();
-                    let outcomes = vm::run_tests(kernel, tests, env, root, &work);
+                    let outcomes = vm::run_tests(kernel, &g.root, tests, env, root, &work);
                     (outcomes, t0.elapsed().as_secs_f64())
                 })
             })
@@ -255,21 +340,27 @@ fn kernel_matrix(
             .map(|h| h.join().expect("a guest's thread"))
             .collect()
     });
+    let kernels: Vec<&vm::Kernel> = runs.iter().map(|(k, ..)| k).collect();
+    let tests_per_guest: Vec<usize> = runs.iter().map(|(_, _, t, _)| t.len()).collect();
     let mut failed = Vec::new();
     let (mut passed_all, mut failed_all) = (0, 0);
-    for (kernel, (outcomes, seconds)) in kernels.iter().zip(runs) {
+    for ((kernel, (outcomes, seconds)), n) in kernels.iter().zip(results).zip(tests_per_guest) {
         let suite = &kernel.suite;
+        let arch = kernel.arch.name();
         let outcomes = match outcomes {
             Ok(o) => o,
             Err(e) => {
-                eprintln!("\n    Debian {suite}, kernel {}: {e:#}", kernel.release);
-                failed_all += tests.len();
-                failed.push(format!("Debian {suite}'s kernel {}", kernel.release));
+                eprintln!(
+                    "\n    Debian {suite}, {arch} kernel {}: {e:#}",
+                    kernel.release
+                );
+                failed_all += n;
+                failed.push(format!("Debian {suite}'s {arch} kernel {}", kernel.release));
                 continue;
             }
         };
         eprintln!(
-            "\n    Debian {suite}, kernel {} ({seconds:.0} s in all):",
+            "\n    Debian {suite}, {arch} kernel {} ({seconds:.0} s in all):",
             kernel.release
         );
         for o in &outcomes {
@@ -289,7 +380,7 @@ fn kernel_matrix(
         passed_all += outcomes.len() - bad;
         failed_all += bad;
         if bad > 0 {
-            failed.push(format!("Debian {suite}'s kernel {}", kernel.release));
+            failed.push(format!("Debian {suite}'s {arch} kernel {}", kernel.release));
         }
     }
     // The plain closing line CI reads, for the matrix as a whole.
@@ -297,16 +388,21 @@ fn kernel_matrix(
     Ok(failed)
 }
 
-/// The integration test binaries by name, built (`cargo test --no-run`).
-fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let out = Command::new(cargo())
-        .args([
-            "test",
-            "--no-run",
-            "--package",
-            "observer-tests",
-            "--message-format=json",
-        ])
+/// The integration test binaries by name, built for `arch` (`cargo test --no-run`).
+fn test_binaries(arch: vm::Arch, release: bool) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut cmd = Command::new(cargo());
+    cmd.args([
+        "test",
+        "--no-run",
+        "--package",
+        "observer-tests",
+        "--message-format=json",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    cross(&mut cmd, arch);
+    let out = cmd
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("cargo test --no-run")?;
@@ -377,22 +473,53 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds the daemon (its build script builds the kernel programs) and returns its path.
+/// Builds the daemon for this machine (its build script builds the kernel programs) and
+/// returns its path.
 fn build_daemon(release: bool) -> anyhow::Result<PathBuf> {
+    build_daemon_for(vm::Arch::native(), release)
+}
+
+/// Builds the daemon for `arch` and returns its path: this machine's where it always was
+/// (`target/release`), another architecture's under its target triple, cross-built with the
+/// toolchain `setup::cross_deps` installs. aya-build builds the kernel programs for the same
+/// architecture (`bpf_target_arch`), so they read its registers.
+fn build_daemon_for(arch: vm::Arch, release: bool) -> anyhow::Result<PathBuf> {
+    if arch != vm::Arch::native() {
+        setup::cross_deps(arch)?;
+    }
+    let profile = if release { "release" } else { "debug" };
     step(&format!(
-        "building the daemon ({})",
-        if release { "release" } else { "debug" }
+        "building the daemon for {} ({profile})",
+        arch.name()
     ));
     let mut cmd = Command::new(cargo());
     cmd.args(["build", "--package", "observer", "--bin", "observer"]);
     if release {
         cmd.arg("--release");
     }
+    cross(&mut cmd, arch);
     if !cmd.status().context("running cargo build")?.success() {
         bail!("building the daemon failed (see the errors above)");
     }
-    Ok(workspace_root()
-        .join("target")
-        .join(if release { "release" } else { "debug" })
-        .join("observer"))
+    let target = workspace_root().join("target");
+    Ok(if arch == vm::Arch::native() {
+        target.join(profile).join("observer")
+    } else {
+        target.join(arch.triple()).join(profile).join("observer")
+    })
+}
+
+/// Makes a cargo command build for `arch`: this machine's as always, another with Debian's
+/// cross linker and C compiler (for whatever builds C).
+fn cross(cmd: &mut Command, arch: vm::Arch) {
+    if arch == vm::Arch::native() {
+        return;
+    }
+    let triple = arch.triple();
+    let env = triple.replace('-', "_");
+    let gcc = format!("{}-gcc", arch.gnu_prefix());
+    cmd.arg("--target").arg(triple);
+    cmd.env(format!("CARGO_TARGET_{}_LINKER", env.to_uppercase()), &gcc)
+        .env(format!("CC_{env}"), &gcc)
+        .env(format!("AR_{env}"), format!("{}-ar", arch.gnu_prefix()));
 }

@@ -189,6 +189,10 @@ const TEST_PACKAGES: &[&str] = &[
     // the kernel matrix: Debian's kernels booted under QEMU from a busybox initramfs; depmod
     // indexes their modules, and the guests load veth and nftables with modprobe
     "qemu-system-x86",
+    "qemu-system-arm",
+    // arm64: the cross compiler (the layout test compiles FFmpeg's headers for arm64 too),
+    // and binutils' disassembler (with it), the ELF tests' truth for arm64 binaries
+    "gcc-aarch64-linux-gnu",
     "busybox-static",
     "kmod",
     "xz-utils",
@@ -281,17 +285,7 @@ pub fn test_deps(root: &Path) -> anyhow::Result<PathBuf> {
         step("fetching a static ffmpeg build (imageio-ffmpeg's)");
         let tmp = assets.join("imageio-ffmpeg");
         pip_target(&tmp, IMAGEIO_FFMPEG, false)?;
-        let bin = std::fs::read_dir(tmp.join("imageio_ffmpeg").join("binaries"))?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("ffmpeg-linux"))
-            })
-            .context("imageio-ffmpeg carries no ffmpeg-linux binary")?;
-        std::fs::create_dir_all(&static_dir)?;
-        std::fs::rename(&bin, static_dir.join("ffmpeg"))?;
-        std::fs::remove_dir_all(&tmp)?;
+        move_static_ffmpeg(&tmp, &static_dir)?;
     }
     for (dir, module, requirement, what) in [
         (
@@ -314,6 +308,170 @@ pub fn test_deps(root: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     Ok(assets)
+}
+
+/// What building for another architecture needs: the Rust standard library for the target
+/// (rustup) and Debian's cross linker and C compiler (`gcc-aarch64-linux-gnu`; the C library
+/// for the target comes with it).
+pub fn cross_deps(arch: crate::vm::Arch) -> anyhow::Result<()> {
+    let triple = arch.triple();
+    step(&format!("checking the cross toolchain for {triple}"));
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .context("rustup is not installed; install Rust with rustup first")?;
+    if !installed.lines().any(|l| l.trim() == triple) {
+        step(&format!(
+            "installing the Rust standard library for {triple} (rustup target add)"
+        ));
+        download(
+            || {
+                let mut c = Command::new("rustup");
+                c.args(["target", "add", triple]);
+                c
+            },
+            &format!("rustup target add {triple}"),
+        )?;
+    }
+    let gcc = format!("gcc-{}", arch.gnu_prefix().replace('_', "-"));
+    apt_install(&[gcc.as_str()])
+}
+
+/// The Debian release whose arm64 packages make the arm64 guests' root: its ffmpeg is 5.1, as
+/// on this machine, and its Python 3.11 takes the same cp311 wheels.
+const ARM64_ROOT_SUITE: &str = "bookworm";
+
+/// Debian packages the arm64 guests' root is made of (with everything they depend on).
+const ARM64_ROOT_PACKAGES: &[&str] = &[
+    "libc-bin",
+    "dash",
+    "coreutils",
+    "busybox-static",
+    "kmod",
+    "iproute2",
+    "nftables",
+    "ffmpeg",
+    "python3",
+];
+
+/// What the arm64 guests run on: a root file system unpacked from Debian's arm64 packages (no
+/// maintainer scripts run: the guest runs `ldconfig`, and busybox's applets fill the gaps),
+/// and the tests' assets for arm64 beside it (the PyAV wheel and static ffmpeg built for
+/// arm64, the media shared with this machine's tests). Returns (root, assets).
+pub fn arm64_guest(assets: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let root = assets.join("arm64").join("root");
+    let marker = root.join(".observer-packages");
+    let packages = ARM64_ROOT_PACKAGES.join(" ");
+    // The marker names what the root was made of, and how: a new way remakes it.
+    let made = format!("{packages}\nalternatives in ld.so.conf.d\n");
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(made.as_str()) {
+        step(&format!(
+            "assembling the arm64 guests' root from Debian {ARM64_ROOT_SUITE}'s arm64 packages \
+             ({packages} and what they need)"
+        ));
+        let apt = DebianSuite::of_arch(assets, ARM64_ROOT_SUITE, "arm64")?;
+        let mut wanted: Vec<String> = Vec::new();
+        for p in ARM64_ROOT_PACKAGES {
+            for q in apt.closure(p)? {
+                if !wanted.contains(&q) {
+                    wanted.push(q);
+                }
+            }
+        }
+        let debs = apt.download(&wanted.iter().map(String::as_str).collect::<Vec<_>>())?;
+        unpack(&debs, &root)?;
+        // What maintainer scripts would have made: the shell's usual name, and the libraries
+        // Debian's alternatives put on the linker's path (BLAS and LAPACK, in directories of
+        // their own: the guest's ldconfig reads them from this list).
+        let sh = root.join("bin/sh");
+        if std::fs::symlink_metadata(&sh).is_err() {
+            std::os::unix::fs::symlink("dash", &sh)?;
+        }
+        let multiarch = root.join("usr/lib/aarch64-linux-gnu");
+        let mut alternatives = String::new();
+        for e in std::fs::read_dir(&multiarch)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.file_type()?.is_dir() && ["blas", "lapack"].contains(&name.as_str()) {
+                alternatives.push_str(&format!("/usr/lib/aarch64-linux-gnu/{name}\n"));
+            }
+        }
+        std::fs::create_dir_all(root.join("etc/ld.so.conf.d"))?;
+        std::fs::write(
+            root.join("etc/ld.so.conf.d/observer-alternatives.conf"),
+            alternatives,
+        )?;
+        std::fs::write(&marker, &made)?;
+    }
+    let arm = assets.join("arm64").join("assets");
+    // The wheel the hold test installs fresh (FFmpeg 6.1 under hashed names).
+    let v = PYAV_VERSIONS[0];
+    let dir = arm.join("pyav").join(v);
+    if !dir.join("av").exists() {
+        step(&format!(
+            "installing PyAV {v} for arm64 into {}",
+            dir.display()
+        ));
+        pip_foreign(&dir, &format!("av=={v}"), "aarch64")?;
+    }
+    let static_dir = arm.join("static-ffmpeg");
+    if !static_dir.join("ffmpeg").exists() {
+        step("fetching a static arm64 ffmpeg build (imageio-ffmpeg's)");
+        let tmp = arm.join("imageio-ffmpeg");
+        pip_foreign(&tmp, IMAGEIO_FFMPEG, "aarch64")?;
+        move_static_ffmpeg(&tmp, &static_dir)?;
+    }
+    // The media the tests make with ffmpeg, made on this machine once rather than under an
+    // emulated CPU.
+    let media = arm.join("media");
+    std::fs::create_dir_all(&media)?;
+    if let Ok(dir) = std::fs::read_dir(assets.join("media")) {
+        for e in dir.flatten() {
+            let dest = media.join(e.file_name());
+            if !dest.exists() && e.file_type().is_ok_and(|t| t.is_file()) {
+                std::fs::copy(e.path(), dest)?;
+            }
+        }
+    }
+    Ok((root, arm))
+}
+
+/// imageio-ffmpeg's one ffmpeg binary, moved out of the wheel unpacked at `tmp` into `dir`.
+fn move_static_ffmpeg(tmp: &Path, dir: &Path) -> anyhow::Result<()> {
+    let bin = std::fs::read_dir(tmp.join("imageio_ffmpeg").join("binaries"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("ffmpeg-linux"))
+        })
+        .context("imageio-ffmpeg carries no ffmpeg-linux binary")?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::rename(&bin, dir.join("ffmpeg"))?;
+    std::fs::remove_dir_all(tmp)?;
+    Ok(())
+}
+
+/// Like [`pip_target`] for another machine: the wheel for `machine` (manylinux, CPython 3.11,
+/// as the arm64 guests' Python), without its dependencies.
+fn pip_foreign(dir: &Path, requirement: &str, machine: &str) -> anyhow::Result<()> {
+    download(
+        || {
+            let mut c = Command::new("python3");
+            c.args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["--only-binary=:all:", "--no-deps", "--upgrade"])
+            .args(["--python-version", "3.11", "--implementation", "cp"]);
+            for tag in ["manylinux2014", "manylinux_2_17", "manylinux_2_28"] {
+                c.arg("--platform").arg(format!("{tag}_{machine}"));
+            }
+            c.arg("--target").arg(dir).arg(requirement);
+            c
+        },
+        &format!("pip install {requirement} for {machine}"),
+    )
 }
 
 /// FFmpeg 4.x (libavcodec 58), run for real: Debian bullseye's ffmpeg 4.3 with the libraries
@@ -400,12 +558,26 @@ pub(crate) fn unpack(debs: &[PathBuf], dir: &Path) -> anyhow::Result<()> {
 pub(crate) struct DebianSuite {
     apt: PathBuf,
     suite: String,
+    /// Debian's name of the architecture whose packages it lists (`amd64`, `arm64`).
+    arch: &'static str,
 }
 
 impl DebianSuite {
-    /// The suite's package lists, fetched.
+    /// The suite's amd64 package lists, fetched.
     pub(crate) fn new(assets: &Path, suite: &str) -> anyhow::Result<DebianSuite> {
-        let apt = assets.join("apt").join(suite);
+        DebianSuite::of_arch(assets, suite, "amd64")
+    }
+
+    /// The suite's package lists for `arch` (Debian's name), fetched.
+    pub(crate) fn of_arch(
+        assets: &Path,
+        suite: &str,
+        arch: &'static str,
+    ) -> anyhow::Result<DebianSuite> {
+        let apt = match arch {
+            "amd64" => assets.join("apt").join(suite),
+            _ => assets.join("apt").join(format!("{suite}-{arch}")),
+        };
         for d in [
             "sources.list.d",
             "lists/partial",
@@ -425,6 +597,7 @@ impl DebianSuite {
         let s = DebianSuite {
             apt,
             suite: suite.to_string(),
+            arch,
         };
         download(
             || s.command("apt-get", &["update", "-q"]),
@@ -448,6 +621,8 @@ impl DebianSuite {
         c.arg("-o")
             .arg(format!("Dir::Cache={}", self.apt.join("cache").display()));
         c.arg("-o").arg("Dir::State::status=/dev/null");
+        c.arg("-o").arg(format!("APT::Architecture={}", self.arch));
+        c.arg("-o").arg(format!("APT::Architectures={}", self.arch));
         c.current_dir(self.apt.join("debs")).args(args);
         c
     }

@@ -1,12 +1,16 @@
 //! The kernel matrix: the kernel-dependent tests, run inside Debian's own generic kernels
-//! (bullseye's 5.10, bookworm's 6.1, trixie's 6.12) booted under QEMU, on this machine's own
-//! root file system. The kernel packages come from Debian's suites like the other assets.
+//! (bullseye's 5.10, bookworm's 6.1, trixie's 6.12; arm64's 6.1 and 6.12) booted under QEMU.
+//! The kernel packages come from Debian's suites like the other assets.
 //!
 //! A guest boots from a small initramfs (busybox and the kernel's 9p, virtio and overlay
-//! modules), mounts this machine's root over 9p read-only under a tmpfs overlay, the kernel's
-//! modules at /lib/modules and a writable share for its results, and runs the tests there: the
-//! same test binaries and daemon, the same ffmpeg, with the guest's kernel underneath. KVM is
-//! used where it runs guests; elsewhere QEMU emulates the CPU (TCG), several times slower.
+//! modules), mounts its root over 9p read-only under a tmpfs overlay, the kernel's modules at
+//! /lib/modules and a writable share for its results, and runs the tests there. An amd64
+//! guest's root is this machine's own: the same test binaries and daemon, the same ffmpeg,
+//! with the guest's kernel underneath. An arm64 guest's root is unpacked from Debian's arm64
+//! packages (`setup::arm64_guest`), with the checkout mounted at its own path (over a tmpfs
+//! overlay too) for the arm64 test binaries and daemon built here. KVM is used where it runs
+//! guests; elsewhere QEMU emulates the CPU (TCG), several times slower, and an arm64 CPU
+//! always.
 
 use std::{
     fmt::Write as _,
@@ -22,13 +26,82 @@ use crate::{
     step,
 };
 
-/// The kernels the matrix boots: Debian suite, and the release line its generic kernel
-/// follows (what the README's kernel table names).
+/// The kernels the matrix boots on amd64: Debian suite, and the release line its generic
+/// kernel follows (what the README's kernel table names).
 pub const KERNELS: &[(&str, &str)] = &[
     ("bullseye", "5.10"),
     ("bookworm", "6.1"),
     ("trixie", "6.12"),
 ];
+
+/// The kernels the matrix boots on arm64.
+pub const ARM64_KERNELS: &[(&str, &str)] = &[("bookworm", "6.1"), ("trixie", "6.12")];
+
+/// A CPU architecture the daemon is built and tested for, by Debian's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub fn parse(name: &str) -> anyhow::Result<Arch> {
+        match name {
+            "amd64" | "x86_64" | "x86-64" => Ok(Arch::Amd64),
+            "arm64" | "aarch64" => Ok(Arch::Arm64),
+            _ => bail!("unknown architecture {name}: amd64 or arm64"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The machine this runs on.
+    pub fn native() -> Arch {
+        if cfg!(target_arch = "aarch64") {
+            Arch::Arm64
+        } else {
+            Arch::Amd64
+        }
+    }
+
+    /// Debian's cross compiler for it (`gcc-aarch64-linux-gnu`'s `aarch64-linux-gnu-gcc`).
+    pub fn gnu_prefix(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64-linux-gnu",
+            Arch::Arm64 => "aarch64-linux-gnu",
+        }
+    }
+
+    /// Rust's target triple.
+    pub fn triple(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64-unknown-linux-gnu",
+            Arch::Arm64 => "aarch64-unknown-linux-gnu",
+        }
+    }
+
+    /// The kernels the matrix boots for it.
+    pub fn kernels(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Arch::Amd64 => KERNELS,
+            Arch::Arm64 => ARM64_KERNELS,
+        }
+    }
+}
+
+/// The root file system a guest runs on.
+pub enum Root {
+    /// This machine's own (amd64 guests).
+    Host,
+    /// A directory holding another architecture's root (with its busybox, which the
+    /// initramfs takes).
+    Foreign(PathBuf),
+}
 
 /// The tests that depend on the kernel, run inside each guest: (test binary, test name). The
 /// transcode checks decode and encode counts both; FFmpeg 4.3 and a killed daemon's held
@@ -74,6 +147,7 @@ const GUEST_LIMIT: Duration = Duration::from_secs(25 * 60);
 /// One Debian generic kernel, unpacked.
 pub struct Kernel {
     pub suite: String,
+    pub arch: Arch,
     /// `uname -r` inside it.
     pub release: String,
     pub vmlinuz: PathBuf,
@@ -81,20 +155,24 @@ pub struct Kernel {
     pub modules: PathBuf,
 }
 
-/// The newest generic amd64 kernel of `suite`, downloaded and unpacked under the assets once
-/// (a newer one in the suite replaces it).
-pub fn kernel(assets: &Path, suite: &str) -> anyhow::Result<Kernel> {
-    let dir = assets.join("kernels").join(suite);
-    let apt = DebianSuite::new(assets, suite)?;
+/// The newest generic kernel of `suite` for `arch`, downloaded and unpacked under the assets
+/// once (a newer one in the suite replaces it).
+pub fn kernel(assets: &Path, suite: &str, arch: Arch) -> anyhow::Result<Kernel> {
+    let a = arch.name();
+    let dir = match arch {
+        Arch::Amd64 => assets.join("kernels").join(suite),
+        Arch::Arm64 => assets.join("kernels").join(format!("{suite}-{a}")),
+    };
+    let apt = DebianSuite::of_arch(assets, suite, a)?;
     let mut images: Vec<String> = apt
-        .search("^linux-image-[0-9].*-amd64-unsigned$")
+        .search(&format!("^linux-image-[0-9].*-{a}-unsigned$"))
         .into_iter()
         .filter(|p| !p.contains("-cloud-") && !p.contains("-rt-"))
         .collect();
     images.sort_by_key(|p| version_key(p));
     let package = images
         .pop()
-        .with_context(|| format!("Debian {suite} has no generic amd64 kernel"))?;
+        .with_context(|| format!("Debian {suite} has no generic {a} kernel"))?;
     let marker = dir.join("package");
     if std::fs::read_to_string(&marker).ok().as_deref() != Some(package.as_str()) {
         step(&format!("fetching Debian {suite}'s kernel ({package})"));
@@ -133,6 +211,7 @@ pub fn kernel(assets: &Path, suite: &str) -> anyhow::Result<Kernel> {
     }
     Ok(Kernel {
         suite: suite.to_string(),
+        arch,
         release,
         vmlinuz,
         modules,
@@ -183,8 +262,9 @@ fn with_dependencies(dep: &str, builtin: &str, wanted: &[&str]) -> anyhow::Resul
     Ok(out)
 }
 
-/// The first stage, in the initramfs: load the boot modules, mount this machine's root under
-/// an overlay, the modules and the share, and hand over to the second stage in the share.
+/// The first stage, in the initramfs: load the boot modules, mount the guest's root under an
+/// overlay, the modules and the share, and hand over to the second stage in the share.
+/// `{checkout}`: where a foreign root's guest mounts the checkout (see [`CHECKOUT_MOUNT`]).
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -196,23 +276,35 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose root /l
 mount -t tmpfs -o size=75% tmpfs /upper
 mkdir -p /upper/up /upper/work
 mount -t overlay overlay -o lowerdir=/lower,upperdir=/upper/up,workdir=/upper/work /root
-mkdir -p /root/lib/modules /root/observer-vm
+mkdir -p /root/lib/modules /root/observer-vm /root/dev /root/proc /root/sys /root/tmp /root/run
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 modules /root/lib/modules
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 share /root/observer-vm
-umount /proc /sys
+{checkout}umount /proc /sys
 mount --move /dev /root/dev
 exec switch_root /root /observer-vm/stage2
+"#;
+
+/// A foreign root's guest mounts the checkout at its own path, read-only under an overlay
+/// like the root, so paths are the same inside and out.
+const CHECKOUT_MOUNT: &str = r#"mkdir -p /checkout /upper/checkout-up /upper/checkout-work /root{path}
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose checkout /checkout
+mount -t overlay overlay -o lowerdir=/checkout,upperdir=/upper/checkout-up,workdir=/upper/checkout-work /root{path}
 "#;
 
 /// The second stage, PID 1 on the overlay root: the file systems a test needs, the tests one
 /// by one (each result in `results`, each output in its own log), then power off. `checkout`
 /// (the tests' binaries and assets) stays where it is, under `/tmp` or `/run` too, which the
 /// guest mounts afresh.
-fn stage2(tests: &[(PathBuf, &str)], env: &[(&str, String)], checkout: &Path) -> String {
+fn stage2(
+    tests: &[(PathBuf, &str)],
+    env: &[(&str, String)],
+    checkout: &Path,
+    root: &Root,
+) -> String {
     let mut s = String::from(
         r#"#!/bin/sh
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
-CHECKOUT='{checkout}'
+{foreign}CHECKOUT='{checkout}'
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mkdir -p /observer-checkout
@@ -233,7 +325,21 @@ hostname observer-vm
 S=/observer-vm
 "#,
     )
-    .replace("{checkout}", &checkout.display().to_string());
+    .replace("{checkout}", &checkout.display().to_string())
+    .replace(
+        "{foreign}",
+        match root {
+            Root::Host => "",
+            // What the packages' maintainer scripts would have done: the linker's cache, and
+            // busybox's applets for the commands no package carries, last on the PATH.
+            // (busybox finds itself through /proc to link its applets).
+            Root::Foreign(_) => {
+                "/bin/busybox mkdir -p /busybox\n/bin/busybox mount -t proc proc /proc\n\
+                 /bin/busybox --install -s /busybox\n/bin/busybox umount /proc\n\
+                 export PATH=$PATH:/busybox\nldconfig\n"
+            }
+        },
+    );
     for (k, v) in env {
         let _ = writeln!(s, "export {k}='{v}'");
     }
@@ -252,15 +358,20 @@ S=/observer-vm
     s
 }
 
-/// Builds the initramfs of `kernel` into `out`.
-fn initramfs(kernel: &Kernel, out: &Path) -> anyhow::Result<()> {
+/// Builds the initramfs of `kernel` into `out`, for a guest on `root` (whose busybox it takes)
+/// with the checkout at `checkout`.
+fn initramfs(kernel: &Kernel, root: &Root, checkout: &Path, out: &Path) -> anyhow::Result<()> {
     let staging = out.with_extension("d");
     let _ = std::fs::remove_dir_all(&staging);
     for d in ["bin", "dev", "proc", "sys", "modules"] {
         std::fs::create_dir_all(staging.join(d))?;
     }
-    let busybox = which("busybox").context("busybox is missing (busybox-static)")?;
-    std::fs::copy(busybox, staging.join("bin/busybox"))?;
+    let busybox = match root {
+        Root::Host => which("busybox").context("busybox is missing (busybox-static)")?,
+        Root::Foreign(dir) => dir.join("bin/busybox"),
+    };
+    std::fs::copy(&busybox, staging.join("bin/busybox"))
+        .with_context(|| format!("copying {}", busybox.display()))?;
     let moddir = kernel.modules.join(&kernel.release);
     let dep = std::fs::read_to_string(moddir.join("modules.dep"))?;
     let builtin = std::fs::read_to_string(moddir.join("modules.builtin")).unwrap_or_default();
@@ -287,7 +398,11 @@ fn initramfs(kernel: &Kernel, out: &Path) -> anyhow::Result<()> {
         order.push('\n');
     }
     std::fs::write(staging.join("modules/order"), order)?;
-    std::fs::write(staging.join("init"), INIT)?;
+    let mount = match root {
+        Root::Host => String::new(),
+        Root::Foreign(_) => CHECKOUT_MOUNT.replace("{path}", &checkout.display().to_string()),
+    };
+    std::fs::write(staging.join("init"), INIT.replace("{checkout}", &mount))?;
     set_executable(&staging.join("init"))?;
     // The newc archive the kernel unpacks, made by busybox's cpio from a file list.
     let list = walk(&staging)?;
@@ -354,6 +469,7 @@ pub struct Outcome {
 /// `work` holds the guest's files and its results.
 pub fn run_tests(
     kernel: &Kernel,
+    root: &Root,
     tests: &[(PathBuf, &str)],
     env: &[(&str, String)],
     checkout: &Path,
@@ -363,23 +479,24 @@ pub fn run_tests(
     let share = work.join("share");
     std::fs::create_dir_all(&share)?;
     let initrd = work.join("initramfs.cpio");
-    initramfs(kernel, &initrd)?;
-    std::fs::write(share.join("stage2"), stage2(tests, env, checkout))?;
+    initramfs(kernel, root, checkout, &initrd)?;
+    std::fs::write(share.join("stage2"), stage2(tests, env, checkout, root))?;
     set_executable(&share.join("stage2"))?;
     let console = work.join("console.log");
-    let accel = accelerator(kernel, &initrd, work);
+    let accel = accelerator(kernel, root, checkout, &initrd, work);
     step(&format!(
-        "booting Debian {}'s kernel {} ({accel}) for {} tests",
+        "booting Debian {}'s {} kernel {} ({accel}) for {} tests",
         kernel.suite,
+        kernel.arch.name(),
         kernel.release,
         tests.len()
     ));
     let t0 = Instant::now();
-    let mut qemu = qemu(kernel, &initrd, &share, accel)
+    let mut qemu = qemu(kernel, root, checkout, &initrd, &share, accel)
         .stdout(std::fs::File::create(&console)?)
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(work.join("qemu.log"))?)
         .spawn()
-        .context("starting qemu-system-x86_64 (qemu-system-x86)")?;
+        .context("starting QEMU (qemu-system-x86, qemu-system-arm)")?;
     loop {
         if qemu.try_wait()?.is_some() {
             break;
@@ -430,17 +547,41 @@ pub fn run_tests(
     Ok(outcomes)
 }
 
-fn qemu(kernel: &Kernel, initrd: &Path, share: &Path, accel: &str) -> Command {
-    let mut c = Command::new("qemu-system-x86_64");
-    // TCG runs both virtual CPUs on one host thread: with one thread each, 5.10 guests
-    // locked up (both CPUs spinning in syscall_trace_enter) when the daemon enabled syscall
-    // tracepoints, whose code the kernel patches while the other CPU runs it.
-    let accel = if accel == "tcg" {
-        "tcg,thread=single"
-    } else {
-        accel
+fn qemu(
+    kernel: &Kernel,
+    root: &Root,
+    checkout: &Path,
+    initrd: &Path,
+    share: &Path,
+    accel: &str,
+) -> Command {
+    let (mut c, console) = match kernel.arch {
+        Arch::Amd64 => {
+            let mut c = Command::new("qemu-system-x86_64");
+            // TCG runs both virtual CPUs on one host thread: with one thread each, 5.10
+            // guests locked up (both CPUs spinning in syscall_trace_enter) when the daemon
+            // enabled syscall tracepoints, whose code the kernel patches while the other CPU
+            // runs it.
+            let accel = if accel == "tcg" {
+                "tcg,thread=single"
+            } else {
+                accel
+            };
+            c.args(["-accel", accel, "-cpu", "max"]);
+            (c, "ttyS0")
+        }
+        Arch::Arm64 => {
+            let mut c = Command::new("qemu-system-aarch64");
+            // QEMU's own pointer authentication: the architected algorithm costs TCG dearly.
+            c.args(["-M", "virt", "-accel", accel, "-cpu", "max,pauth-impdef=on"]);
+            (c, "ttyAMA0")
+        }
     };
-    c.args(["-accel", accel, "-cpu", "max", "-smp", "2", "-m", "4G"])
+    let root_dir = match root {
+        Root::Host => Path::new("/"),
+        Root::Foreign(dir) => dir.as_path(),
+    };
+    c.args(["-smp", "2", "-m", "4G"])
         .args([
             "-nographic",
             "-nodefaults",
@@ -454,12 +595,13 @@ fn qemu(kernel: &Kernel, initrd: &Path, share: &Path, accel: &str) -> Command {
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args([
-            "-append",
-            "console=ttyS0 quiet panic=-1 rdinit=/init",
-            "-virtfs",
-            "local,path=/,mount_tag=root,security_model=none,readonly=on,multidevs=remap",
-        ])
+        .arg("-append")
+        .arg(format!("console={console} quiet panic=-1 rdinit=/init"))
+        .arg("-virtfs")
+        .arg(format!(
+            "local,path={},mount_tag=root,security_model=none,readonly=on,multidevs=remap",
+            root_dir.display()
+        ))
         .arg("-virtfs")
         .arg(format!(
             "local,path={},mount_tag=modules,security_model=none,readonly=on",
@@ -469,14 +611,30 @@ fn qemu(kernel: &Kernel, initrd: &Path, share: &Path, accel: &str) -> Command {
         .arg(format!(
             "local,path={},mount_tag=share,security_model=none",
             share.display()
-        ))
-        .stdin(Stdio::null());
+        ));
+    if let Root::Foreign(_) = root {
+        c.arg("-virtfs").arg(format!(
+            "local,path={},mount_tag=checkout,security_model=none,readonly=on,multidevs=remap",
+            checkout.display()
+        ));
+    }
+    c.stdin(Stdio::null());
     c
 }
 
 /// KVM where it runs a guest (a nested machine may open /dev/kvm and still fail to run one),
 /// else TCG. Tried with a guest that powers off at once.
-fn accelerator(kernel: &Kernel, initrd: &Path, work: &Path) -> &'static str {
+fn accelerator(
+    kernel: &Kernel,
+    root: &Root,
+    checkout: &Path,
+    initrd: &Path,
+    work: &Path,
+) -> &'static str {
+    // KVM runs a guest of this machine's own architecture only.
+    if kernel.arch != Arch::native() {
+        return "tcg";
+    }
     if std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -496,7 +654,7 @@ fn accelerator(kernel: &Kernel, initrd: &Path, work: &Path) -> &'static str {
     {
         return "tcg";
     }
-    let ok = qemu(kernel, initrd, &probe, "kvm")
+    let ok = qemu(kernel, root, checkout, initrd, &probe, "kvm")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
