@@ -1,6 +1,7 @@
 //! The offset table in observer/src/ffmpeg.rs against FFmpeg itself:
 //! - every major whose headers a registry ships (Debian bullseye: 58, bookworm: 59,
-//!   trixie: 61, sid: 63), by compiling `offsetof()` against those headers;
+//!   trixie: 61, sid: 63), by compiling `offsetof()` against those headers, for x86-64 and
+//!   again for arm64 (the daemon reads one table on both);
 //! - the majors nobody ships headers for (60, 62), against the AVOption offset tables inside
 //!   the libraries PyAV bundles. Their AVFrame fields are checked at run time by the PyAV
 //!   decode tests (key frames, sizes and pts all match ffprobe there).
@@ -97,6 +98,7 @@ fn offsets_match_the_headers_of_every_major_a_registry_ships() {
             codec_ids(major),
             "{suite}: AVCodecIDs of the codecs NVML reports"
         );
+        let mut present = Vec::new();
         for f in FIELDS {
             let ours = (f.get)(&row.layout);
             let real = f.c_members.iter().find_map(|m| {
@@ -104,14 +106,17 @@ fn offsets_match_the_headers_of_every_major_a_registry_ships() {
                     &inc,
                     &format!("printf(\"%zu\", offsetof({}, {m}));", f.c_struct),
                 )
-                .map(|s| s.parse::<u16>().unwrap())
+                .map(|s| (m, s.parse::<u16>().unwrap()))
             });
             match real {
-                Some(off) => assert_eq!(
-                    ours, off,
-                    "{suite} (libavcodec {major}): {} is {}.{:?} at {off}, the table says {ours}",
-                    f.name, f.c_struct, f.c_members
-                ),
+                Some((m, off)) => {
+                    assert_eq!(
+                        ours, off,
+                        "{suite} (libavcodec {major}): {} is {}.{:?} at {off}, the table says {ours}",
+                        f.name, f.c_struct, f.c_members
+                    );
+                    present.push((f.c_struct, *m, off));
+                }
                 None => assert_eq!(
                     ours, ABSENT,
                     "{suite} (libavcodec {major}): {}.{:?} does not exist, the table says {ours}",
@@ -119,6 +124,7 @@ fn offsets_match_the_headers_of_every_major_a_registry_ships() {
                 ),
             }
         }
+        same_on_arm64(&inc, &suite, &present);
         checked.push(major);
     }
     checked.sort();
@@ -131,6 +137,47 @@ fn offsets_match_the_headers_of_every_major_a_registry_ships() {
             row.lavc_major
         );
     }
+}
+
+/// The same headers compiled for arm64 put every field at the same offset (both are LP64; the
+/// daemon reads one table on both): a static assertion per field, compiled by Debian's arm64
+/// cross compiler against only FFmpeg's directories of `inc` (the system one also holds
+/// x86-64's C library headers).
+fn same_on_arm64(inc: &Path, suite: &str, fields: &[(&str, &str, u16)]) {
+    let dir = std::env::temp_dir().join(format!(
+        "observer-layout-arm64-{suite}-{}",
+        std::process::id()
+    ));
+    let include = dir.join("include");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&include).unwrap();
+    for e in std::fs::read_dir(inc).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("lib") {
+            std::os::unix::fs::symlink(e.path(), include.join(e.file_name())).unwrap();
+        }
+    }
+    let mut src = String::from(HEADERS);
+    for (i, (st, m, off)) in fields.iter().enumerate() {
+        src.push_str(&format!(
+            "_Static_assert(offsetof({st}, {m}) == {off}, \"{st}.{m} is not at {off}\"); /* {i} */\n"
+        ));
+    }
+    std::fs::write(dir.join("fields.c"), src).unwrap();
+    let out = Command::new("aarch64-linux-gnu-gcc")
+        .args(["-w", "-c", "-o"])
+        .arg(dir.join("fields.o"))
+        .arg("-I")
+        .arg(&include)
+        .arg(dir.join("fields.c"))
+        .output()
+        .expect("aarch64-linux-gnu-gcc (gcc-aarch64-linux-gnu, installed by `cargo xtask test`)");
+    assert!(
+        out.status.success(),
+        "{suite} for arm64: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!fields.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Prints the offsets of named AVOptions of a bundled library's AVClass.
