@@ -138,7 +138,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Build { arch, debug } => {
             let arch = vm::Arch::parse(&arch)?;
             setup::build_deps()?;
-            let bin = build_daemon_for(arch, !debug)?;
+            let bin = build_daemon_for(arch, !debug, false)?;
             // The path alone on standard output, for scripts (deploy/docker/Dockerfile).
             println!("{}", bin.display());
             Ok(())
@@ -214,9 +214,9 @@ fn main() -> anyhow::Result<()> {
                 // the daemon `cargo xtask build --arch arm64` makes, and tests that share its
                 // dependencies' build.
                 let (daemon, guest_root, guest_assets, release) = match a {
-                    vm::Arch::Amd64 => (bin.clone(), vm::Root::Host, assets.clone(), false),
+                    vm::Arch::Amd64 => (Some(bin.clone()), vm::Root::Host, assets.clone(), false),
                     vm::Arch::Arm64 => (
-                        build_daemon_for(a, true)?,
+                        None,
                         vm::Root::Foreign(arm64_root.clone()),
                         arm64_assets.clone(),
                         true,
@@ -271,8 +271,9 @@ const CARGO_DENY_VERSION: &str = "0.20.2";
 struct Guests {
     arch: vm::Arch,
     suites: Vec<&'static str>,
-    /// The daemon built for it.
-    daemon: PathBuf,
+    /// The daemon built for it; `None`: build it (in the release profile) beside the other
+    /// architecture's guests.
+    daemon: Option<PathBuf>,
     /// Whether its test binaries are built in the release profile.
     release: bool,
     root: vm::Root,
@@ -280,89 +281,55 @@ struct Guests {
     assets: PathBuf,
 }
 
-/// Runs the kernel-dependent tests inside each of `guests`' kernels, all at once; returns the
-/// kernels where any failed.
+/// What one guest did: its kernel, its tests' outcomes, its seconds.
+type GuestRun = (String, anyhow::Result<Vec<vm::Outcome>>, f64, usize);
+
+/// Runs the kernel-dependent tests inside each of `guests`' kernels; returns the kernels
+/// where any failed. Each architecture's part runs in a thread of its own, all at once: the
+/// amd64 guests start as soon as their kernels are fetched (what they run is built), the
+/// arm64 part first cross-builds its daemon and tests at the lowest CPU priority (`nice`),
+/// in what the amd64 guests leave of the CPU (they spend much of their time waiting on
+/// pipelines paced in real time), then boots its guests.
 fn kernel_matrix(root: &Path, assets: &Path, guests: &[Guests]) -> anyhow::Result<Vec<String>> {
-    let mut runs = Vec::new();
-    for g in guests {
-        step(&format!(
-            "building the {} test binaries the kernel matrix runs",
-            g.arch.name()
-        ));
-        let binaries = test_binaries(g.arch, g.release)?;
-        let tests: Vec<(PathBuf, &str)> = vm::GUEST_TESTS
+    // This machine's test binaries first, before any other build holds cargo's locks.
+    let native: Vec<anyhow::Result<Vec<(String, PathBuf)>>> = guests
+        .iter()
+        .map(|g| {
+            if g.daemon.is_some() {
+                step(&format!(
+                    "building the {} test binaries the kernel matrix runs",
+                    g.arch.name()
+                ));
+                test_binaries(g.arch, g.release, false)
+            } else {
+                Ok(Vec::new())
+            }
+        })
+        .collect();
+    let results: Vec<GuestRun> = std::thread::scope(|scope| {
+        let parts: Vec<_> = guests
             .iter()
-            .map(|(binary, name)| {
-                binaries
-                    .iter()
-                    .find(|(b, _)| b == binary)
-                    .map(|(_, path)| (path.clone(), *name))
-                    .with_context(|| format!("no test binary {binary}"))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        let env = vec![
-            ("OBSERVER_BIN", g.daemon.display().to_string()),
-            ("OBSERVER_TEST_ASSETS", g.assets.display().to_string()),
-            // Several emulated CPUs on two cores stretch the tests' waits: a debug daemon took
-            // 25-35 s to start there (the kernel's verifier), a receiver decoding at debug
-            // level longer than 30 s to finish.
-            ("OBSERVER_TEST_PATIENCE", "4".to_string()),
-        ];
-        for suite in &g.suites {
-            runs.push((
-                vm::kernel(assets, suite, g.arch)?,
-                g,
-                tests.clone(),
-                env.clone(),
-            ));
-        }
-    }
-    // A TCG guest runs on one host thread, and spends much of its time waiting (pipelines
-    // paced in real time, timeouts of receivers): the three amd64 guests at once on CI's two
-    // cores take 7 to 8 minutes each, where one alone took 4 to 6.
-    let results: Vec<(anyhow::Result<Vec<vm::Outcome>>, f64)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = runs
-            .iter()
-            .map(|(kernel, g, tests, env)| {
-                let work = root.join("target").join("vm").join(match kernel.arch {
-                    vm::Arch::Amd64 => kernel.suite.clone(),
-                    a => format!("{}-{}", kernel.suite, a.name()),
-                });
-                scope.spawn(move || {
-                    let t0 = std::time::Instant::now();
-                    let outcomes = vm::run_tests(kernel, &g.root, tests, env, root, &work);
-                    (outcomes, t0.elapsed().as_secs_f64())
-                })
-            })
+            .zip(native)
+            .map(|(g, binaries)| scope.spawn(move || guest_part(root, assets, g, binaries)))
             .collect();
-        handles
+        parts
             .into_iter()
-            .map(|h| h.join().expect("a guest's thread"))
+            .flat_map(|h| h.join().expect("an architecture's thread"))
             .collect()
     });
-    let kernels: Vec<&vm::Kernel> = runs.iter().map(|(k, ..)| k).collect();
-    let tests_per_guest: Vec<usize> = runs.iter().map(|(_, _, t, _)| t.len()).collect();
     let mut failed = Vec::new();
     let (mut passed_all, mut failed_all) = (0, 0);
-    for ((kernel, (outcomes, seconds)), n) in kernels.iter().zip(results).zip(tests_per_guest) {
-        let suite = &kernel.suite;
-        let arch = kernel.arch.name();
+    for (kernel, outcomes, seconds, n) in results {
         let outcomes = match outcomes {
             Ok(o) => o,
             Err(e) => {
-                eprintln!(
-                    "\n    Debian {suite}, {arch} kernel {}: {e:#}",
-                    kernel.release
-                );
+                eprintln!("\n    {kernel}: {e:#}");
                 failed_all += n;
-                failed.push(format!("Debian {suite}'s {arch} kernel {}", kernel.release));
+                failed.push(kernel);
                 continue;
             }
         };
-        eprintln!(
-            "\n    Debian {suite}, {arch} kernel {} ({seconds:.0} s in all):",
-            kernel.release
-        );
+        eprintln!("\n    {kernel} ({seconds:.0} s in all):");
         for o in &outcomes {
             eprintln!(
                 "    {} {} ({:.0} s){}",
@@ -380,7 +347,7 @@ fn kernel_matrix(root: &Path, assets: &Path, guests: &[Guests]) -> anyhow::Resul
         passed_all += outcomes.len() - bad;
         failed_all += bad;
         if bad > 0 {
-            failed.push(format!("Debian {suite}'s {arch} kernel {}", kernel.release));
+            failed.push(kernel);
         }
     }
     // The plain closing line CI reads, for the matrix as a whole.
@@ -388,9 +355,109 @@ fn kernel_matrix(root: &Path, assets: &Path, guests: &[Guests]) -> anyhow::Resul
     Ok(failed)
 }
 
+/// One architecture's part of the matrix: its builds where needed, its kernels, its guests
+/// at once. Every failure is reported per guest, never lost.
+fn guest_part(
+    root: &Path,
+    assets: &Path,
+    g: &Guests,
+    native: anyhow::Result<Vec<(String, PathBuf)>>,
+) -> Vec<GuestRun> {
+    let name = |suite: &str| format!("Debian {suite}'s {} kernel", g.arch.name());
+    let n = vm::GUEST_TESTS.len();
+    let failed = |e: &anyhow::Error| -> Vec<GuestRun> {
+        g.suites
+            .iter()
+            .map(|s| (name(s), Err(anyhow::anyhow!("{e:#}")), 0.0, n))
+            .collect()
+    };
+    let built = (|| -> anyhow::Result<(PathBuf, Vec<(PathBuf, &'static str)>)> {
+        let (daemon, binaries) = match &g.daemon {
+            Some(d) => (d.clone(), native?),
+            None => {
+                step(&format!(
+                    "cross-building the {} daemon and test binaries (at low priority, beside \
+                     the other guests)",
+                    g.arch.name()
+                ));
+                let daemon = build_daemon_for(g.arch, g.release, true)?;
+                (daemon, test_binaries(g.arch, g.release, true)?)
+            }
+        };
+        let tests = vm::GUEST_TESTS
+            .iter()
+            .map(|(binary, test)| {
+                binaries
+                    .iter()
+                    .find(|(b, _)| b == binary)
+                    .map(|(_, path)| (path.clone(), *test))
+                    .with_context(|| format!("no test binary {binary}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok((daemon, tests))
+    })();
+    let (daemon, tests) = match built {
+        Ok(b) => b,
+        Err(e) => return failed(&e),
+    };
+    let env = [
+        ("OBSERVER_BIN", daemon.display().to_string()),
+        ("OBSERVER_TEST_ASSETS", g.assets.display().to_string()),
+        // Several emulated CPUs on two cores stretch the tests' waits: a debug daemon took
+        // 25-35 s to start there (the kernel's verifier), a receiver decoding at debug level
+        // longer than 30 s to finish.
+        ("OBSERVER_TEST_PATIENCE", "4".to_string()),
+    ];
+    let kernels: Vec<anyhow::Result<vm::Kernel>> = g
+        .suites
+        .iter()
+        .map(|suite| vm::kernel(assets, suite, g.arch))
+        .collect();
+    // A TCG guest spends much of its time waiting (pipelines paced in real time, timeouts
+    // of receivers): the three amd64 guests at once on CI's two cores took 7 to 8 minutes
+    // each, where one alone took 4 to 6.
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = g
+            .suites
+            .iter()
+            .zip(&kernels)
+            .map(|(suite, kernel)| {
+                let (tests, env) = (&tests, &env);
+                scope.spawn(move || {
+                    let kernel = match kernel {
+                        Ok(k) => k,
+                        Err(e) => return (name(suite), Err(anyhow::anyhow!("{e:#}")), 0.0, n),
+                    };
+                    let work = root.join("target").join("vm").join(match g.arch {
+                        vm::Arch::Amd64 => kernel.suite.clone(),
+                        a => format!("{}-{}", kernel.suite, a.name()),
+                    });
+                    let t0 = std::time::Instant::now();
+                    let outcomes = vm::run_tests(kernel, &g.root, tests, env, root, &work);
+                    (
+                        format!("{} {}", name(suite), kernel.release),
+                        outcomes,
+                        t0.elapsed().as_secs_f64(),
+                        n,
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a guest's thread"))
+            .collect()
+    })
+}
+
 /// The integration test binaries by name, built for `arch` (`cargo test --no-run`).
-fn test_binaries(arch: vm::Arch, release: bool) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let mut cmd = Command::new(cargo());
+/// `low_priority`: under `nice`, so that what runs beside takes the CPU first.
+fn test_binaries(
+    arch: vm::Arch,
+    release: bool,
+    low_priority: bool,
+) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut cmd = cargo_command(low_priority);
     cmd.args([
         "test",
         "--no-run",
@@ -466,6 +533,17 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
+/// cargo, at the lowest CPU priority if `low_priority` (`nice -n 19`).
+fn cargo_command(low_priority: bool) -> Command {
+    if low_priority {
+        let mut c = Command::new("nice");
+        c.args(["-n", "19"]).arg(cargo());
+        c
+    } else {
+        Command::new(cargo())
+    }
+}
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -476,14 +554,14 @@ fn workspace_root() -> PathBuf {
 /// Builds the daemon for this machine (its build script builds the kernel programs) and
 /// returns its path.
 fn build_daemon(release: bool) -> anyhow::Result<PathBuf> {
-    build_daemon_for(vm::Arch::native(), release)
+    build_daemon_for(vm::Arch::native(), release, false)
 }
 
 /// Builds the daemon for `arch` and returns its path: this machine's where it always was
 /// (`target/release`), another architecture's under its target triple, cross-built with the
 /// toolchain `setup::cross_deps` installs. aya-build builds the kernel programs for the same
-/// architecture (`bpf_target_arch`), so they read its registers.
-fn build_daemon_for(arch: vm::Arch, release: bool) -> anyhow::Result<PathBuf> {
+/// architecture (`bpf_target_arch`), so they read its registers. `low_priority`: under `nice`.
+fn build_daemon_for(arch: vm::Arch, release: bool, low_priority: bool) -> anyhow::Result<PathBuf> {
     if arch != vm::Arch::native() {
         setup::cross_deps(arch)?;
     }
@@ -492,7 +570,7 @@ fn build_daemon_for(arch: vm::Arch, release: bool) -> anyhow::Result<PathBuf> {
         "building the daemon for {} ({profile})",
         arch.name()
     ));
-    let mut cmd = Command::new(cargo());
+    let mut cmd = cargo_command(low_priority);
     cmd.args(["build", "--package", "observer", "--bin", "observer"]);
     if release {
         cmd.arg("--release");
