@@ -14,7 +14,8 @@ pub const ABSENT: u16 = u16::MAX;
 /// distinct FFmpeg builds, but containers each bring their own.
 pub const MAX_LIBS: u32 = 256;
 
-/// Byte offsets (x86-64) of every field a probe reads, for one FFmpeg release.
+/// Byte offsets of every field a probe reads, for one FFmpeg release: the same on x86-64 and
+/// arm64 (both LP64; the layout test compiles the headers for both).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LibLayout {

@@ -313,7 +313,7 @@ pub enum Source {
     Library,
 }
 
-/// One FFmpeg release's layout (x86-64).
+/// One FFmpeg release's layout (x86-64 and arm64 alike).
 #[derive(Clone, Copy, Debug)]
 pub struct LayoutRow {
     pub lavc_major: u32,

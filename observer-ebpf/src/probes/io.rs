@@ -259,7 +259,7 @@ fn returned(ctx: &RetProbeContext, kind: u32) -> Option<(CallState, IoKey, &'sta
         _pad: 0,
         id: state.args[1],
     };
-    // The upper half of rax is not part of an `int` return.
+    // The return register's upper half (rax's, x0's) is not part of an `int` return.
     let ret = ctx.ret::<i64>() as i32;
     Some((state, key, io_of(&key)?, ret))
 }
