@@ -53,13 +53,20 @@ fn feed_and_wait(mut child: Child, input: &[u8]) {
 
 #[test]
 fn renamed_copy_in_another_mount_namespace() {
+    // Debian's multiarch directory of this machine (arm64 guests of the kernel matrix run
+    // this test too).
+    const MULTIARCH: &str = if cfg!(target_arch = "aarch64") {
+        "/usr/lib/aarch64-linux-gnu"
+    } else {
+        "/usr/lib/x86_64-linux-gnu"
+    };
     let input = streamable_input();
     let t = truth(&input, true);
     // A private copy of ffmpeg whose libavcodec carries a wheel-style hashed name. Every
     // library that links libavcodec is copied and relinked to the renamed file, so the
     // process maps no other libavcodec.
     let dir = tempdir("mntns");
-    let lib = Path::new("/usr/lib/x86_64-linux-gnu");
+    let lib = Path::new(MULTIARCH);
     let renamed = "libavcodec-0badc0de.so.59.37.100";
     std::fs::copy(lib.join("libavcodec.so.59"), dir.join(renamed)).unwrap();
     let dependents = [
@@ -100,7 +107,7 @@ fn renamed_copy_in_another_mount_namespace() {
     d.wait_attached(&["/mnt/libavcodec-0badc0de", "/mnt/libavformat"]);
     let maps = std::fs::read_to_string(format!("/proc/{shell_pid}/maps")).unwrap();
     assert!(
-        !maps.contains("/usr/lib/x86_64-linux-gnu/libavcodec"),
+        !maps.contains(&format!("{MULTIARCH}/libavcodec")),
         "the system libavcodec is mapped too:\n{maps}"
     );
     assert!(

@@ -341,6 +341,8 @@ const ARM64_ROOT_SUITE: &str = "bookworm";
 
 /// Debian packages the arm64 guests' root is made of (with everything they depend on).
 const ARM64_ROOT_PACKAGES: &[&str] = &[
+    // the directories every Debian system has (/mnt, /home, ...)
+    "base-files",
     "libc-bin",
     "dash",
     "coreutils",
@@ -350,6 +352,9 @@ const ARM64_ROOT_PACKAGES: &[&str] = &[
     "nftables",
     "ffmpeg",
     "python3",
+    // the container test: a relinked copy in a mount namespace of its own
+    "patchelf",
+    "util-linux",
 ];
 
 /// What the arm64 guests run on: a root file system unpacked from Debian's arm64 packages (no
@@ -399,6 +404,10 @@ pub fn arm64_guest(assets: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
             alternatives,
         )?;
         std::fs::write(&marker, &made)?;
+    }
+    // Directories base-files' maintainer script makes (a test mounts a tmpfs on /mnt).
+    for d in ["mnt", "media", "srv", "opt"] {
+        std::fs::create_dir_all(root.join(d))?;
     }
     let arm = assets.join("arm64").join("assets");
     // The wheel the hold test installs fresh (FFmpeg 6.1 under hashed names).

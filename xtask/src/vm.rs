@@ -148,9 +148,9 @@ pub const GUEST_TESTS: &[(&str, &str)] = &[
 ];
 
 /// What arm64 guests run besides: the code written once per architecture that the tests
-/// above do not reach. The log probe's placement (`arch::cheap_entry`) and its `va_list`
-/// capture (formatted messages equal FFmpeg's own), and codec errors read at the return of
-/// the calls.
+/// above do not reach (the log probe's placement, `arch::cheap_entry`, and its `va_list`
+/// capture: formatted messages equal FFmpeg's own), codec errors read at the return of the
+/// calls, and a container's copy found through its mount namespace.
 pub const ARM64_EXTRA_TESTS: &[(&str, &str)] = &[
     (
         "logs",
@@ -158,6 +158,9 @@ pub const ARM64_EXTRA_TESTS: &[(&str, &str)] = &[
     ),
     ("logs", "messages_of_a_codec_land_on_its_stream"),
     ("codec", "corrupt_input_counts_codec_errors_by_name"),
+    // Discovery through /proc/PID/root: a wheel-style renamed copy in a mount namespace of
+    // its own, as in a container (the arm64 root carries patchelf and unshare for it).
+    ("discovery", "renamed_copy_in_another_mount_namespace"),
 ];
 
 /// The modules a guest needs before its root is mounted (their dependencies come along).
