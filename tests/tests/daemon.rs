@@ -871,3 +871,70 @@ fn live_encoder(rate: u32, secs: u32) -> std::process::Child {
         .spawn()
         .unwrap()
 }
+
+/// The kernel's own run statistics of the daemon's programs (`/proc/PID/fdinfo` of its
+/// program descriptors, filled while `kernel.bpf_stats_enabled` is 1): by program type, the
+/// runs and the nanoseconds spent in them.
+fn program_stats(pid: u32) -> std::collections::BTreeMap<u32, (u64, u64)> {
+    let mut by_type = std::collections::BTreeMap::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let (Some(t), Some(runs), Some(ns)) = (
+            field("prog_type:"),
+            field("run_cnt:"),
+            field("run_time_ns:"),
+        ) {
+            let e: &mut (u64, u64) = by_type.entry(t as u32).or_default();
+            e.0 += runs;
+            e.1 += ns;
+        }
+    }
+    by_type
+}
+
+/// Not a check but a measurement, which `cargo xtask bench --only arm64` runs in an amd64 and
+/// an arm64 guest: how many times the daemon's uprobe programs run for one single-threaded
+/// decode of a known file, and how long they take, from the kernel's own statistics. The
+/// hits are the architecture-free part (the same FFmpeg makes the same calls); the time is
+/// an emulated CPU's.
+#[test]
+#[ignore = "a measurement for `cargo xtask bench --only arm64`, not a check"]
+fn probe_hits_of_a_decode() {
+    let _quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    std::fs::write(STATS, "1").unwrap();
+    let input = media::h264_aac_mp4();
+    let frames = media::truth(&input, true)[&0].frames;
+    let d = Daemon::start(&[]);
+    let decode = || {
+        run(Command::new("ffmpeg")
+            .args(["-nostdin", "-hide_banner", "-threads", "1", "-i"])
+            .arg(&input)
+            .args(["-map", "0:v", "-f", "null", "-"]))
+    };
+    // The first run maps the libraries (held once, page cache): not measured.
+    decode();
+    let before = program_stats(d.pid());
+    decode();
+    let after = program_stats(d.pid());
+    std::fs::write(STATS, "0").unwrap();
+    // BPF_PROG_TYPE_KPROBE: uprobes are of that type (kprobes too, where the daemon uses
+    // them: none fire for a decode to a null output).
+    let (runs, ns) = (after[&2].0 - before[&2].0, after[&2].1 - before[&2].1);
+    assert!(runs > frames, "{runs} runs for {frames} frames");
+    println!(
+        "probe hits: {runs} over {frames} frames ({:.2} a frame), {ns} ns in the programs ({:.0} ns a hit)",
+        runs as f64 / frames as f64,
+        ns as f64 / runs as f64
+    );
+}

@@ -575,6 +575,9 @@ pub fn run(
     if only.is_none_or(|o| o.contains("hold")) {
         hold(bin, assets, &dir, port, runs, &mut report)?;
     }
+    if only.is_none_or(|o| o.contains("arm64")) {
+        arm64(root, bin, assets, &mut report)?;
+    }
     if only.is_none_or(|o| o.contains("churn")) {
         crate::scale::churn(bin, &dir, port, 2000, &mut report)?;
     }
@@ -1262,4 +1265,83 @@ fn first_line(cmd: &mut Command) -> String {
                 .to_string()
         })
         .unwrap_or_default()
+}
+
+/// arm64, where an emulator's numbers mean something: the same single-threaded decode in an
+/// amd64 and an arm64 guest (Debian bookworm's kernel, TCG both), the daemon's uprobe runs
+/// counted by the kernel (`probe_hits_of_a_decode`). The hits per frame compare; the
+/// nanoseconds are QEMU's emulation of each CPU and are reported only as such.
+fn arm64(root: &Path, bin: &Path, assets: &Path, report: &mut String) -> anyhow::Result<()> {
+    use crate::vm::{self, Arch};
+    step("arm64: probe hits of one decode, in an amd64 and an arm64 guest");
+    let (arm_root, arm_assets) = crate::setup::arm64_guest(assets)?;
+    let arm_daemon = crate::build_daemon_for(Arch::Arm64, true, false)?;
+    let test = |arch, release| -> anyhow::Result<PathBuf> {
+        crate::test_binaries(arch, release, false)?
+            .into_iter()
+            .find(|(name, _)| name == "daemon")
+            .map(|(_, path)| path)
+            .context("no daemon test binary")
+    };
+    let guests = [
+        (
+            Arch::Amd64,
+            vm::Root::Host,
+            bin.to_path_buf(),
+            test(Arch::Amd64, false)?,
+            assets.to_path_buf(),
+        ),
+        (
+            Arch::Arm64,
+            vm::Root::Foreign(arm_root),
+            arm_daemon,
+            test(Arch::Arm64, true)?,
+            arm_assets,
+        ),
+    ];
+    let lines: Vec<anyhow::Result<String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = guests
+            .iter()
+            .map(|(arch, guest_root, daemon, tests, guest_assets)| {
+                scope.spawn(move || -> anyhow::Result<String> {
+                    let kernel = vm::kernel(assets, "bookworm", *arch)?;
+                    let env = [
+                        ("OBSERVER_BIN", daemon.display().to_string()),
+                        ("OBSERVER_TEST_ASSETS", guest_assets.display().to_string()),
+                        ("OBSERVER_TEST_PATIENCE", "4".to_string()),
+                    ];
+                    let work = root.join("target/bench/vm").join(arch.name());
+                    let outcomes = vm::run_tests(
+                        &kernel,
+                        guest_root,
+                        &[(tests.clone(), "probe_hits_of_a_decode")],
+                        &env,
+                        root,
+                        &work,
+                    )?;
+                    let o = outcomes.first().context("no outcome")?;
+                    let log = std::fs::read_to_string(&o.log).unwrap_or_default();
+                    let line = log
+                        .lines()
+                        .find_map(|l| l.split_once("probe hits: ").map(|(_, r)| r.to_string()))
+                        .with_context(|| format!("no measurement in {}", o.log.display()))?;
+                    Ok(format!("| {} | {} | {line} |", arch.name(), kernel.release))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a guest's thread"))
+            .collect()
+    });
+    let _ = writeln!(
+        report,
+        "\n**arm64 (emulated): probe hits of one decode** (`ffmpeg -threads 1` of the 100-frame \
+         H.264 fixture to a null output, the second of two runs, Debian bookworm's kernel under \
+         QEMU TCG)\n\n| guest | kernel | uprobe runs (kernel's count), time in the programs |\n|---|---|---|"
+    );
+    for l in lines {
+        let _ = writeln!(report, "{}", l?);
+    }
+    Ok(())
 }
