@@ -277,14 +277,14 @@ pub fn test_deps(root: &Path) -> anyhow::Result<PathBuf> {
                 "installing PyAV {v} (a bundled FFmpeg) into {}",
                 dir.display()
             ));
-            pip_target(&dir, &format!("av=={v}"), false)?;
+            pip_target(&dir, &format!("av=={v}"), false, None)?;
         }
     }
     let static_dir = assets.join("static-ffmpeg");
     if !static_dir.join("ffmpeg").exists() {
         step("fetching a static ffmpeg build (imageio-ffmpeg's)");
         let tmp = assets.join("imageio-ffmpeg");
-        pip_target(&tmp, IMAGEIO_FFMPEG, false)?;
+        pip_target(&tmp, IMAGEIO_FFMPEG, false, None)?;
         move_static_ffmpeg(&tmp, &static_dir)?;
     }
     for (dir, module, requirement, what) in [
@@ -304,7 +304,7 @@ pub fn test_deps(root: &Path) -> anyhow::Result<PathBuf> {
         let target = assets.join(dir);
         if !target.join(module).exists() {
             step(&format!("installing {requirement} ({what}) from PyPI"));
-            pip_target(&target, requirement, true)?;
+            pip_target(&target, requirement, true, None)?;
         }
     }
     Ok(assets)
@@ -418,13 +418,13 @@ pub fn arm64_guest(assets: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
             "installing PyAV {v} for arm64 into {}",
             dir.display()
         ));
-        pip_foreign(&dir, &format!("av=={v}"), "aarch64")?;
+        pip_target(&dir, &format!("av=={v}"), false, Some("aarch64"))?;
     }
     let static_dir = arm.join("static-ffmpeg");
     if !static_dir.join("ffmpeg").exists() {
         step("fetching a static arm64 ffmpeg build (imageio-ffmpeg's)");
         let tmp = arm.join("imageio-ffmpeg");
-        pip_foreign(&tmp, IMAGEIO_FFMPEG, "aarch64")?;
+        pip_target(&tmp, IMAGEIO_FFMPEG, false, Some("aarch64"))?;
         move_static_ffmpeg(&tmp, &static_dir)?;
     }
     // The media the tests make with ffmpeg, made on this machine once rather than under an
@@ -458,31 +458,6 @@ fn move_static_ffmpeg(tmp: &Path, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Like [`pip_target`] for another machine: the wheel for `machine` (manylinux, CPython 3.11,
-/// as the arm64 guests' Python), without its dependencies.
-fn pip_foreign(dir: &Path, requirement: &str, machine: &str) -> anyhow::Result<()> {
-    download(
-        || {
-            let mut c = Command::new("python3");
-            c.args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(["--only-binary=:all:", "--no-deps", "--upgrade"])
-            .args(["--python-version", "3.11", "--implementation", "cp"]);
-            for tag in ["manylinux2014", "manylinux_2_17", "manylinux_2_28"] {
-                c.arg("--platform").arg(format!("{tag}_{machine}"));
-            }
-            c.arg("--target").arg(dir).arg(requirement);
-            c
-        },
-        &format!("pip install {requirement} for {machine}"),
-    )
-}
-
 /// FFmpeg 4.x (libavcodec 58), run for real: Debian bullseye's ffmpeg 4.3 with the libraries
 /// it needs that this system lacks (its own libav*, codec libraries of older sonames),
 /// unpacked under the assets; tests run it with those libraries on `LD_LIBRARY_PATH`.
@@ -504,7 +479,15 @@ fn ffmpeg4(assets: &Path) -> anyhow::Result<()> {
     unpack(&debs, &dir)
 }
 
-fn pip_target(dir: &Path, requirement: &str, deps: bool) -> anyhow::Result<()> {
+/// `pip install --target dir requirement`, binary wheels only; `machine`: the wheel for
+/// another machine (`aarch64`: manylinux, CPython 3.11 as the arm64 guests' Python) rather
+/// than this one's.
+fn pip_target(
+    dir: &Path,
+    requirement: &str,
+    deps: bool,
+    machine: Option<&str>,
+) -> anyhow::Result<()> {
     let python = ["python3", "python"]
         .into_iter()
         .find(|p| output(Command::new(p).arg("--version")).is_some())
@@ -521,11 +504,20 @@ fn pip_target(dir: &Path, requirement: &str, deps: bool) -> anyhow::Result<()> {
             ])
             .args(["--only-binary=:all:", "--upgrade", "--target"])
             .arg(dir)
-            .args((!deps).then_some("--no-deps"))
-            .arg(requirement);
+            .args((!deps).then_some("--no-deps"));
+            if let Some(m) = machine {
+                c.args(["--python-version", "3.11", "--implementation", "cp"]);
+                for tag in ["manylinux2014", "manylinux_2_17", "manylinux_2_28"] {
+                    c.arg("--platform").arg(format!("{tag}_{m}"));
+                }
+            }
+            c.arg(requirement);
             c
         },
-        &format!("pip install {requirement}"),
+        &match machine {
+            Some(m) => format!("pip install {requirement} for {m}"),
+            None => format!("pip install {requirement}"),
+        },
     )
 }
 
