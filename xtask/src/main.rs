@@ -159,17 +159,29 @@ fn main() -> anyhow::Result<()> {
                     .map(|a| vm::Arch::parse(a))
                     .collect::<anyhow::Result<_>>()?
             };
-            if kernel.iter().any(|k| k == "bullseye") && archs == [vm::Arch::Arm64] {
-                bail!("the arm64 guests run bookworm's and trixie's kernels, not bullseye's");
+            let all = kernel.is_empty();
+            let host =
+                archs.contains(&vm::Arch::Amd64) && (all || kernel.iter().any(|k| k == "host"));
+            let guests_wanted = archs.iter().any(|a| {
+                a.kernels()
+                    .iter()
+                    .any(|(suite, _)| all || kernel.iter().any(|k| k == suite))
+            });
+            if !host && !guests_wanted {
+                bail!(
+                    "nothing to run: --kernel {} with --arch {} selects no kernel (this \
+                     machine's is amd64's `host`; arm64 runs bookworm and trixie)",
+                    kernel.join(","),
+                    arch.join(",")
+                );
             }
             let assets = setup::test_deps(&root)?;
             // The arm64 root and assets: the arm64 guests run on them, and this machine's ELF
             // tests read their binaries.
             let (arm64_root, arm64_assets) = setup::arm64_guest(&assets)?;
             let bin = build_daemon(false)?;
-            let all = kernel.is_empty();
             let mut failed = Vec::new();
-            if archs.contains(&vm::Arch::Amd64) && (all || kernel.iter().any(|k| k == "host")) {
+            if host {
                 setup::cargo_tool(
                     "cargo-deny",
                     CARGO_DENY_VERSION,
