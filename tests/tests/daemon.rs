@@ -920,7 +920,14 @@ fn probe_hits_of_a_decode() {
     // on the clock; nothing else here does.
     let decode = || {
         run(Command::new("ffmpeg")
-            .args(["-nostdin", "-hide_banner", "-nostats", "-threads", "1", "-i"])
+            .args([
+                "-nostdin",
+                "-hide_banner",
+                "-nostats",
+                "-threads",
+                "1",
+                "-i",
+            ])
             .arg(&input)
             .args(["-map", "0:v", "-f", "null", "-"]))
     };
