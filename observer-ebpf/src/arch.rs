@@ -8,7 +8,7 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
 };
-use observer_common::log::{LOG_GP_AREA, LOG_OVERFLOW_LEN, LOG_VR_AREA, LogEvent};
+use observer_common::log::{LOG_VR_AREA, LogEvent};
 
 /// A uprobe's instruction pointer: the kernel sets it back to the probed instruction before
 /// the programs run, on both architectures.
@@ -121,31 +121,29 @@ pub unsafe fn syscall(regs: *const core::ffi::c_void) -> (u64, u64, u64) {
 /// `ev` points at a reserved ring buffer record.
 #[inline(always)]
 pub unsafe fn capture_va_list(vl: u64, ev: *mut LogEvent) {
-    // SAFETY: as the caller promises; every read from the process is fault-tolerant.
+    // A list that cannot be read leaves every register taken and nothing on the stack.
+    let (gp_offset, fp_offset, gp, vr, stack) =
+        read_list(vl).unwrap_or((GP_SAVED as u32, LOG_VR_AREA as u32, 0, 0, 0));
+    // SAFETY: as the caller promises; every read from the process is fault-tolerant (and
+    // fails at address 0).
     unsafe {
         (*ev).gp_end = GP_SAVED as u32;
-        let list = if vl == 0 { None } else { read_list(vl) };
-        let Some((gp_offset, fp_offset, gp, vr, stack)) = list else {
-            (*ev).gp_offset = GP_SAVED as u32;
-            (*ev).fp_offset = LOG_VR_AREA as u32;
-            (*ev).gp_regs = [0; LOG_GP_AREA];
-            (*ev).vr_regs = [0; LOG_VR_AREA];
-            (*ev).overflow = [0; LOG_OVERFLOW_LEN];
-            return;
-        };
         (*ev).gp_offset = gp_offset;
         (*ev).fp_offset = fp_offset;
-        (*ev).gp_regs = [0; LOG_GP_AREA];
-        if bpf_probe_read_user_buf(gp as *const u8, &mut (&mut (*ev).gp_regs)[..GP_SAVED]).is_err()
-        {
-            (*ev).gp_regs = [0; LOG_GP_AREA];
-        }
-        if bpf_probe_read_user_buf(vr as *const u8, &mut (*ev).vr_regs).is_err() {
-            (*ev).vr_regs = [0; LOG_VR_AREA];
-        }
-        if stack == 0 || bpf_probe_read_user_buf(stack as *const u8, &mut (*ev).overflow).is_err() {
-            (*ev).overflow = [0; LOG_OVERFLOW_LEN];
-        }
+        // x86-64 saves fewer integer registers than the field holds: the rest stays zero.
+        (&mut (*ev).gp_regs)[GP_SAVED..].fill(0);
+        read_or_zero(gp, &mut (&mut (*ev).gp_regs)[..GP_SAVED]);
+        read_or_zero(vr, &mut (*ev).vr_regs);
+        read_or_zero(stack, &mut (*ev).overflow);
+    }
+}
+
+/// Reads `buf.len()` bytes of the process's memory at `addr` into `buf`, or zeroes it.
+#[inline(always)]
+fn read_or_zero(addr: u64, buf: &mut [u8]) {
+    // SAFETY: a fault-tolerant read bounded by the buffer.
+    if addr == 0 || unsafe { bpf_probe_read_user_buf(addr as *const u8, buf) }.is_err() {
+        buf.fill(0);
     }
 }
 
@@ -154,6 +152,9 @@ pub unsafe fn capture_va_list(vl: u64, ev: *mut LogEvent) {
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
 fn read_list(vl: u64) -> Option<(u32, u32, u64, u64, u64)> {
+    if vl == 0 {
+        return None;
+    }
     // { u32 gp_offset; u32 fp_offset; void *overflow_arg_area; void *reg_save_area }: the
     // save area holds rdi..r9 (48 bytes), then xmm0..7 (16 bytes each), fp_offset counting
     // from its start.
@@ -172,6 +173,9 @@ fn read_list(vl: u64) -> Option<(u32, u32, u64, u64, u64)> {
 #[cfg(bpf_target_arch = "aarch64")]
 #[inline(always)]
 fn read_list(vl: u64) -> Option<(u32, u32, u64, u64, u64)> {
+    if vl == 0 {
+        return None;
+    }
     // AAPCS64: { void *__stack; void *__gr_top; void *__vr_top; int __gr_offs; int
     // __vr_offs }: x0..x7 are saved below __gr_top and q0..q7 below __vr_top, the offsets
     // negative while registers remain (from the first unnamed argument's).

@@ -971,9 +971,11 @@ fn attach_io_tracepoints(
     let sockets = match facts.sockets {
         SocketPath::Tracepoints => btf_program("sock_recv", "sock_recv_length")
             .and_then(|()| btf_program("sock_send", "sock_send_length")),
-        SocketPath::InetReturns => fexit(ebpf, btf, "inet_recv", "inet_recvmsg")
-            .and_then(|()| fexit(ebpf, btf, "inet_send", "inet_sendmsg"))
-            .map(|()| {
+        // No BPF trampoline for kernel functions (arm64 before 6.4) shows at the first
+        // fexit: then kprobes on the same calls, where the kernel has them. Decided once, so
+        // a call is never counted by both.
+        SocketPath::InetReturns => match fexit(ebpf, btf, "inet_recv", "inet_recvmsg") {
+            Ok(()) => fexit(ebpf, btf, "inet_send", "inet_sendmsg").map(|()| {
                 // IPv6 may be a module, or absent: IPv4 sockets are counted without it.
                 for (name, function) in [
                     ("inet6_recv", "inet6_recvmsg"),
@@ -983,13 +985,12 @@ fn attach_io_tracepoints(
                         tracing::info!(program = name, error = %e, "IPv6 sockets not counted");
                     }
                 }
-            })
-            .or_else(|fexit_error| {
-                // No BPF trampoline for kernel functions (arm64 before 6.4): kprobes on the
-                // same calls, where the kernel has them.
+            }),
+            Err(fexit_error) => {
                 tracing::info!(error = %fexit_error, "fexit unavailable; counting sockets with kprobes");
                 inet_kprobes(ebpf).map_err(|e| format!("fexit: {fexit_error}; kprobes: {e}"))
-            }),
+            }
+        },
         SocketPath::None(why) => Err(why.to_string()),
     }
     .and_then(|()| {

@@ -949,9 +949,11 @@ pub fn inet6_send(ctx: FExitContext) -> u32 {
 // functions), kprobes do the same: the entry keeps the socket and flags by thread, the
 // return reads them with the result. Only threads of processes with ios keep anything.
 
-/// Arguments of a socket call in progress, by thread: (`struct socket *`, flags).
+/// Arguments of a socket call in progress, by thread: (`struct socket *`, flags). LRU: a
+/// return the kernel misses (its kretprobe instances all taken) or a thread that dies in the
+/// call leaves its entry behind.
 #[map]
-static SOCKET_CALLS: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(MAX_FDS, 0);
+static SOCKET_CALLS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(MAX_FDS, 0);
 
 #[inline(always)]
 fn socket_call_enter(socket: Option<u64>, flags: Option<u64>) {
