@@ -47,8 +47,8 @@ enum Cmd {
     /// `target/aarch64-unknown-linux-gnu/release/observer` for arm64 (cross-built here, with
     /// the kernel programs built for arm64's registers inside).
     Build {
-        #[arg(long, default_value = "amd64", value_parser = ["amd64", "arm64"])]
-        arch: String,
+        #[arg(long, value_enum, default_value_t = vm::Arch::Amd64)]
+        arch: vm::Arch,
         /// Build without optimisations.
         #[arg(long)]
         debug: bool,
@@ -73,8 +73,8 @@ enum Cmd {
         /// Only these architectures' kernels (comma-separated): `amd64` (this machine's and
         /// the amd64 guests), `arm64` (guests of bookworm's and trixie's arm64 kernels).
         /// Default: both.
-        #[arg(long, value_delimiter = ',', value_parser = ["amd64", "arm64"])]
-        arch: Vec<String>,
+        #[arg(long, value_enum, value_delimiter = ',')]
+        arch: Vec<vm::Arch>,
         /// Arguments for `cargo test` on this machine, after `--` (e.g. `-- decode`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -136,7 +136,6 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Build { arch, debug } => {
-            let arch = vm::Arch::parse(&arch)?;
             setup::build_deps()?;
             let bin = build_daemon_for(arch, !debug, false)?;
             // The path alone on standard output, for scripts (deploy/docker/Dockerfile).
@@ -155,9 +154,7 @@ fn main() -> anyhow::Result<()> {
             let archs: Vec<vm::Arch> = if arch.is_empty() {
                 vec![vm::Arch::Amd64, vm::Arch::Arm64]
             } else {
-                arch.iter()
-                    .map(|a| vm::Arch::parse(a))
-                    .collect::<anyhow::Result<_>>()?
+                arch.clone()
             };
             let all = kernel.is_empty();
             let host =
@@ -172,7 +169,7 @@ fn main() -> anyhow::Result<()> {
                     "nothing to run: --kernel {} with --arch {} selects no kernel (this \
                      machine's is amd64's `host`; arm64 runs bookworm and trixie)",
                     kernel.join(","),
-                    arch.join(",")
+                    archs.iter().map(|a| a.name()).collect::<Vec<_>>().join(",")
                 );
             }
             let assets = setup::test_deps(&root)?;
@@ -300,8 +297,8 @@ type GuestRun = (String, anyhow::Result<Vec<vm::Outcome>>, f64, usize);
 /// where any failed. Each architecture's part runs in a thread of its own, all at once: the
 /// amd64 guests start as soon as their kernels are fetched (what they run is built), the
 /// arm64 part first cross-builds its daemon and tests at the lowest CPU priority (`nice`),
-/// in what the amd64 guests leave of the CPU (they spend much of their time waiting on
-/// pipelines paced in real time), then boots its guests.
+/// so the guests keep the CPU they need and the build takes what they leave (little, in CI:
+/// BENCHMARKS.md has the phases), then boots its guests.
 fn kernel_matrix(root: &Path, assets: &Path, guests: &[Guests]) -> anyhow::Result<Vec<String>> {
     // This machine's test binaries first, before any other build holds cargo's locks.
     let native: Vec<anyhow::Result<Vec<(String, PathBuf)>>> = guests
@@ -426,9 +423,9 @@ fn guest_part(
         .iter()
         .map(|suite| vm::kernel(assets, suite, g.arch))
         .collect();
-    // A TCG guest spends much of its time waiting (pipelines paced in real time, timeouts
-    // of receivers): the three amd64 guests at once on CI's two cores took 7 to 8 minutes
-    // each, where one alone took 4 to 6.
+    // The guests of one architecture boot at once: the three amd64 guests on CI's two cores
+    // took 7 to 8 minutes each (9 to 12.5 with the niced arm64 build beside), where one
+    // alone took 4 to 6.
     std::thread::scope(|scope| {
         let handles: Vec<_> = g
             .suites

@@ -341,7 +341,8 @@ const ARM64_ROOT_SUITE: &str = "bookworm";
 
 /// Debian packages the arm64 guests' root is made of (with everything they depend on).
 const ARM64_ROOT_PACKAGES: &[&str] = &[
-    // the directories every Debian system has (/mnt, /home, ...)
+    // the file system's skeleton (/proc, /sys, /tmp, /root, /etc/host.conf, ...); /mnt is
+    // its maintainer script's, made below
     "base-files",
     "libc-bin",
     "dash",

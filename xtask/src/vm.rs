@@ -37,22 +37,14 @@ pub const KERNELS: &[(&str, &str)] = &[
 /// The kernels the matrix boots on arm64.
 pub const ARM64_KERNELS: &[(&str, &str)] = &[("bookworm", "6.1"), ("trixie", "6.12")];
 
-/// A CPU architecture the daemon is built and tested for, by Debian's name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A CPU architecture the daemon is built and tested for, by Debian's name (`--arch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Arch {
     Amd64,
     Arm64,
 }
 
 impl Arch {
-    pub fn parse(name: &str) -> anyhow::Result<Arch> {
-        match name {
-            "amd64" | "x86_64" | "x86-64" => Ok(Arch::Amd64),
-            "arm64" | "aarch64" => Ok(Arch::Arm64),
-            _ => bail!("unknown architecture {name}: amd64 or arm64"),
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Arch::Amd64 => "amd64",
