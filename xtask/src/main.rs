@@ -157,13 +157,7 @@ fn main() -> anyhow::Result<()> {
                 arch.clone()
             };
             let all = kernel.is_empty();
-            let host =
-                archs.contains(&vm::Arch::Amd64) && (all || kernel.iter().any(|k| k == "host"));
-            let guests_wanted = archs.iter().any(|a| {
-                a.kernels()
-                    .iter()
-                    .any(|(suite, _)| all || kernel.iter().any(|k| k == suite))
-            });
+            let (host, guests_wanted) = selected(&kernel, &archs);
             if !host && !guests_wanted {
                 bail!(
                     "nothing to run: --kernel {} with --arch {} selects no kernel (this \
@@ -275,6 +269,17 @@ fn main() -> anyhow::Result<()> {
 }
 
 const CARGO_DENY_VERSION: &str = "0.20.2";
+
+/// What `--kernel` and `--arch` select: (this machine's suite, any guest). No `--kernel`
+/// means every kernel; `host` is amd64's.
+fn selected(kernel: &[String], archs: &[vm::Arch]) -> (bool, bool) {
+    let wants = |k: &str| kernel.is_empty() || kernel.iter().any(|w| w == k);
+    let host = archs.contains(&vm::Arch::Amd64) && wants("host");
+    let guests = archs
+        .iter()
+        .any(|a| a.kernels().iter().any(|(suite, _)| wants(suite)));
+    (host, guests)
+}
 
 /// One architecture's part of the kernel matrix.
 struct Guests {
@@ -620,4 +625,28 @@ fn cross(cmd: &mut Command, arch: vm::Arch) {
     cmd.env(format!("CARGO_TARGET_{}_LINKER", env.to_uppercase()), &gcc)
         .env(format!("CC_{env}"), &gcc)
         .env(format!("AR_{env}"), format!("{}-ar", arch.gnu_prefix()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_and_arch_select_the_host_and_the_guests() {
+        let k = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let both = [vm::Arch::Amd64, vm::Arch::Arm64];
+        assert_eq!(selected(&k(&[]), &both), (true, true));
+        assert_eq!(selected(&k(&["host"]), &both), (true, false));
+        assert_eq!(
+            selected(&k(&["bookworm"]), &[vm::Arch::Arm64]),
+            (false, true)
+        );
+        assert_eq!(selected(&k(&[]), &[vm::Arch::Arm64]), (false, true));
+        // arm64 has no 5.10 guest and no host: nothing, which the command refuses.
+        assert_eq!(
+            selected(&k(&["bullseye"]), &[vm::Arch::Arm64]),
+            (false, false)
+        );
+        assert_eq!(selected(&k(&["host"]), &[vm::Arch::Arm64]), (false, false));
+    }
 }
