@@ -115,6 +115,12 @@ pub struct Options {
     #[arg(long, env = "OBSERVER_LISTEN", default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
 
+    /// Web configuration for every endpoint, in the Prometheus exporter-toolkit's format (as
+    /// node_exporter's `--web.config.file`): TLS, client certificates, basic auth, headers.
+    /// Read again when it or a file it names changes. Unset: plain HTTP, no auth.
+    #[arg(long, env = "OBSERVER_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
+
     /// TOML file with any of these options; flags and environment win over it.
     #[arg(long, env = "OBSERVER_CONFIG")]
     pub config: Option<PathBuf>,
@@ -306,6 +312,7 @@ const KERNEL_MAX_STREAMS: std::ops::RangeInclusive<i64> = 8..=262_144;
 #[serde(deny_unknown_fields)]
 struct FileOptions {
     listen: Option<SocketAddr>,
+    web_config_file: Option<PathBuf>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
     #[serde(default, with = "opt_duration")]
@@ -469,6 +476,9 @@ impl Options {
         if unset("otlp_endpoint") && f.otlp_endpoint.is_some() {
             self.otlp_endpoint = f.otlp_endpoint;
         }
+        if unset("web_config_file") && f.web_config_file.is_some() {
+            self.web_config_file = f.web_config_file;
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -522,12 +532,11 @@ impl Options {
             ));
         }
         if let Some(ep) = &self.otlp_endpoint {
-            // TLS is not built in (see README, "OpenTelemetry"): say so now, not at the first
-            // failed export.
-            if !ep.starts_with("http://") {
+            // Said now, not at the first failed export.
+            let ep = ep.trim();
+            if !ep.is_empty() && !ep.starts_with("http://") && !ep.starts_with("https://") {
                 return Err(ConfigError::Invalid(format!(
-                    "otlp_endpoint must be an http:// URL (TLS: put a local collector in front), \
-                     not {ep:?}"
+                    "otlp_endpoint must be an http:// or https:// URL, not {ep:?}"
                 )));
             }
         }
@@ -622,13 +631,22 @@ mod tests {
             parse(&["observer", "--frame-sample-ratio", "1.5"], ""),
             Err(ConfigError::Invalid(_))
         ));
-        assert!(matches!(
+        assert!(
             parse(
                 &["observer", "--otlp-endpoint", "https://collector:4317"],
                 ""
-            ),
+            )
+            .is_ok()
+        );
+        assert!(matches!(
+            parse(&["observer", "--otlp-endpoint", "collector:4317"], ""),
             Err(ConfigError::Invalid(_))
         ));
+        let o = parse(&["observer"], "web_config_file = \"/etc/observer/web.yml\"\n").unwrap();
+        assert_eq!(
+            o.web_config_file.as_deref(),
+            Some(std::path::Path::new("/etc/observer/web.yml"))
+        );
         assert!(parse(&["observer", "--otlp-protocol", "http/json"], "").is_err());
         assert!(parse(&["observer", "--slow-frame", "soon"], "").is_err());
     }

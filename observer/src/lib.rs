@@ -23,3 +23,4 @@ pub mod state;
 pub mod streams;
 pub mod top;
 pub mod tracker;
+pub mod web;

@@ -115,6 +115,14 @@ async fn run(
         kernel = format!("{}.{}", kernel_version.0, kernel_version.1),
         "running with the capabilities this kernel needs"
     );
+    // A web configuration that is bad at start stops the daemon before anything is loaded:
+    // serving unprotected instead would be worse than not serving.
+    let web = opts
+        .web_config_file
+        .as_deref()
+        .map(observer::web::WebConfig::open)
+        .transpose()
+        .context("--web-config-file")?;
     let mut otlp = Otlp::start(&opts, log_pipe)?;
     // Frames leave the kernel only when something exports them.
     let (frame_sample, slow_frame_ns) = match &otlp {
@@ -191,6 +199,7 @@ async fn run(
         ready: false,
         aggregate: opts.aggregate,
         otlp: otlp.as_ref().map(|o| o.stats.clone()),
+        web: web.as_ref().map(|w| w.stats.clone()),
         pods: match opts.node_name.as_deref().filter(|n| !n.is_empty()) {
             Some(node) if opts.kubernetes => match observer::kubernetes::start(node).await {
                 Ok(index) => Some(index),
@@ -214,13 +223,28 @@ async fn run(
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
-    tracing::info!(address = %opts.listen, "serving /metrics");
     let app = server::router(shared.clone());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
+    match web {
+        Some(web) => {
+            let settings = web.current();
+            tracing::info!(
+                address = %opts.listen,
+                tls = settings.tls.is_some(),
+                basic_auth = !settings.users.is_empty(),
+                web_config = %opts.web_config_file.as_deref().unwrap_or_else(|| std::path::Path::new("")).display(),
+                "serving /metrics"
+            );
+            tokio::spawn(observer::web::serve::serve(listener, app, web));
         }
-    });
+        None => {
+            tracing::info!(address = %opts.listen, "serving /metrics");
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "HTTP server stopped");
+                }
+            });
+        }
+    }
 
     // From here the kernel may hold processes that map new files: the daemon answers.
     kernel.beat();

@@ -864,6 +864,9 @@ fn daemon_families(f: &mut Families, shared: &Shared) {
     if let Some(o) = &shared.otlp {
         otlp_families(f, o);
     }
+    if let Some(w) = &shared.web {
+        web_families(f, w);
+    }
     f.add(
         "observer_log_keys_dropped_total",
         MetricType::COUNTER,
@@ -1038,6 +1041,49 @@ fn otlp_families(f: &mut Families, stats: &crate::otlp::Stats) {
             };
             f.add(name, kind, "", &set(&[("signal", signal.name())]), v as f64);
         }
+    }
+}
+
+/// The web configuration's reloads and what the endpoints refused (`--web-config-file`).
+fn web_families(f: &mut Families, w: &crate::web::Stats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let none = LabelSet::default();
+    f.add(
+        "observer_web_config_last_reload_successful",
+        MetricType::GAUGE,
+        "1 if the web configuration file's current content is in force, 0 if it failed to load (the last good one stays in force)",
+        &none,
+        w.last_reload_ok.load(Relaxed) as f64,
+    );
+    f.add(
+        "observer_web_config_last_reload_success_timestamp_seconds",
+        MetricType::GAUGE,
+        "When the web configuration was last loaded successfully",
+        &none,
+        w.last_success_seconds.load(Relaxed) as f64,
+    );
+    let name = "observer_web_config_reloads_total";
+    f.declare(
+        name,
+        MetricType::COUNTER,
+        "Loads of the web configuration and the files it names, by result",
+    );
+    for (result, n) in [("success", &w.reloads_ok), ("failure", &w.reloads_failed)] {
+        f.add(name, MetricType::COUNTER, "", &set(&[("result", result)]), n.load(Relaxed) as f64);
+    }
+    let name = "observer_http_refused_total";
+    f.declare(
+        name,
+        MetricType::COUNTER,
+        "Connections and requests the endpoints refused, by reason: tls_handshake (no, an untrusted or an expired client certificate; plain HTTP to a TLS port), client_san (none of client_allowed_sans), unauthorized (basic auth), rate_limited",
+    );
+    for (reason, n) in [
+        ("tls_handshake", &w.refused_handshake),
+        ("client_san", &w.refused_san),
+        ("unauthorized", &w.refused_unauthorized),
+        ("rate_limited", &w.refused_rate_limited),
+    ] {
+        f.add(name, MetricType::COUNTER, "", &set(&[("reason", reason)]), n.load(Relaxed) as f64);
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Shared {
     pub pods: Option<crate::kubernetes::PodIndex>,
     /// OTLP export counts, when exporting.
     pub otlp: Option<Arc<crate::otlp::Stats>>,
+    /// Web configuration reloads and refused requests, with `--web-config-file`.
+    pub web: Option<Arc<crate::web::Stats>>,
 }
 
 pub type SharedState = Arc<Mutex<Shared>>;
