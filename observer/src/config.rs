@@ -108,7 +108,7 @@ impl<'de> Deserialize<'de> for Threshold {
     name = "observer",
     version,
     about = "Zero-instrumentation observability for video pipelines",
-    after_help = "`observer top [--url URL]` shows a running daemon's streams live (`observer top --help`)."
+    after_help = "`observer top [--url URL]` shows a running daemon's streams live (`observer top --help`).\n`observer health [--ready]` asks a running daemon's /healthz or /readyz, for probes (`observer health --help`)."
 )]
 pub struct Options {
     /// Address to serve /metrics, /healthz, /readyz and /streams on.

@@ -3,6 +3,7 @@
 
 pub mod arch;
 pub mod btf;
+pub mod client;
 pub mod config;
 pub mod container;
 pub mod elf;

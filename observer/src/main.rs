@@ -56,6 +56,15 @@ fn main() {
         }
         return;
     }
+    if std::env::args().nth(1).as_deref() == Some("health") {
+        use clap::Parser as _;
+        let args = observer::client::HealthArgs::parse_from(std::env::args().skip(1));
+        if let Err(e) = observer::client::health(args) {
+            eprintln!("observer health: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     limit_malloc_arenas();
     let opts = match Options::load() {
         Ok(o) => o,

@@ -19,7 +19,7 @@ use std::{
 };
 
 use opentelemetry::InstrumentationScope;
-use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
@@ -36,6 +36,7 @@ use crate::{
 
 pub mod metrics;
 pub mod traces;
+pub mod transport;
 
 /// The signals, as the `signal` label names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -337,6 +338,11 @@ pub enum OtlpError {
         endpoint: String,
         source: opentelemetry_otlp::ExporterBuildError,
     },
+    #[error("OTLP {signal} TLS: {message}")]
+    Tls {
+        signal: &'static str,
+        message: String,
+    },
 }
 
 impl Otlp {
@@ -368,25 +374,33 @@ impl Otlp {
         let mut tasks = Vec::new();
 
         // The span and log exporters' builders are different types with the same methods.
+        // The connection (TLS, its files) is built here, per signal; the SDK adds the
+        // headers of OTEL_EXPORTER_OTLP_HEADERS itself.
         macro_rules! exporter {
-            ($builder:expr, $path:literal) => {
+            ($builder:expr, $path:literal, $signal:expr) => {
                 match opts.otlp_protocol {
                     OtlpProtocol::Grpc => $builder
                         .with_tonic()
                         .with_endpoint(&base)
                         .with_timeout(opts.otlp_timeout)
+                        .with_channel(transport::grpc_channel(&base, $signal, opts.otlp_timeout)?)
                         .build(),
                     OtlpProtocol::HttpProtobuf => $builder
                         .with_http()
                         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                         .with_endpoint(format!("{base}{}", $path))
                         .with_timeout(opts.otlp_timeout)
+                        .with_http_client(transport::http_client(&base, $signal, opts.otlp_timeout)?)
                         .build(),
                 }
             };
         }
-        let mut spans = exporter!(opentelemetry_otlp::SpanExporter::builder(), "/v1/traces")
-            .map_err(|e| build_err("traces", e))?;
+        let mut spans = exporter!(
+            opentelemetry_otlp::SpanExporter::builder(),
+            "/v1/traces",
+            Signal::Traces
+        )
+        .map_err(|e| build_err("traces", e))?;
         spans.set_resource(&res);
         let spans = Arc::new(spans);
         let (span_queue, first) = queue::<SpanData>(&stats, Signal::Traces, opts.otlp_queue_size);
@@ -405,8 +419,12 @@ impl Otlp {
         let mut logger = None;
         let mut provider = None;
         if let Some(pipe) = log_pipe {
-            let mut exporter = exporter!(opentelemetry_otlp::LogExporter::builder(), "/v1/logs")
-                .map_err(|e| build_err("logs", e))?;
+            let mut exporter = exporter!(
+                opentelemetry_otlp::LogExporter::builder(),
+                "/v1/logs",
+                Signal::Logs
+            )
+            .map_err(|e| build_err("logs", e))?;
             opentelemetry_sdk::logs::LogExporter::set_resource(&mut exporter, &res);
             let exporter = Arc::new(exporter);
             tasks.push(tokio::spawn(drain(
@@ -430,6 +448,7 @@ impl Otlp {
         tracing::info!(
             endpoint = %base,
             protocol = ?opts.otlp_protocol,
+            tls = base.starts_with("https://"),
             frame_sample_ratio = opts.frame_sample_ratio,
             slow_frame = ?opts.slow_frame.0,
             logs = logger.is_some(),

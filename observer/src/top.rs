@@ -69,6 +69,9 @@ pub struct TopArgs {
     /// Show ended streams too (they stay for the daemon's grace period).
     #[arg(long)]
     pub all: bool,
+    /// How to reach a daemon whose endpoints a web configuration secures.
+    #[command(flatten)]
+    pub client: crate::client::ClientArgs,
 }
 
 /// One stream's row, with its rates over the last interval.
@@ -251,26 +254,20 @@ pub enum TopError {
         "cannot read {url}: {reason} (is the daemon running, and is --url its --listen address?)"
     )]
     Unreachable { url: String, reason: String },
+    #[error("{0}")]
+    Client(String),
     #[error("terminal: {0}")]
     Terminal(#[from] std::io::Error),
 }
 
-fn fetch<T: serde::de::DeserializeOwned>(url: &str, path: &str) -> Result<T, TopError> {
-    let unreachable = |reason: String| TopError::Unreachable {
-        url: url.to_string(),
+fn fetch<T: serde::de::DeserializeOwned>(
+    client: &crate::client::Client,
+    path: &str,
+) -> Result<T, TopError> {
+    client.json(path).map_err(|reason| TopError::Unreachable {
+        url: client.base().to_string(),
         reason,
-    };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    agent
-        .get(&format!("{}{path}", url.trim_end_matches('/')))
-        .call()
-        .map_err(|e| unreachable(e.to_string()))?
-        .body_mut()
-        .read_json()
-        .map_err(|e| unreachable(e.to_string()))
+    })
 }
 
 fn snapshot(streams: &[StreamView]) -> HashMap<String, (u64, u64)> {
@@ -282,12 +279,16 @@ fn snapshot(streams: &[StreamView]) -> HashMap<String, (u64, u64)> {
 
 /// Runs `observer top`.
 pub fn run(args: TopArgs) -> Result<(), TopError> {
-    let mut before = snapshot(&fetch::<Vec<StreamView>>(&args.url, "/streams")?);
+    let client = args
+        .client
+        .client(&args.url)
+        .map_err(|e| TopError::Client(e.to_string()))?;
+    let mut before = snapshot(&fetch::<Vec<StreamView>>(&client, "/streams")?);
     let mut at = Instant::now();
     if args.once {
         std::thread::sleep(args.interval);
-        let streams: Vec<StreamView> = fetch(&args.url, "/streams")?;
-        let ios: Vec<IoView> = fetch(&args.url, "/ios")?;
+        let streams: Vec<StreamView> = fetch(&client, "/streams")?;
+        let ios: Vec<IoView> = fetch(&client, "/ios")?;
         let mut rows = rows(&streams, &before, at.elapsed(), args.all);
         sort(&mut rows, args.sort);
         print!("{}", render(&rows, &ios, &args.url, args.sort, usize::MAX));
@@ -328,8 +329,8 @@ pub fn run(args: TopArgs) -> Result<(), TopError> {
             }
             let (width, _) = terminal::size().unwrap_or((120, 40));
             let text = match (
-                fetch::<Vec<StreamView>>(&args.url, "/streams"),
-                fetch::<Vec<IoView>>(&args.url, "/ios"),
+                fetch::<Vec<StreamView>>(&client, "/streams"),
+                fetch::<Vec<IoView>>(&client, "/ios"),
             ) {
                 (Ok(streams), Ok(ios)) => {
                     let mut r = rows(&streams, &before, at.elapsed(), args.all);

@@ -10,6 +10,7 @@ pub mod net;
 pub mod otlp;
 pub mod prom;
 pub mod prometheus;
+pub mod tls;
 
 use std::{
     io::Read as _,
@@ -49,7 +50,7 @@ pub fn patience(base: Duration) -> Duration {
     base * factor.max(1)
 }
 
-fn daemon_bin() -> PathBuf {
+pub fn daemon_bin() -> PathBuf {
     let bin = std::env::var_os("OBSERVER_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/observer"));
@@ -73,6 +74,8 @@ pub struct Daemon {
     child: Option<Child>,
     pub port: u16,
     log: PathBuf,
+    /// How to reach a daemon whose endpoints a web configuration secures (`start_secured`).
+    client: Option<observer::client::Client>,
 }
 
 impl Daemon {
@@ -82,6 +85,25 @@ impl Daemon {
 
     /// Starts a daemon with extra flags and environment variables.
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::launch(args, env, None)
+    }
+
+    /// Starts a daemon whose endpoints a web configuration secures, reached (readiness,
+    /// scrapes) at `https://localhost:PORT` with the daemon's own client and `client`'s
+    /// settings.
+    pub fn start_secured(
+        args: &[&str],
+        env: &[(&str, &str)],
+        client: observer::client::ClientArgs,
+    ) -> Daemon {
+        Daemon::launch(args, env, Some(client))
+    }
+
+    fn launch(
+        args: &[&str],
+        env: &[(&str, &str)],
+        client: Option<observer::client::ClientArgs>,
+    ) -> Daemon {
         require_root();
         let port = free_port();
         // Named by test process and a counter, never by port alone: a port comes free when its
@@ -109,10 +131,15 @@ impl Daemon {
             .stderr(logfile)
             .spawn()
             .expect("start the daemon");
+        let client = client.map(|c| {
+            c.client(&format!("https://localhost:{port}"))
+                .expect("the test's client settings")
+        });
         let mut d = Daemon {
             child: Some(child),
             port,
             log,
+            client,
         };
         let t0 = Instant::now();
         loop {
@@ -150,6 +177,9 @@ impl Daemon {
     }
 
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        if let Some(c) = &self.client {
+            return c.get(path).ok().map(|a| (a.status, a.body));
+        }
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(10)))

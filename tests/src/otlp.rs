@@ -40,6 +40,8 @@ pub struct Received {
     pub metrics: Vec<Metric>,
     /// Resource attributes of the last request.
     pub resource: Vec<KeyValue>,
+    /// The `authorization` header of each request, on a receiver started with TLS.
+    pub authorization: Vec<String>,
 }
 
 type Store = Arc<Mutex<Received>>;
@@ -116,6 +118,8 @@ pub struct Receiver {
     store: Store,
     rt: tokio::runtime::Runtime,
     stop: Option<tokio::sync::watch::Sender<bool>>,
+    /// Serving TLS with this configuration (which may require client certificates).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 fn free_port() -> SocketAddr {
@@ -127,6 +131,16 @@ fn free_port() -> SocketAddr {
 
 impl Receiver {
     pub fn start() -> Self {
+        Receiver::start_with(None)
+    }
+
+    /// A receiver that serves TLS only, with `tls` (see `tls::Pki::server_config`): `https://`
+    /// URLs, gRPC and HTTP on the same configuration.
+    pub fn start_tls(tls: Arc<rustls::ServerConfig>) -> Self {
+        Receiver::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -138,22 +152,38 @@ impl Receiver {
             store: Store::default(),
             rt,
             stop: None,
+            tls,
         };
         r.resume();
         r
     }
 
-    /// `http://` URL of the gRPC server.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// URL of the gRPC server (`https://localhost:PORT` with TLS: the name its certificate
+    /// carries).
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc)
+        match self.tls {
+            Some(_) => format!("https://localhost:{}", self.grpc.port()),
+            None => format!("{}://{}", self.scheme(), self.grpc),
+        }
     }
 
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.http)
+        match self.tls {
+            Some(_) => format!("https://localhost:{}", self.http.port()),
+            None => format!("{}://{}", self.scheme(), self.http),
+        }
     }
 
     /// Starts serving (again) on the same ports.
     pub fn resume(&mut self) {
+        if let Some(tls) = self.tls.clone() {
+            self.resume_tls(tls);
+            return;
+        }
         let (tx, rx) = tokio::sync::watch::channel(false);
         let store = self.store.clone();
         let (grpc, http) = (self.grpc, self.http);
@@ -216,6 +246,90 @@ impl Receiver {
         });
         ready_rx.recv().unwrap();
         ready_rx2.recv().unwrap();
+        self.stop = Some(tx);
+    }
+
+    /// Both servers over TLS: gRPC's routes and the HTTP routes as one axum router each,
+    /// every connection's handshake first (a refused client certificate ends it there).
+    fn resume_tls(&mut self, tls: Arc<rustls::ServerConfig>) {
+        use axum::{body::Bytes, extract::State, routing::post};
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let store = self.store.clone();
+        let grpc_app = tonic::service::Routes::new(TraceServiceServer::new(Grpc(store.clone())))
+            .add_service(LogsServiceServer::new(Grpc(store.clone())))
+            .add_service(MetricsServiceServer::new(Grpc(store.clone())))
+            .into_axum_router();
+        let http_app = axum::Router::new()
+            .route(
+                "/v1/traces",
+                post(|State(s): State<Store>, body: Bytes| async move {
+                    keep_spans(&s, ExportTraceServiceRequest::decode(body).unwrap());
+                    ExportTraceServiceResponse::default().encode_to_vec()
+                }),
+            )
+            .route(
+                "/v1/logs",
+                post(|State(s): State<Store>, body: Bytes| async move {
+                    keep_logs(&s, ExportLogsServiceRequest::decode(body).unwrap());
+                    ExportLogsServiceResponse::default().encode_to_vec()
+                }),
+            )
+            .route(
+                "/v1/metrics",
+                post(|State(s): State<Store>, body: Bytes| async move {
+                    keep_metrics(&s, ExportMetricsServiceRequest::decode(body).unwrap());
+                    ExportMetricsServiceResponse::default().encode_to_vec()
+                }),
+            )
+            .with_state(store.clone());
+        for (addr, app) in [(self.grpc, grpc_app), (self.http, http_app)] {
+            let app = app.layer(axum::middleware::from_fn_with_state(
+                store.clone(),
+                |State(s): State<Store>,
+                 req: axum::extract::Request,
+                 next: axum::middleware::Next| async move {
+                    if let Some(v) = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        s.lock().unwrap().authorization.push(v.to_string());
+                    }
+                    next.run(req).await
+                },
+            ));
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+            let mut stop = rx.clone();
+            let listener = self
+                .rt
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .unwrap();
+            self.rt.spawn(async move {
+                loop {
+                    let (tcp, _) = tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        r = listener.accept() => match r {
+                            Ok(c) => c,
+                            Err(_) => continue,
+                        },
+                    };
+                    let (acceptor, app) = (acceptor.clone(), app.clone());
+                    tokio::spawn(async move {
+                        let Ok(stream) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let _ = hyper_util::server::conn::auto::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(stream),
+                            hyper_util::service::TowerToHyperService::new(app),
+                        )
+                        .await;
+                    });
+                }
+            });
+        }
         self.stop = Some(tx);
     }
 

@@ -15,20 +15,24 @@ impl Prometheus {
     /// Starts Prometheus in `dir` (config, rules and data go there), scraping the daemon on
     /// `daemon_port` with `rules` (a rule file's text) loaded.
     pub fn start(dir: &Path, daemon_port: u16, rules: &str) -> Prometheus {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
         std::fs::write(dir.join("rules.yml"), rules).unwrap();
-        std::fs::write(
-            dir.join("prometheus.yml"),
-            format!(
+        Prometheus::start_config(
+            dir,
+            &format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
                  rule_files: [rules.yml]\nscrape_configs:\n  - job_name: observer\n    \
                  static_configs:\n      - targets: ['127.0.0.1:{daemon_port}']\n"
             ),
         )
-        .unwrap();
+    }
+
+    /// Starts Prometheus in `dir` with this configuration file's text.
+    pub fn start_config(dir: &Path, config: &str) -> Prometheus {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         let child = Command::new("prometheus")
             .arg(format!(
                 "--config.file={}",
@@ -54,6 +58,30 @@ impl Prometheus {
         }
         let mut r = req.call().expect("Prometheus API");
         serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
+    /// The health (`up`, `down`, `unknown`) and last error of the job's first target, as
+    /// Prometheus' targets page shows them.
+    /// None while Prometheus is still starting.
+    pub fn target(&self, job: &str) -> Option<(String, String)> {
+        let mut r = ureq::get(&format!(
+            "http://127.0.0.1:{}/api/v1/targets?state=active",
+            self.port
+        ))
+        .call()
+        .ok()?;
+        let v: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()?;
+        v["data"]["activeTargets"]
+            .as_array()?
+            .iter()
+            .find(|t| t["labels"]["job"] == job)
+            .map(|t| {
+                (
+                    t["health"].as_str().unwrap_or("").to_string(),
+                    t["lastError"].as_str().unwrap_or("").to_string(),
+                )
+            })
     }
 
     /// An instant query.

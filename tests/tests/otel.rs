@@ -9,6 +9,7 @@ use observer_tests::{
     media::{self, fixture},
     otlp::{Receiver, attr_bool, attr_int, attr_str},
     run, tempdir,
+    tls::Pki,
 };
 use opentelemetry_proto::tonic::trace::v1::Span;
 
@@ -691,4 +692,122 @@ fn a_daemon_that_falls_behind_counts_every_span_and_event_its_rings_refused() {
         ),
         100.0
     );
+}
+
+/// The variables that point the exporters at a TLS collector with the tests' CA and client
+/// certificate (and a bearer token, which must never reach the daemon's log).
+fn mtls_env<'a>(url: &'a str, protocol: &'a str, files: &'a [String; 3]) -> [(&'a str, &'a str); 6] {
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", url),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", &files[0]),
+        ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &files[1]),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &files[2]),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20planted-token-5f1b"),
+    ]
+}
+
+fn pki_files(pki: &Pki) -> [String; 3] {
+    ["ca.crt", "client.crt", "client.key"].map(|f| pki.path(f).to_str().unwrap().to_string())
+}
+
+/// A collector that takes TLS only and requires a client certificate signed by the tests' CA
+/// gets all three signals, each request with the configured header.
+fn otlp_over_mtls(protocol: &str) {
+    let _serial = serial();
+    let dir = tempdir("otlp-mtls");
+    let pki = Pki::new(&dir);
+    let rx = Receiver::start_tls(pki.server_config(
+        "server.crt",
+        "server.key",
+        "ca.crt",
+        &[b"h2", b"http/1.1"],
+    ));
+    let url = if protocol == "grpc" { rx.grpc_url() } else { rx.http_url() };
+    assert!(url.starts_with("https://"));
+    let files = pki_files(&pki);
+    let d = Daemon::start_env(
+        &[
+            "--frame-sample-ratio",
+            "1",
+            "--otlp-metrics",
+            "true",
+            "--otlp-metrics-interval",
+            "1s",
+        ],
+        &mtls_env(&url, protocol, &files),
+    );
+    let input = media::h264_aac_mp4();
+    let (pid, _) = run(ffmpeg()
+        .args(["-threads", "1", "-i"])
+        .arg(&input)
+        .args(["-f", "null", "-"]));
+    d.wait_ended(pid);
+    rx.wait_for("spans of the pipeline, logs and metrics", SECS, |r| {
+        (root(&r.spans, pid).is_some()
+            && !r.logs.is_empty()
+            && r.metrics.iter().any(|m| m.name == "media_frames_total"))
+        .then_some(())
+    });
+    let auth = rx.received().authorization;
+    assert!(auth.len() >= 3, "{auth:?}");
+    assert!(auth.iter().all(|a| a == "Bearer planted-token-5f1b"), "{auth:?}");
+    let s = d.scrape();
+    for signal in ["traces", "logs", "metrics"] {
+        assert_eq!(
+            s.value("observer_otlp_failed_requests_total", &[("signal", signal)]),
+            Some(0.0),
+            "{signal}"
+        );
+    }
+    assert!(!d.log_text().contains("planted-token"), "the token was logged");
+}
+
+#[test]
+fn grpc_over_mtls_delivers_spans_logs_and_metrics() {
+    otlp_over_mtls("grpc");
+}
+
+#[test]
+fn http_over_mtls_delivers_spans_logs_and_metrics() {
+    otlp_over_mtls("http/protobuf");
+}
+
+#[test]
+fn a_collector_with_an_untrusted_certificate_gets_nothing_and_failures_are_counted() {
+    let _serial = serial();
+    let dir = tempdir("otlp-untrusted");
+    let pki = Pki::new(&dir);
+    let files = pki_files(&pki);
+    for protocol in ["grpc", "http/protobuf"] {
+        // Signed by a CA the daemon was not told to trust.
+        let rx = Receiver::start_tls(pki.server_config(
+            "rogue-server.crt",
+            "rogue-server.key",
+            "ca.crt",
+            &[b"h2", b"http/1.1"],
+        ));
+        let url = if protocol == "grpc" { rx.grpc_url() } else { rx.http_url() };
+        let d = Daemon::start_env(
+            &["--otlp-metrics", "true", "--otlp-metrics-interval", "1s"],
+            &mtls_env(&url, protocol, &files),
+        );
+        // The daemon's own events (logs) and the metrics go out from the start.
+        d.wait_for(
+            &format!("{protocol}: failed log and metric exports to be counted"),
+            SECS,
+            |s| {
+                let failed = |signal| {
+                    s.value("observer_otlp_failed_requests_total", &[("signal", signal)])
+                        .unwrap_or(0.0)
+                };
+                (failed("logs") >= 1.0 && failed("metrics") >= 1.0).then_some(())
+            },
+        );
+        let r = rx.received();
+        assert!(
+            r.spans.is_empty() && r.logs.is_empty() && r.metrics.is_empty() && r.authorization.is_empty(),
+            "{protocol}: an untrusted collector received something"
+        );
+    }
 }

@@ -181,8 +181,13 @@ const TEST_PACKAGES: &[&str] = &[
     // the transport tests' private network: namespaces, veth, exact drop counters
     "iproute2",
     "nftables",
-    // ApacheBench: many concurrent scrapers of /metrics
+    // ApacheBench: many concurrent scrapers of /metrics; htpasswd, the bcrypt hashes of the
+    // web configuration's basic auth
     "apache2-utils",
+    // the secured endpoints' clients and certificates: curl proves each refusal, openssl
+    // makes the compose stack's certificates (deploy/compose/make-certs.sh)
+    "curl",
+    "openssl",
     // promtool and amtool: the shipped alert rules' unit tests and config checks
     "prometheus",
     "prometheus-alertmanager",

@@ -171,13 +171,38 @@ enum Transport {
     },
 }
 
+/// `OTEL_EXPORTER_OTLP_METRICS_HEADERS` (or `OTEL_EXPORTER_OTLP_HEADERS`), as gRPC metadata.
+fn metadata(headers: &[(String, String)]) -> tonic::metadata::MetadataMap {
+    let mut m = tonic::metadata::MetadataMap::new();
+    for (k, v) in headers {
+        if let (Ok(k), Ok(v)) = (
+            k.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
+            v.parse(),
+        ) {
+            m.append(k, v);
+        }
+    }
+    m
+}
+
 impl Transport {
-    async fn send(&mut self, req: ExportMetricsServiceRequest) -> Result<(), String> {
+    async fn send(
+        &mut self,
+        req: ExportMetricsServiceRequest,
+        headers: &[(String, String)],
+    ) -> Result<(), String> {
         match self {
-            Transport::Grpc(c) => c.export(req).await.map(drop).map_err(|e| e.to_string()),
+            Transport::Grpc(c) => {
+                let mut r = tonic::Request::new(req);
+                *r.metadata_mut() = metadata(headers);
+                c.export(r).await.map(drop).map_err(|e| e.to_string())
+            }
             Transport::Http { client, url } => {
-                let r = client
-                    .post(url.as_str())
+                let mut r = client.post(url.as_str());
+                for (k, v) in headers {
+                    r = r.header(k.as_str(), v.as_str());
+                }
+                let r = r
                     .header("content-type", "application/x-protobuf")
                     .body(req.encode_to_vec())
                     .send()
@@ -208,21 +233,17 @@ pub fn start(
     stats: Arc<Stats>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let mut transport = match s.protocol {
-        OtlpProtocol::Grpc => {
-            let channel = tonic::transport::Channel::from_shared(s.base.clone())
-                .map_err(|e| e.to_string())?
-                .timeout(s.timeout)
-                .connect_lazy();
-            Transport::Grpc(MetricsServiceClient::new(channel))
-        }
+        OtlpProtocol::Grpc => Transport::Grpc(MetricsServiceClient::new(
+            super::transport::grpc_channel(&s.base, Signal::Metrics, s.timeout)
+                .map_err(|e| e.to_string())?,
+        )),
         OtlpProtocol::HttpProtobuf => Transport::Http {
-            client: reqwest::Client::builder()
-                .timeout(s.timeout)
-                .build()
+            client: super::transport::http_client(&s.base, Signal::Metrics, s.timeout)
                 .map_err(|e| e.to_string())?,
             url: format!("{}/v1/metrics", s.base),
         },
     };
+    let headers = super::transport::headers(Signal::Metrics);
     let start_ns = now_ns();
     Ok(tokio::spawn(async move {
         let st = stats.of(Signal::Metrics);
@@ -237,7 +258,7 @@ pub fn start(
             };
             let req = request(&families, &s.resource, start_ns, now_ns());
             let n = points(&req);
-            let sent = match tokio::time::timeout(s.timeout, transport.send(req)).await {
+            let sent = match tokio::time::timeout(s.timeout, transport.send(req, &headers)).await {
                 Ok(r) => r,
                 Err(_) => Err(format!("no answer in {:?}", s.timeout)),
             };
