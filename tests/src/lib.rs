@@ -119,12 +119,14 @@ impl Daemon {
         let child = Command::new(daemon_bin())
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
-            .args([
-                "--log-level",
-                "observer=debug,info",
-                "--detach-linger",
-                "2s",
-            ])
+            .args(["--log-level", "observer=debug,info"])
+            // Short, so tests see files detached; a test that gives its own wins.
+            .args(
+                (!args.contains(&"--detach-linger"))
+                    .then_some(["--detach-linger", "2s"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(args)
             .envs(env.iter().copied())
             .stdout(logfile.try_clone().expect("log"))

@@ -5,7 +5,7 @@
 use observer_tests::{
     Daemon, Scrape, ffmpeg,
     media::{self, StreamTruth, fixture, truth},
-    run, tempdir,
+    patience, run, tempdir,
 };
 
 fn labels<'a>(pid: &'a str, direction: &'a str, t: &'a StreamTruth) -> [(&'a str, &'a str); 4] {
@@ -68,7 +68,8 @@ fn assert_encoded(s: &Scrape, l: &[(&str, &str)], t: &StreamTruth) {
 }
 
 /// Every output paired with its input: the histogram counts each frame once, and its values
-/// are durations a decode of this size can take (above a microsecond, under 4 s).
+/// are durations a decode of this size can take (above a microsecond, under 4 s; on an
+/// emulated CPU shared by several guests, under 4 s stretched by the tests' patience).
 fn assert_latency_plausible(s: &Scrape, l: &[(&str, &str)], frames: u64) {
     let h = s
         .one("media_frame_latency_seconds", l)
@@ -86,10 +87,12 @@ fn assert_latency_plausible(s: &Scrape, l: &[(&str, &str)], frames: u64) {
             .map(|(_, c)| *c)
             .fold(0.0, f64::max)
     };
+    // The log2 bucket a bound falls in reaches 7% above it (4 s: 4.29).
+    let bound = patience(std::time::Duration::from_secs(4)).as_secs_f64() * 1.08;
     assert_eq!(
-        below(4.3),
+        below(bound),
         frames as f64,
-        "latencies over 4 s for {l:?}: {:?}",
+        "latencies over {bound:.1} s for {l:?}: {:?}",
         h.buckets
     );
     assert!(

@@ -308,6 +308,9 @@ fn rtp_lost_packets_equal_the_nftables_drop_count() {
     let rx_pid = rx.id();
     wait_exit(&mut tx, SECS);
     std::thread::sleep(Duration::from_secs(1));
+    // A receiver starved of CPU (emulated, beside other guests) can also lose datagrams to
+    // its socket's full buffer: the kernel's own count, read before the socket closes.
+    let overflowed = udp_socket_drops(rx_pid, 5004).unwrap_or(0);
     signal(rx_pid, libc::SIGINT);
     wait_exit(&mut rx, SECS);
     let (dropped, _) = link.counter("dropped");
@@ -316,7 +319,11 @@ fn rtp_lost_packets_equal_the_nftables_drop_count() {
         (io_value(s, "media_io_up", rx_pid, "input")? == 0.0).then(|| s.clone())
     });
     let v = |name| io_value(&s, name, rx_pid, "input").unwrap_or(-1.0);
-    assert_eq!(v("media_io_rtp_packets_lost_total"), dropped as f64);
+    assert_eq!(
+        v("media_io_rtp_packets_lost_total"),
+        (dropped + overflowed) as f64,
+        "{dropped} dropped by nftables, {overflowed} by the socket's buffer"
+    );
     assert_eq!(v("media_io_rtp_packets_duplicated_total"), 0.0);
     assert_eq!(v("media_io_rtp_packets_reordered_total"), 0.0);
     let jitter = v("media_io_rtp_jitter_seconds");
