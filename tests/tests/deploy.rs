@@ -438,7 +438,8 @@ fn the_compose_stack_follows_the_compose_spec_and_its_files_exist() {
             ])
             .arg(compose.join("compose.yaml")),
     );
-    // Every file it mounts from the repository is there.
+    // Every file it mounts from the repository is there (tls/, the secured scrape's, is made
+    // by make-certs.sh: the secure tests run it).
     let text = std::fs::read_to_string(compose.join("compose.yaml")).unwrap();
     let mut mounts = 0;
     for l in text.lines() {
@@ -451,6 +452,11 @@ fn the_compose_stack_follows_the_compose_spec_and_its_files_exist() {
             continue;
         };
         let path = src.split(':').next().unwrap();
+        if path == "./tls" {
+            assert!(compose.join("make-certs.sh").exists());
+            mounts += 1;
+            continue;
+        }
         assert!(
             compose.join(path).exists(),
             "compose mounts {path}, which is missing"
@@ -458,9 +464,18 @@ fn the_compose_stack_follows_the_compose_spec_and_its_files_exist() {
         mounts += 1;
     }
     assert!(mounts >= 6, "{mounts} mounts");
-    // Its Prometheus configuration, with the rules where the stack mounts them.
+    // Its Prometheus configuration, with the rules where the stack mounts them and the
+    // certificates make-certs.sh makes.
     let dir = tempdir("compose-prometheus");
-    std::fs::copy(compose.join("prometheus.yml"), dir.join("prometheus.yml")).unwrap();
+    let tls = dir.join("tls");
+    check(Command::new("sh").arg(compose.join("make-certs.sh")).arg(&tls));
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        std::fs::read_to_string(compose.join("prometheus.yml"))
+            .unwrap()
+            .replace("/etc/prometheus/tls/", &format!("{}/", tls.display())),
+    )
+    .unwrap();
     std::fs::copy(deploy().join("prometheus/rules.yml"), dir.join("rules.yml")).unwrap();
     check(
         Command::new("promtool")
@@ -472,7 +487,8 @@ fn the_compose_stack_follows_the_compose_spec_and_its_files_exist() {
 
 /// The manifests as Kubernetes would get them: rendered by `kubectl kustomize` where kubectl
 /// is installed, else the base's resource files as listed in its kustomization (the
-/// privileged overlay needs kustomize's patching, so it is rendered only with kubectl).
+/// privileged and secure overlays need kustomize's patching, so they are rendered only with
+/// kubectl).
 fn rendered() -> Vec<(String, String)> {
     let k8s = deploy().join("kubernetes");
     if Command::new("kubectl")
@@ -481,7 +497,7 @@ fn rendered() -> Vec<(String, String)> {
         .output()
         .is_ok()
     {
-        return ["", "privileged"]
+        return ["", "privileged", "secure"]
             .iter()
             .map(|dir| {
                 let text = check(Command::new("kubectl").arg("kustomize").arg(k8s.join(dir)));
@@ -503,6 +519,42 @@ fn rendered() -> Vec<(String, String)> {
         .collect::<Vec<_>>()
         .join("\n---\n");
     vec![("deploy/kubernetes/base".into(), text)]
+}
+
+/// The secure overlay's example web configuration is one the daemon loads once its
+/// placeholders are filled, with cert-manager's file names, and refuses as shipped.
+#[test]
+fn the_secure_overlays_web_configuration_loads_once_filled_in() {
+    let shipped =
+        std::fs::read_to_string(deploy().join("kubernetes/secure/web.yml")).unwrap();
+    let dir = tempdir("secure-web-config");
+    let pki = observer_tests::tls::Pki::new(&dir);
+    for (from, to) in [("server.crt", "tls.crt"), ("server.key", "tls.key")] {
+        std::fs::copy(pki.path(from), dir.join(to)).unwrap();
+    }
+    let as_shipped = dir.join("shipped.yml");
+    std::fs::write(
+        &as_shipped,
+        shipped.replace("/etc/observer/tls/", &format!("{}/", dir.display())),
+    )
+    .unwrap();
+    let err = observer::web::load(&as_shipped).unwrap_err().to_string();
+    assert!(err.contains("not a bcrypt hash"), "{err}");
+    let filled = dir.join("web.yml");
+    std::fs::write(
+        &filled,
+        shipped
+            .replace("/etc/observer/tls/", &format!("{}/", dir.display()))
+            .replace(
+                "REPLACE-WITH-A-BCRYPT-HASH",
+                &format!("'{}'", observer_tests::tls::htpasswd_hash("x")),
+            ),
+    )
+    .unwrap();
+    let (settings, files) = observer::web::load(&filled).unwrap();
+    assert!(settings.tls.is_some());
+    assert_eq!(settings.users.len(), 2);
+    assert_eq!(files.len(), 4, "the file, tls.crt, tls.key, ca.crt: {files:?}");
 }
 
 #[test]
@@ -546,8 +598,53 @@ fn kubernetes_manifests_render_and_pass_the_kubernetes_schemas() {
         assert_eq!(spec["hostPID"], true, "{what}");
         assert_eq!(spec["tolerations"][0]["operator"], "Exists", "{what}");
         let c = &spec["containers"][0];
-        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
-        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        let web_config = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|a| a.as_str()?.strip_prefix("--web-config-file="));
+        if let Some(web_config) = web_config {
+            // Secured: the probes ask through the daemon's own client, with the mounted
+            // certificate and the probe's password, files the volumes hold.
+            let mounts: Vec<(&str, &str)> = c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| (m["name"].as_str().unwrap(), m["mountPath"].as_str().unwrap()))
+                .collect();
+            let mounted = |path: &str| mounts.iter().any(|(_, m)| path.starts_with(m));
+            assert!(mounted(web_config), "{what}: {web_config} not mounted");
+            for (probe, ready) in [("livenessProbe", false), ("readinessProbe", true)] {
+                let cmd: Vec<&str> = c[probe]["exec"]["command"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{what}: {probe} is not an exec probe"))
+                    .iter()
+                    .map(|v| v.as_str().unwrap())
+                    .collect();
+                assert_eq!(cmd[..2], ["/usr/local/bin/observer", "health"], "{what}");
+                assert_eq!(cmd.contains(&"--ready"), ready, "{what}: {probe}");
+                assert!(cmd.contains(&"--url=https://localhost:9464"), "{what}");
+                for file in cmd.iter().filter_map(|a| a.split_once("-file=").map(|x| x.1)) {
+                    assert!(mounted(file), "{what}: {probe} reads {file}, not mounted");
+                }
+            }
+            let secrets: Vec<&str> = spec["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|v| v["secret"]["secretName"].as_str())
+                .collect();
+            assert_eq!(secrets, ["observer-web-config", "observer-tls"], "{what}");
+            assert_eq!(pod["metadata"]["annotations"]["prometheus.io/scheme"], "https");
+            let pm = docs.iter().find(|d| d["kind"] == "PodMonitor").unwrap();
+            let ep = &pm["spec"]["podMetricsEndpoints"][0];
+            assert_eq!(ep["scheme"], "https", "{what}");
+            assert!(ep["tlsConfig"]["cert"]["secret"]["name"].is_string(), "{what}");
+            assert!(ep["basicAuth"]["password"]["name"].is_string(), "{what}");
+        } else {
+            assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+            assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        }
         assert!(c["resources"]["limits"]["memory"].is_string());
         let sc = &c["securityContext"];
         if sc["privileged"] != true {
