@@ -43,7 +43,7 @@ pub struct ClientArgs {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ClientFile {
+pub struct ClientFile {
     #[serde(default)]
     tls_config: TlsFile,
     basic_auth: Option<BasicAuthFile>,
@@ -65,6 +65,14 @@ struct BasicAuthFile {
     username: String,
     password: Option<String>,
     password_file: Option<PathBuf>,
+}
+
+/// A client file's text (`tls_config`, `basic_auth`); unknown keys are errors.
+pub fn parse_client_file(text: &str) -> Result<ClientFile, String> {
+    if text.trim().is_empty() {
+        return Ok(ClientFile::default());
+    }
+    serde_saphyr::from_str(text).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,14 +117,10 @@ impl ClientArgs {
         let mut password = std::env::var("OBSERVER_CLIENT_PASSWORD").ok();
         if let Some(path) = &self.client_config {
             let text = String::from_utf8_lossy(&read(path)?).into_owned();
-            let file: ClientFile = if text.trim().is_empty() {
-                ClientFile::default()
-            } else {
-                serde_saphyr::from_str(&text).map_err(|e| ClientError::Invalid {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?
-            };
+            let file = parse_client_file(&text).map_err(|message| ClientError::Invalid {
+                path: path.clone(),
+                message,
+            })?;
             let dir = path.parent().unwrap_or(Path::new("."));
             let rel = |p: Option<PathBuf>| p.map(|p| dir.join(p));
             out.ca_file = out.ca_file.or(rel(file.tls_config.ca_file));
@@ -241,10 +245,7 @@ impl Client {
         }
         let mut r = req.call().map_err(|e| e.to_string())?;
         let status = r.status().as_u16();
-        let body = r
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| e.to_string())?;
+        let body = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
         Ok(Answer { status, body })
     }
 
@@ -298,5 +299,56 @@ pub fn health(args: HealthArgs) -> Result<(), String> {
             a.status,
             a.body.trim()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_file_gives_paths_relative_to_it_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("client.yml");
+        std::fs::write(
+            &file,
+            "tls_config:\n  ca_file: ca.crt\n  cert_file: c.crt\n  key_file: c.key\n\
+             basic_auth:\n  username: prometheus\n  password_file: pw\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+        let args = ClientArgs {
+            client_config: Some(file.clone()),
+            ..Default::default()
+        };
+        let (r, password) = args.resolve().unwrap();
+        assert_eq!(r.ca_file, Some(dir.path().join("ca.crt")));
+        assert_eq!(r.cert_file, Some(dir.path().join("c.crt")));
+        assert_eq!(r.username.as_deref(), Some("prometheus"));
+        assert_eq!(password.as_deref(), Some("s3cret"), "the line end is not the password");
+        let flags = ClientArgs {
+            client_config: Some(file),
+            ca_file: Some("/other/ca.crt".into()),
+            username: Some("ops".into()),
+            ..Default::default()
+        };
+        let (r, password) = flags.resolve().unwrap();
+        assert_eq!(r.ca_file, Some(PathBuf::from("/other/ca.crt")));
+        assert_eq!(r.username.as_deref(), Some("ops"));
+        assert_eq!(password, None, "the file's password belongs to the file's user");
+    }
+
+    #[test]
+    fn bad_client_files_are_errors_that_say_why() {
+        assert!(parse_client_file("tls_config:\n  server_name: x\n")
+            .unwrap_err()
+            .contains("server_name"));
+        assert!(parse_client_file("bearer_token: x\n").is_err());
+        assert!(parse_client_file("").is_ok());
+        let no_key = ClientArgs {
+            cert_file: Some("c.crt".into()),
+            ..Default::default()
+        };
+        assert!(no_key.resolve().is_err());
     }
 }

@@ -642,7 +642,11 @@ mod tests {
             parse(&["observer", "--otlp-endpoint", "collector:4317"], ""),
             Err(ConfigError::Invalid(_))
         ));
-        let o = parse(&["observer"], "web_config_file = \"/etc/observer/web.yml\"\n").unwrap();
+        let o = parse(
+            &["observer"],
+            "web_config_file = \"/etc/observer/web.yml\"\n",
+        )
+        .unwrap();
         assert_eq!(
             o.web_config_file.as_deref(),
             Some(std::path::Path::new("/etc/observer/web.yml"))

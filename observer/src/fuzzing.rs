@@ -30,8 +30,9 @@ pub fn elf(data: &[u8]) {
     }
 }
 
-/// The command line and the config file: arguments are the input's first line split on
-/// spaces, the file is the rest.
+/// The command line and the config files: arguments are the input's first line split on
+/// spaces, the rest is the TOML config file, and also a web configuration (YAML) and a
+/// client file.
 pub fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let (args, file) = text.split_once('\n').unwrap_or((&text, ""));
@@ -39,6 +40,8 @@ pub fn config(data: &[u8]) {
         .chain(args.split(' ').filter(|a| !a.is_empty()))
         .collect();
     let _ = crate::config::Options::parse_from(&args, file);
+    let _ = crate::web::build(file, std::path::Path::new("/nonexistent/web.yml"));
+    let _ = crate::client::parse_client_file(file);
 }
 
 /// Ring buffer records as the kernel side writes them, with contents copied from pipeline

@@ -1069,7 +1069,13 @@ fn web_families(f: &mut Families, w: &crate::web::Stats) {
         "Loads of the web configuration and the files it names, by result",
     );
     for (result, n) in [("success", &w.reloads_ok), ("failure", &w.reloads_failed)] {
-        f.add(name, MetricType::COUNTER, "", &set(&[("result", result)]), n.load(Relaxed) as f64);
+        f.add(
+            name,
+            MetricType::COUNTER,
+            "",
+            &set(&[("result", result)]),
+            n.load(Relaxed) as f64,
+        );
     }
     let name = "observer_http_refused_total";
     f.declare(
@@ -1083,7 +1089,13 @@ fn web_families(f: &mut Families, w: &crate::web::Stats) {
         ("unauthorized", &w.refused_unauthorized),
         ("rate_limited", &w.refused_rate_limited),
     ] {
-        f.add(name, MetricType::COUNTER, "", &set(&[("reason", reason)]), n.load(Relaxed) as f64);
+        f.add(
+            name,
+            MetricType::COUNTER,
+            "",
+            &set(&[("reason", reason)]),
+            n.load(Relaxed) as f64,
+        );
     }
 }
 

@@ -390,7 +390,11 @@ impl Otlp {
                         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                         .with_endpoint(format!("{base}{}", $path))
                         .with_timeout(opts.otlp_timeout)
-                        .with_http_client(transport::http_client(&base, $signal, opts.otlp_timeout)?)
+                        .with_http_client(transport::http_client(
+                            &base,
+                            $signal,
+                            opts.otlp_timeout,
+                        )?)
                         .build(),
                 }
             };

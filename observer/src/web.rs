@@ -180,9 +180,13 @@ impl Stamp {
                 .map(|p| {
                     // Following symbolic links: a Kubernetes Secret's files are links that an
                     // update points at new files.
-                    let m = std::fs::metadata(p)
-                        .ok()
-                        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), m.ino()));
+                    let m = std::fs::metadata(p).ok().map(|m| {
+                        (
+                            m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                            m.len(),
+                            m.ino(),
+                        )
+                    });
                     (p.clone(), m)
                 })
                 .collect(),
@@ -200,6 +204,12 @@ pub fn load(path: &Path) -> Result<(Settings, Vec<PathBuf>), WebConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
+    build(&text, path)
+}
+
+/// Builds the configuration `text`, read from `path` (relative paths in it are relative to
+/// its directory).
+pub fn build(text: &str, path: &Path) -> Result<(Settings, Vec<PathBuf>), WebConfigError> {
     let file: File = if text.trim().is_empty() {
         File::default()
     } else {
@@ -221,9 +231,8 @@ pub fn load(path: &Path) -> Result<(Settings, Vec<PathBuf>), WebConfigError> {
     };
     let mut headers = Vec::new();
     for (name, value) in file.http_server_config.unwrap_or_default().headers {
-        let Some((canonical, allowed)) = HEADERS
-            .iter()
-            .find(|(h, _)| h.eq_ignore_ascii_case(&name))
+        let Some((canonical, allowed)) =
+            HEADERS.iter().find(|(h, _)| h.eq_ignore_ascii_case(&name))
         else {
             return Err(invalid(
                 path,
@@ -318,22 +327,21 @@ fn build_tls(
         // The toolkit serves plain HTTP for an empty tls_server_config.
         return Ok(None);
     }
-    let mut read = |what: &str, file: &Option<String>, inline: &Option<String>| {
-        match (file, inline) {
-            (Some(_), Some(_)) => Err(invalid(
-                path,
-                format!("cannot specify both {what}_file and {what}"),
-            )),
-            (Some(f), None) => {
-                let p = dir.join(f);
-                deps.push(p.clone());
-                std::fs::read(&p)
-                    .map(Some)
-                    .map_err(|e| invalid(path, format!("{what}_file {}: {e}", p.display())))
-            }
-            (None, Some(pem)) => Ok(Some(pem.clone().into_bytes())),
-            (None, None) => Ok(None),
+    let mut read = |what: &str, file: &Option<String>, inline: &Option<String>| match (file, inline)
+    {
+        (Some(_), Some(_)) => Err(invalid(
+            path,
+            format!("cannot specify both {what}_file and {what}"),
+        )),
+        (Some(f), None) => {
+            let p = dir.join(f);
+            deps.push(p.clone());
+            std::fs::read(&p)
+                .map(Some)
+                .map_err(|e| invalid(path, format!("{what}_file {}: {e}", p.display())))
         }
+        (None, Some(pem)) => Ok(Some(pem.clone().into_bytes())),
+        (None, None) => Ok(None),
     };
     let cert = read("cert", &t.cert_file, &t.cert)?
         .ok_or_else(|| invalid(path, "missing one of cert or cert_file"))?;
@@ -346,8 +354,8 @@ fn build_tls(
     if certs.is_empty() {
         return Err(invalid(path, "certificate: no PEM certificate in it"));
     }
-    let key = PrivateKeyDer::from_pem_slice(&key)
-        .map_err(|e| invalid(path, format!("key: {e}")))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(&key).map_err(|e| invalid(path, format!("key: {e}")))?;
 
     let auth = match t.client_auth_type.as_deref() {
         None => ClientAuth::NoClientCert,
@@ -494,9 +502,7 @@ fn provider(path: &Path, t: &TlsFile) -> Result<Arc<CryptoProvider>, WebConfigEr
                 other => {
                     return Err(invalid(
                         path,
-                        format!(
-                            "curve {other} is not available (X25519, CurveP256, CurveP384)"
-                        ),
+                        format!("curve {other} is not available (X25519, CurveP256, CurveP384)"),
                     ));
                 }
             };
@@ -783,10 +789,11 @@ impl WebConfig {
             return true;
         }
         let (hash, password) = (hash.to_string(), password.to_string());
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-            .await
-            .unwrap_or(false)
-            && known;
+        let ok =
+            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+                .await
+                .unwrap_or(false)
+                && known;
         if ok {
             let mut v = self.verified.lock().unwrap_or_else(|p| p.into_inner());
             // A bound on what a stream of distinct right passwords can grow it to.

@@ -468,7 +468,11 @@ fn the_compose_stack_follows_the_compose_spec_and_its_files_exist() {
     // certificates make-certs.sh makes.
     let dir = tempdir("compose-prometheus");
     let tls = dir.join("tls");
-    check(Command::new("sh").arg(compose.join("make-certs.sh")).arg(&tls));
+    check(
+        Command::new("sh")
+            .arg(compose.join("make-certs.sh"))
+            .arg(&tls),
+    );
     std::fs::write(
         dir.join("prometheus.yml"),
         std::fs::read_to_string(compose.join("prometheus.yml"))
@@ -525,8 +529,7 @@ fn rendered() -> Vec<(String, String)> {
 /// placeholders are filled, with cert-manager's file names, and refuses as shipped.
 #[test]
 fn the_secure_overlays_web_configuration_loads_once_filled_in() {
-    let shipped =
-        std::fs::read_to_string(deploy().join("kubernetes/secure/web.yml")).unwrap();
+    let shipped = std::fs::read_to_string(deploy().join("kubernetes/secure/web.yml")).unwrap();
     let dir = tempdir("secure-web-config");
     let pki = observer_tests::tls::Pki::new(&dir);
     for (from, to) in [("server.crt", "tls.crt"), ("server.key", "tls.key")] {
@@ -554,7 +557,11 @@ fn the_secure_overlays_web_configuration_loads_once_filled_in() {
     let (settings, files) = observer::web::load(&filled).unwrap();
     assert!(settings.tls.is_some());
     assert_eq!(settings.users.len(), 2);
-    assert_eq!(files.len(), 4, "the file, tls.crt, tls.key, ca.crt: {files:?}");
+    assert_eq!(
+        files.len(),
+        4,
+        "the file, tls.crt, tls.key, ca.crt: {files:?}"
+    );
 }
 
 #[test]
@@ -610,7 +617,12 @@ fn kubernetes_manifests_render_and_pass_the_kubernetes_schemas() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|m| (m["name"].as_str().unwrap(), m["mountPath"].as_str().unwrap()))
+                .map(|m| {
+                    (
+                        m["name"].as_str().unwrap(),
+                        m["mountPath"].as_str().unwrap(),
+                    )
+                })
                 .collect();
             let mounted = |path: &str| mounts.iter().any(|(_, m)| path.starts_with(m));
             assert!(mounted(web_config), "{what}: {web_config} not mounted");
@@ -624,7 +636,10 @@ fn kubernetes_manifests_render_and_pass_the_kubernetes_schemas() {
                 assert_eq!(cmd[..2], ["/usr/local/bin/observer", "health"], "{what}");
                 assert_eq!(cmd.contains(&"--ready"), ready, "{what}: {probe}");
                 assert!(cmd.contains(&"--url=https://localhost:9464"), "{what}");
-                for file in cmd.iter().filter_map(|a| a.split_once("-file=").map(|x| x.1)) {
+                for file in cmd
+                    .iter()
+                    .filter_map(|a| a.split_once("-file=").map(|x| x.1))
+                {
                     assert!(mounted(file), "{what}: {probe} reads {file}, not mounted");
                 }
             }
@@ -635,11 +650,17 @@ fn kubernetes_manifests_render_and_pass_the_kubernetes_schemas() {
                 .filter_map(|v| v["secret"]["secretName"].as_str())
                 .collect();
             assert_eq!(secrets, ["observer-web-config", "observer-tls"], "{what}");
-            assert_eq!(pod["metadata"]["annotations"]["prometheus.io/scheme"], "https");
+            assert_eq!(
+                pod["metadata"]["annotations"]["prometheus.io/scheme"],
+                "https"
+            );
             let pm = docs.iter().find(|d| d["kind"] == "PodMonitor").unwrap();
             let ep = &pm["spec"]["podMetricsEndpoints"][0];
             assert_eq!(ep["scheme"], "https", "{what}");
-            assert!(ep["tlsConfig"]["cert"]["secret"]["name"].is_string(), "{what}");
+            assert!(
+                ep["tlsConfig"]["cert"]["secret"]["name"].is_string(),
+                "{what}"
+            );
             assert!(ep["basicAuth"]["password"]["name"].is_string(), "{what}");
         } else {
             assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");

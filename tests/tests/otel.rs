@@ -696,14 +696,21 @@ fn a_daemon_that_falls_behind_counts_every_span_and_event_its_rings_refused() {
 
 /// The variables that point the exporters at a TLS collector with the tests' CA and client
 /// certificate (and a bearer token, which must never reach the daemon's log).
-fn mtls_env<'a>(url: &'a str, protocol: &'a str, files: &'a [String; 3]) -> [(&'a str, &'a str); 6] {
+fn mtls_env<'a>(
+    url: &'a str,
+    protocol: &'a str,
+    files: &'a [String; 3],
+) -> [(&'a str, &'a str); 6] {
     [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", url),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
         ("OTEL_EXPORTER_OTLP_CERTIFICATE", &files[0]),
         ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &files[1]),
         ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &files[2]),
-        ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20planted-token-5f1b"),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "authorization=Bearer%20planted-token-5f1b",
+        ),
     ]
 }
 
@@ -723,7 +730,11 @@ fn otlp_over_mtls(protocol: &str) {
         "ca.crt",
         &[b"h2", b"http/1.1"],
     ));
-    let url = if protocol == "grpc" { rx.grpc_url() } else { rx.http_url() };
+    let url = if protocol == "grpc" {
+        rx.grpc_url()
+    } else {
+        rx.http_url()
+    };
     assert!(url.starts_with("https://"));
     let files = pki_files(&pki);
     let d = Daemon::start_env(
@@ -751,7 +762,10 @@ fn otlp_over_mtls(protocol: &str) {
     });
     let auth = rx.received().authorization;
     assert!(auth.len() >= 3, "{auth:?}");
-    assert!(auth.iter().all(|a| a == "Bearer planted-token-5f1b"), "{auth:?}");
+    assert!(
+        auth.iter().all(|a| a == "Bearer planted-token-5f1b"),
+        "{auth:?}"
+    );
     let s = d.scrape();
     for signal in ["traces", "logs", "metrics"] {
         assert_eq!(
@@ -760,7 +774,10 @@ fn otlp_over_mtls(protocol: &str) {
             "{signal}"
         );
     }
-    assert!(!d.log_text().contains("planted-token"), "the token was logged");
+    assert!(
+        !d.log_text().contains("planted-token"),
+        "the token was logged"
+    );
 }
 
 #[test]
@@ -787,7 +804,11 @@ fn a_collector_with_an_untrusted_certificate_gets_nothing_and_failures_are_count
             "ca.crt",
             &[b"h2", b"http/1.1"],
         ));
-        let url = if protocol == "grpc" { rx.grpc_url() } else { rx.http_url() };
+        let url = if protocol == "grpc" {
+            rx.grpc_url()
+        } else {
+            rx.http_url()
+        };
         let d = Daemon::start_env(
             &["--otlp-metrics", "true", "--otlp-metrics-interval", "1s"],
             &mtls_env(&url, protocol, &files),
@@ -806,7 +827,10 @@ fn a_collector_with_an_untrusted_certificate_gets_nothing_and_failures_are_count
         );
         let r = rx.received();
         assert!(
-            r.spans.is_empty() && r.logs.is_empty() && r.metrics.is_empty() && r.authorization.is_empty(),
+            r.spans.is_empty()
+                && r.logs.is_empty()
+                && r.metrics.is_empty()
+                && r.authorization.is_empty(),
             "{protocol}: an untrusted collector received something"
         );
     }

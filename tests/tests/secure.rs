@@ -44,7 +44,15 @@ fn client(dir: &Path, user: &str, password_file: &Path) -> ClientArgs {
 /// curl's exit code, the HTTP status it saw (`000` for none) and its error text.
 fn curl(args: &[&str]) -> (i32, String, String) {
     let out = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
         .args(args)
         .output()
         .expect("curl (cargo xtask test installs it)");
@@ -88,17 +96,25 @@ fn the_compose_stacks_prometheus_scrapes_over_mtls_with_basic_auth() {
     std::fs::copy(deploy().join("prometheus/rules.yml"), dir.join("rules.yml")).unwrap();
     let prom = Prometheus::start_config(&dir, &config);
     let mut last = None;
-    wait("the compose Prometheus' target to be up", Duration::from_secs(60), || {
-        last = prom.target("observer");
-        last.as_ref().is_some_and(|(h, _)| h == "up")
-    });
+    wait(
+        "the compose Prometheus' target to be up",
+        Duration::from_secs(60),
+        || {
+            last = prom.target("observer");
+            last.as_ref().is_some_and(|(h, _)| h == "up")
+        },
+    );
     let up = prom.query("up{job=\"observer\"}");
     assert_eq!(up["data"]["result"][0]["value"][1], "1", "{up}");
     // What it scraped is the daemon's: its own web configuration gauge.
-    wait("a scraped series of the daemon", Duration::from_secs(30), || {
-        let r = prom.query("observer_web_config_last_reload_successful");
-        r["data"]["result"][0]["value"][1] == "1"
-    });
+    wait(
+        "a scraped series of the daemon",
+        Duration::from_secs(30),
+        || {
+            let r = prom.query("observer_web_config_last_reload_successful");
+            r["data"]["result"][0]["value"][1] == "1"
+        },
+    );
 }
 
 #[test]
@@ -142,16 +158,33 @@ fn every_refusal_holds_and_a_certificate_replaced_on_disk_is_served_without_a_re
 
     // Plain HTTP to the TLS port: no answer.
     let (code, status, err) = curl(&[&format!("http://localhost:{}/metrics", d.port)]);
-    assert!(code != 0 && status == "000", "plain HTTP: {code} {status} {err}");
+    assert!(
+        code != 0 && status == "000",
+        "plain HTTP: {code} {status} {err}"
+    );
     // No client certificate: the handshake fails.
     let (code, status, err) = curl(&["--cacert", &ca, "-u", "prometheus:s3cret", &metrics]);
-    assert!(code != 0 && status == "000", "no client certificate: {code} {status} {err}");
+    assert!(
+        code != 0 && status == "000",
+        "no client certificate: {code} {status} {err}"
+    );
     // A client certificate from a CA the daemon does not trust.
     let (rc, rk) = (p("rogue-client.crt"), p("rogue-client.key"));
     let (code, status, err) = curl(&[
-        "--cacert", &ca, "--cert", &rc, "--key", &rk, "-u", "prometheus:s3cret", &metrics,
+        "--cacert",
+        &ca,
+        "--cert",
+        &rc,
+        "--key",
+        &rk,
+        "-u",
+        "prometheus:s3cret",
+        &metrics,
     ]);
-    assert!(code != 0 && status == "000", "untrusted client certificate: {code} {status} {err}");
+    assert!(
+        code != 0 && status == "000",
+        "untrusted client certificate: {code} {status} {err}"
+    );
     // The right certificate with a wrong password, an unknown user, or none: 401, on every
     // endpoint.
     for (creds, path) in [
@@ -183,12 +216,24 @@ fn every_refusal_holds_and_a_certificate_replaced_on_disk_is_served_without_a_re
     // The server certificate expires: replaced on disk by an expired one, it is served from
     // the next handshake, and clients refuse it.
     pki.write_server_cert(true);
-    wait("the expired certificate to be served", Duration::from_secs(10), || {
-        curl(&[
-            "--cacert", &ca, "--cert", &cert, "--key", &key, "-u", "prometheus:s3cret", &metrics,
-        ])
-        .0 == 60
-    });
+    wait(
+        "the expired certificate to be served",
+        Duration::from_secs(10),
+        || {
+            curl(&[
+                "--cacert",
+                &ca,
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                "-u",
+                "prometheus:s3cret",
+                &metrics,
+            ])
+            .0 == 60
+        },
+    );
     // Prometheus scraping with the client certificate and password, as an operator's job
     // does: down, for the expired certificate.
     let prom = Prometheus::start_config(
@@ -204,10 +249,14 @@ fn every_refusal_holds_and_a_certificate_replaced_on_disk_is_served_without_a_re
     );
     let health = |want: &str| {
         let mut last = None;
-        wait(&format!("the target to be {want}"), Duration::from_secs(60), || {
-            last = prom.target("observer");
-            last.as_ref().is_some_and(|(h, _)| h == want)
-        });
+        wait(
+            &format!("the target to be {want}"),
+            Duration::from_secs(60),
+            || {
+                last = prom.target("observer");
+                last.as_ref().is_some_and(|(h, _)| h == want)
+            },
+        );
         last.unwrap().1
     };
     let error = health("down");
@@ -226,7 +275,10 @@ fn every_refusal_holds_and_a_certificate_replaced_on_disk_is_served_without_a_re
         s.value("observer_web_config_last_reload_successful", &[]) == Some(0.0)
     });
     assert_eq!(
-        s.value("observer_web_config_reloads_total", &[("result", "failure")]),
+        s.value(
+            "observer_web_config_reloads_total",
+            &[("result", "failure")]
+        ),
         Some(1.0)
     );
     let (code, status, _) = curl(&[&format!("http://localhost:{}/metrics", d.port)]);
@@ -237,11 +289,15 @@ fn every_refusal_holds_and_a_certificate_replaced_on_disk_is_served_without_a_re
     health("up");
     // Fixed: in force again.
     std::fs::write(&web, &good_config).unwrap();
-    wait("the good configuration back", Duration::from_secs(30), || {
-        d.scrape()
-            .value("observer_web_config_last_reload_successful", &[])
-            == Some(1.0)
-    });
+    wait(
+        "the good configuration back",
+        Duration::from_secs(30),
+        || {
+            d.scrape()
+                .value("observer_web_config_last_reload_successful", &[])
+                == Some(1.0)
+        },
+    );
 }
 
 #[test]
@@ -249,14 +305,23 @@ fn a_web_configuration_bad_at_start_stops_the_daemon_with_the_file_and_the_reaso
     let dir = tempdir("secure-bad");
     let pki = Pki::new(&dir);
     for (text, says) in [
-        ("tls_server_config:\n  cert_file: server.crt\n  keyfile: server.key\n", "keyfile"),
+        (
+            "tls_server_config:\n  cert_file: server.crt\n  keyfile: server.key\n",
+            "keyfile",
+        ),
         (
             "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
              client_auth_type: RequireAndVerifyClientCert\n",
             "needs client_ca_file",
         ),
-        ("basic_auth_users:\n  prometheus: s3cret\n", "not a bcrypt hash"),
-        ("tls_server_config:\n  cert_file: nothere.crt\n  key_file: server.key\n", "nothere.crt"),
+        (
+            "basic_auth_users:\n  prometheus: s3cret\n",
+            "not a bcrypt hash",
+        ),
+        (
+            "tls_server_config:\n  cert_file: nothere.crt\n  key_file: server.key\n",
+            "nothere.crt",
+        ),
     ] {
         let web = pki.path("web.yml");
         std::fs::write(&web, text).unwrap();
@@ -311,25 +376,57 @@ fn observer_health_and_top_reach_a_secured_daemon_with_a_client_file() {
             .output()
             .unwrap()
     };
-    let ok = run(&["health", "--ready", "--url", &url, "--client-config", file.to_str().unwrap()]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = run(&[
+        "health",
+        "--ready",
+        "--url",
+        &url,
+        "--client-config",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     // Without the client certificate, and with a wrong password: refused, saying why.
-    let no_cert = run(&["health", "--url", &url, "--ca-file", pki.path("ca.crt").to_str().unwrap()]);
+    let no_cert = run(&[
+        "health",
+        "--url",
+        &url,
+        "--ca-file",
+        pki.path("ca.crt").to_str().unwrap(),
+    ]);
     assert!(!no_cert.status.success());
     let wrong = dir.join("wrong");
     std::fs::write(&wrong, "nope").unwrap();
     let bad = run(&[
-        "health", "--url", &url, "--client-config", file.to_str().unwrap(),
-        "--username", "ops", "--password-file", wrong.to_str().unwrap(),
+        "health",
+        "--url",
+        &url,
+        "--client-config",
+        file.to_str().unwrap(),
+        "--username",
+        "ops",
+        "--password-file",
+        wrong.to_str().unwrap(),
     ]);
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("401"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     // `observer top --once` with the same file through the environment.
     let top = Command::new(daemon_bin())
         .args(["top", "--once", "--interval", "200ms", "--url", &url])
         .env("OBSERVER_CLIENT_CONFIG", &file)
         .output()
         .unwrap();
-    assert!(top.status.success(), "{}", String::from_utf8_lossy(&top.stderr));
+    assert!(
+        top.status.success(),
+        "{}",
+        String::from_utf8_lossy(&top.stderr)
+    );
     assert!(String::from_utf8_lossy(&top.stdout).contains("live streams"));
 }

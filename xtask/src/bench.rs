@@ -555,6 +555,9 @@ pub fn run(
     if only.is_none_or(|o| o.contains("scrapers")) {
         scrapers(bin, &dir, port, runs, &mut report)?;
     }
+    if only.is_none_or(|o| o.contains("web")) {
+        web(root, bin, &dir, port, runs, &mut report)?;
+    }
     if only.is_none_or(|o| o.contains("ingest")) {
         for (decode, name) in [
             (false, "50 Mbit/s ingest, recorded"),
@@ -1344,4 +1347,183 @@ fn arm64(root: &Path, bin: &Path, assets: &Path, report: &mut String) -> anyhow:
         let _ = writeln!(report, "{}", l?);
     }
     Ok(())
+}
+
+/// The daemon's CPU in seconds (user and system), from /proc.
+fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(") ").context("/proc stat")?.1;
+    let f: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are the 12th and 13th fields after the command.
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+/// What securing the endpoints costs a scrape: the same idle daemon plain and behind
+/// `make-certs.sh`'s web configuration (TLS 1.3, a verified client certificate, basic auth),
+/// scraped by curl, each scrape on a new connection (a full handshake: the worst case) and
+/// all on one kept-alive connection (what Prometheus does between its idle timeouts); and
+/// the first scrape's bcrypt check against the cached ones that follow.
+fn web(
+    root: &Path,
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    runs: usize,
+    report: &mut String,
+) -> anyhow::Result<()> {
+    step("/metrics plain and behind TLS, client certificates and basic auth");
+    let tls = dir.join("web-tls");
+    let _ = std::fs::remove_dir_all(&tls);
+    let made = Command::new("sh")
+        .arg(root.join("deploy/compose/make-certs.sh"))
+        .arg(&tls)
+        .stdout(Stdio::null())
+        .status()
+        .context("deploy/compose/make-certs.sh")?;
+    anyhow::ensure!(made.success(), "make-certs.sh failed");
+    let password = std::fs::read_to_string(tls.join("password"))?;
+    let user = format!("prometheus:{}", password.trim());
+    let p = |f: &str| tls.join(f).display().to_string();
+    let secure_args: Vec<String> = [
+        "--cacert",
+        &p("ca.crt"),
+        "--cert",
+        &p("client.crt"),
+        "--key",
+        &p("client.key"),
+        "-u",
+        &user,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    const SCRAPES: usize = 200;
+    // (mode, new connections: cpu ms, wall ms; kept alive: cpu ms, wall ms)
+    let mut rows: Vec<(&str, Vec<[f64; 4]>)> = vec![
+        ("plain HTTP", Vec::new()),
+        ("TLS + client certificate + basic auth", Vec::new()),
+    ];
+    let mut first_vs_cached = Vec::new();
+    for _ in 0..runs {
+        for (i, (_, samples)) in rows.iter_mut().enumerate() {
+            let secured = i == 1;
+            let web_config = p("web.yml");
+            let mut extra = vec!["--gpu", "false"];
+            if secured {
+                extra.extend(["--web-config-file", &web_config]);
+            }
+            let mut cmd = Command::new(bin);
+            cmd.args(&extra)
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .args(["--log-level", "warn"])
+                .stdout(Stdio::null());
+            let d = Daemon(cmd.spawn().context("starting the daemon")?);
+            let base = if secured {
+                format!("https://localhost:{port}")
+            } else {
+                format!("http://127.0.0.1:{port}")
+            };
+            let url = format!("{base}/metrics");
+            // n scrapes, each on a new connection or all on one kept alive; curl's -w output.
+            let curl = |n: usize, reuse: bool, fmt: &str| -> anyhow::Result<String> {
+                let one = || {
+                    let mut c = Command::new("curl");
+                    c.args(["-s", "-o", "/dev/null", "--max-time", "30", "-w", fmt]);
+                    if secured {
+                        c.args(&secure_args);
+                    }
+                    c
+                };
+                let mut out = String::new();
+                if reuse {
+                    out += &String::from_utf8(one().args(vec![&url; n]).output()?.stdout)?;
+                } else {
+                    for _ in 0..n {
+                        out += &String::from_utf8(one().arg(&url).output()?.stdout)?;
+                    }
+                }
+                Ok(out)
+            };
+            // Ready: 200 plain; 401 secured (answered without credentials, so the first
+            // authorized scrape below is the one that pays bcrypt).
+            let t0 = Instant::now();
+            loop {
+                let mut c = Command::new("curl");
+                c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]);
+                if secured {
+                    c.args(&secure_args[..6]);
+                }
+                let code = c.arg(format!("{base}/readyz")).output()?.stdout;
+                if code == if secured { b"401" } else { b"200" } {
+                    break;
+                }
+                anyhow::ensure!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "daemon not ready after 30 s"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if secured {
+                let times = curl(2, true, "%{time_starttransfer} ")?;
+                let t: Vec<f64> = times
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                anyhow::ensure!(t.len() == 2, "first and second scrape: {times}");
+                first_vs_cached.push((t[0] * 1e3, t[1] * 1e3));
+            }
+            samples.push(scrape_costs(&d, SCRAPES, &curl)?);
+        }
+    }
+    let _ = writeln!(
+        report,
+        "Securing the endpoints: an idle daemon's /metrics ({SCRAPES} scrapes by curl per sample, {runs} runs alternating, medians; daemon CPU from /proc)\n"
+    );
+    let _ = writeln!(
+        report,
+        "| mode | new connection each: daemon CPU ms / scrape | wall ms / scrape | kept alive: daemon CPU ms / scrape | wall ms / scrape |"
+    );
+    let _ = writeln!(report, "|---|---|---|---|---|");
+    for (name, samples) in &mut rows {
+        let col = |k: usize| median(&mut samples.iter().map(|s| s[k]).collect::<Vec<_>>());
+        let (a, b, c, d) = (col(0), col(1), col(2), col(3));
+        let _ = writeln!(report, "| {name} | {a:.2} | {b:.2} | {c:.2} | {d:.2} |");
+    }
+    let mut first: Vec<f64> = first_vs_cached.iter().map(|x| x.0).collect();
+    let mut cached: Vec<f64> = first_vs_cached.iter().map(|x| x.1).collect();
+    let _ = writeln!(
+        report,
+        "\nbasic auth (bcrypt cost 10): first authorized scrape {:.1} ms to its first byte, the next (cached) {:.1} ms\n",
+        median(&mut first),
+        median(&mut cached)
+    );
+    Ok(())
+}
+
+/// Daemon CPU and wall time per scrape (ms), new connections and then one kept alive.
+fn scrape_costs(
+    d: &Daemon,
+    n: usize,
+    curl: &dyn Fn(usize, bool, &str) -> anyhow::Result<String>,
+) -> anyhow::Result<[f64; 4]> {
+    let pid = d.0.id();
+    let one = |reuse: bool| -> anyhow::Result<(f64, f64)> {
+        let c0 = process_cpu_seconds(pid)?;
+        let t0 = Instant::now();
+        let codes = curl(n, reuse, "%{http_code} ")?;
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu = process_cpu_seconds(pid)? - c0;
+        anyhow::ensure!(
+            codes.split_whitespace().filter(|c| *c == "200").count() == n,
+            "not every scrape answered 200: {codes}"
+        );
+        Ok((cpu * 1e3 / n as f64, wall * 1e3 / n as f64))
+    };
+    let (cpu_new, wall_new) = one(false)?;
+    let (cpu_kept, wall_kept) = one(true)?;
+    Ok([cpu_new, wall_new, cpu_kept, wall_kept])
 }

@@ -411,10 +411,7 @@ impl Turn {
     fn wait(&self) {
         let mut passed = self.passed.lock().unwrap_or_else(|p| p.into_inner());
         while !*passed {
-            passed = self
-                .changed
-                .wait(passed)
-                .unwrap_or_else(|p| p.into_inner());
+            passed = self.changed.wait(passed).unwrap_or_else(|p| p.into_inner());
         }
     }
 }

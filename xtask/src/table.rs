@@ -45,7 +45,9 @@ fn flag_value(args: &[String], flag: &str, env: &str) -> Option<String> {
 /// Whether a web configuration's text turns TLS on: a `tls_server_config` section naming a
 /// certificate (an empty one serves plain HTTP, as in the exporter-toolkit).
 fn serves_tls(web_config: &str) -> bool {
-    web_config.lines().any(|l| l.starts_with("tls_server_config:"))
+    web_config
+        .lines()
+        .any(|l| l.starts_with("tls_server_config:"))
         && web_config.lines().any(|l| {
             let l = l.trim_start();
             l.starts_with("cert_file:") || l.starts_with("cert:")
@@ -153,7 +155,11 @@ mod tests {
         )
         .unwrap();
         let auth_only = dir.join("auth.yml");
-        std::fs::write(&auth_only, "basic_auth_users:\n  a: b\ntls_server_config: {}\n").unwrap();
+        std::fs::write(
+            &auth_only,
+            "basic_auth_users:\n  a: b\ntls_server_config: {}\n",
+        )
+        .unwrap();
         let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
             daemon_url(&args(&["--listen", "0.0.0.0:9464"])).unwrap(),

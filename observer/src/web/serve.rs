@@ -93,8 +93,7 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, web: Arc<WebC
                 return;
             };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-            {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     web.stats.refused_handshake.fetch_add(1, Ordering::Relaxed);

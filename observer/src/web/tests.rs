@@ -43,7 +43,11 @@ fn hash(password: &str) -> String {
 #[test]
 fn the_toolkits_sample_file_loads_with_paths_relative_to_it() {
     let d = Dir::new();
-    std::fs::write(d.path("ca.crt"), std::fs::read(d.path("server.crt")).unwrap()).unwrap();
+    std::fs::write(
+        d.path("ca.crt"),
+        std::fs::read(d.path("server.crt")).unwrap(),
+    )
+    .unwrap();
     // exporter-toolkit's documented keys, as an operator writes them for node_exporter.
     let s = d
         .load(&format!(
@@ -81,7 +85,9 @@ fn no_file_content_and_an_empty_tls_section_mean_plain_http() {
 #[test]
 fn unknown_keys_are_errors_that_name_them() {
     let d = Dir::new();
-    let e = d.error("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  certfile: x\n");
+    let e = d.error(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  certfile: x\n",
+    );
     assert!(e.contains("certfile"), "{e}");
     let e = d.error("basic_auth:\n  user: x\n");
     assert!(e.contains("basic_auth"), "{e}");
@@ -94,14 +100,29 @@ fn inconsistent_tls_settings_are_refused_as_the_toolkit_refuses_them() {
     let d = Dir::new();
     let base = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
     for (extra, says) in [
-        ("  client_ca_file: server.crt\n", "without a client_auth_type"),
-        ("  client_auth_type: RequireAndVerifyClientCert\n", "needs client_ca_file"),
+        (
+            "  client_ca_file: server.crt\n",
+            "without a client_auth_type",
+        ),
+        (
+            "  client_auth_type: RequireAndVerifyClientCert\n",
+            "needs client_ca_file",
+        ),
         ("  client_auth_type: Always\n", "invalid client_auth_type"),
-        ("  client_allowed_sans: [a]\n", "client_allowed_sans requires"),
+        (
+            "  client_allowed_sans: [a]\n",
+            "client_allowed_sans requires",
+        ),
         ("  max_version: TLS11\n", "leave no TLS version"),
         ("  min_version: SSL3\n", "unknown TLS version"),
-        ("  cipher_suites: [TLS_RSA_WITH_AES_128_CBC_SHA]\n", "offers TLS_ECDHE"),
-        ("  curve_preferences: [CurveP521]\n", "CurveP521 is not available"),
+        (
+            "  cipher_suites: [TLS_RSA_WITH_AES_128_CBC_SHA]\n",
+            "offers TLS_ECDHE",
+        ),
+        (
+            "  curve_preferences: [CurveP521]\n",
+            "CurveP521 is not available",
+        ),
         ("  cert: inline\n", "both cert_file and cert"),
     ] {
         let e = d.error(&format!("{base}{extra}"));
@@ -163,7 +184,10 @@ async fn basic_auth_checks_user_and_password_and_caches_only_successes() {
     let web = WebConfig::open(&path).unwrap();
     let s = web.current();
     assert!(web.authorized(&s, "prometheus", "secret").await);
-    assert!(web.authorized(&s, "prometheus", "secret").await, "from the cache");
+    assert!(
+        web.authorized(&s, "prometheus", "secret").await,
+        "from the cache"
+    );
     assert!(!web.authorized(&s, "prometheus", "other").await);
     assert!(!web.authorized(&s, "alice", "secret").await);
     assert!(!web.authorized(&s, "mallory", "secret").await);
@@ -190,8 +214,11 @@ fn a_file_that_stops_parsing_keeps_the_last_good_configuration() {
         1,
         "not retried until the file changes again"
     );
-    std::fs::write(&path, "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n")
-        .unwrap();
+    std::fs::write(
+        &path,
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+    )
+    .unwrap();
     wait();
     let s = web.current();
     assert!(s.tls.is_some() && s.users.is_empty());
@@ -227,8 +254,9 @@ fn the_rate_limit_admits_a_burst_then_one_per_interval() {
 
 #[test]
 fn allowed_sans_match_dns_and_ip_names_exactly() {
-    let k = rcgen::generate_simple_self_signed(vec!["prometheus.monitoring".into(), "10.0.0.7".into()])
-        .unwrap();
+    let k =
+        rcgen::generate_simple_self_signed(vec!["prometheus.monitoring".into(), "10.0.0.7".into()])
+            .unwrap();
     let der = k.cert.der();
     assert!(has_allowed_san(der, &["prometheus.monitoring".into()]));
     assert!(has_allowed_san(der, &["x".into(), "10.0.0.7".into()]));
