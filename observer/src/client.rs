@@ -72,7 +72,7 @@ pub fn parse_client_file(text: &str) -> Result<ClientFile, String> {
     if text.trim().is_empty() {
         return Ok(ClientFile::default());
     }
-    serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    serde_saphyr::from_str(text).map_err(|e| crate::web::first_line(&e.to_string()))
 }
 
 #[derive(Debug, thiserror::Error)]

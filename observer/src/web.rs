@@ -213,9 +213,9 @@ pub fn build(text: &str, path: &Path) -> Result<(Settings, Vec<PathBuf>), WebCon
     let file: File = if text.trim().is_empty() {
         File::default()
     } else {
-        serde_saphyr::from_str(&text).map_err(|e| WebConfigError::Parse {
+        serde_saphyr::from_str(text).map_err(|e| WebConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: first_line(&e.to_string()),
         })?
     };
     // Relative paths are relative to the file's directory, as in the toolkit.
@@ -285,6 +285,18 @@ pub fn build(text: &str, path: &Path) -> Result<(Settings, Vec<PathBuf>), WebCon
         },
         deps,
     ))
+}
+
+/// A parse error's first line (`line 3 column 3: unknown field ...`): the parser's excerpt
+/// of the file that follows would put the file's text, an inline private key or password
+/// hashes included, into the daemon's log.
+pub fn first_line(message: &str) -> String {
+    message
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("error: ")
+        .to_string()
 }
 
 /// `HeaderName::from_static` wants lowercase: the canonical names, lowered once.

@@ -92,7 +92,12 @@ fn unknown_keys_are_errors_that_name_them() {
     let e = d.error("basic_auth:\n  user: x\n");
     assert!(e.contains("basic_auth"), "{e}");
     let e = d.error("tls_server_config: [\n");
-    assert!(e.contains("web.yml"), "{e}");
+    assert!(e.contains("web.yml") && e.contains("line 1"), "{e}");
+    // The parser's excerpt of the file stays out of the message: an inline key would be in
+    // it.
+    let e = d.error("tls_server_config:\n  cert: x\n  key: |\n    SECRET-KEY-MATERIAL\n  bogus: 1\n");
+    assert!(e.contains("bogus") && !e.contains("SECRET"), "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
 }
 
 #[test]
