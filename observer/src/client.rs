@@ -325,7 +325,11 @@ mod tests {
         assert_eq!(r.ca_file, Some(dir.path().join("ca.crt")));
         assert_eq!(r.cert_file, Some(dir.path().join("c.crt")));
         assert_eq!(r.username.as_deref(), Some("prometheus"));
-        assert_eq!(password.as_deref(), Some("s3cret"), "the line end is not the password");
+        assert_eq!(
+            password.as_deref(),
+            Some("s3cret"),
+            "the line end is not the password"
+        );
         let flags = ClientArgs {
             client_config: Some(file),
             ca_file: Some("/other/ca.crt".into()),
@@ -335,14 +339,19 @@ mod tests {
         let (r, password) = flags.resolve().unwrap();
         assert_eq!(r.ca_file, Some(PathBuf::from("/other/ca.crt")));
         assert_eq!(r.username.as_deref(), Some("ops"));
-        assert_eq!(password, None, "the file's password belongs to the file's user");
+        assert_eq!(
+            password, None,
+            "the file's password belongs to the file's user"
+        );
     }
 
     #[test]
     fn bad_client_files_are_errors_that_say_why() {
-        assert!(parse_client_file("tls_config:\n  server_name: x\n")
-            .unwrap_err()
-            .contains("server_name"));
+        assert!(
+            parse_client_file("tls_config:\n  server_name: x\n")
+                .unwrap_err()
+                .contains("server_name")
+        );
         assert!(parse_client_file("bearer_token: x\n").is_err());
         assert!(parse_client_file("").is_ok());
         let no_key = ClientArgs {

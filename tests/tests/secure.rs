@@ -202,8 +202,19 @@ fn every_refusal_holds_and_a_certificate_replaced_on_disk_is_served_without_a_re
             a.extend(["-u", c]);
         }
         a.push(&u);
-        let (_, status, err) = curl(&a);
-        assert_eq!(status, "401", "{creds:?} {path}: {err}");
+        a.extend(["-D", "-"]);
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "--max-time", "10"])
+            .args(&a)
+            .output()
+            .unwrap();
+        let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 401"), "{creds:?} {path}: {head}");
+        assert!(head.contains("www-authenticate: basic"), "{head}");
+        assert!(
+            head.contains("x-content-type-options: nosniff"),
+            "headers on refusals: {head}"
+        );
     }
     let s = d.scrape();
     let refused = |reason: &str| {

@@ -27,7 +27,22 @@ pub fn guarded(router: Router, web: Arc<WebConfig>) -> Router {
 
 async fn guard(State(web): State<Arc<WebConfig>>, req: Request, next: Next) -> Response {
     let settings = web.current();
-    if !web.admit(&settings) {
+    let mut response = admitted(&web, &settings, req, next).await;
+    // On every answer, refusals included, as the toolkit does (HSTS on a 401 too).
+    for (name, value) in &settings.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
+}
+
+/// The endpoint's answer, or the refusal of the rate limit or of basic auth.
+async fn admitted(
+    web: &WebConfig,
+    settings: &super::Settings,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !web.admit(settings) {
         web.stats
             .refused_rate_limited
             .fetch_add(1, Ordering::Relaxed);
@@ -45,7 +60,7 @@ async fn guard(State(web): State<Arc<WebConfig>>, req: Request, next: Next) -> R
             .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
             .and_then(|raw| String::from_utf8(raw).ok());
         let ok = match credentials.as_deref().and_then(|c| c.split_once(':')) {
-            Some((user, password)) => web.authorized(&settings, user, password).await,
+            Some((user, password)) => web.authorized(settings, user, password).await,
             None => false,
         };
         if !ok {
@@ -60,11 +75,7 @@ async fn guard(State(web): State<Arc<WebConfig>>, req: Request, next: Next) -> R
                 .into_response();
         }
     }
-    let mut response = next.run(req).await;
-    for (name, value) in &settings.headers {
-        response.headers_mut().insert(name.clone(), value.clone());
-    }
-    response
+    next.run(req).await
 }
 
 /// Accepts connections for ever: TLS when the configuration in force at the connection has

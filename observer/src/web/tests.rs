@@ -95,7 +95,8 @@ fn unknown_keys_are_errors_that_name_them() {
     assert!(e.contains("web.yml") && e.contains("line 1"), "{e}");
     // The parser's excerpt of the file stays out of the message: an inline key would be in
     // it.
-    let e = d.error("tls_server_config:\n  cert: x\n  key: |\n    SECRET-KEY-MATERIAL\n  bogus: 1\n");
+    let e =
+        d.error("tls_server_config:\n  cert: x\n  key: |\n    SECRET-KEY-MATERIAL\n  bogus: 1\n");
     assert!(e.contains("bogus") && !e.contains("SECRET"), "{e}");
     assert_eq!(e.lines().count(), 1, "{e}");
 }
