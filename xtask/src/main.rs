@@ -95,7 +95,7 @@ enum Cmd {
         #[arg(long, default_value_t = 7)]
         runs: usize,
         /// Only these parts (comma-separated): `worst-case`, `720p`, `AAC`, `ingest`, `gpu`,
-        /// `spans`, `scrapers`, `scale`, `reaction`, `hold`, `arm64`, `churn`, `soak`.
+        /// `spans`, `scrapers`, `web`, `scale`, `reaction`, `hold`, `arm64`, `churn`, `soak`.
         #[arg(long)]
         only: Option<String>,
         /// Length of the soak run.
