@@ -248,6 +248,13 @@ async fn run(
         None => {
             tracing::info!(address = %opts.listen, "serving /metrics");
             tokio::spawn(async move {
+                // Nagle's algorithm held each kept-alive scrape's last piece for the
+                // client's delayed ACK: 43 ms a scrape (BENCHMARKS.md, "Securing the
+                // endpoints").
+                use axum::serve::ListenerExt as _;
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!(error = %e, "HTTP server stopped");
                 }

@@ -1430,20 +1430,24 @@ fn web(
             let url = format!("{base}/metrics");
             // n scrapes, each on a new connection or all on one kept alive; curl's -w output.
             let curl = |n: usize, reuse: bool, fmt: &str| -> anyhow::Result<String> {
-                let one = || {
+                // curl pairs each -o with the next URL.
+                let one = |urls: usize| {
                     let mut c = Command::new("curl");
-                    c.args(["-s", "-o", "/dev/null", "--max-time", "30", "-w", fmt]);
+                    c.args(["-s", "--max-time", "30", "-w", fmt]);
                     if secured {
                         c.args(&secure_args);
+                    }
+                    for _ in 0..urls {
+                        c.args(["-o", "/dev/null", &url]);
                     }
                     c
                 };
                 let mut out = String::new();
                 if reuse {
-                    out += &String::from_utf8(one().args(vec![&url; n]).output()?.stdout)?;
+                    out += &String::from_utf8(one(n).output()?.stdout)?;
                 } else {
                     for _ in 0..n {
-                        out += &String::from_utf8(one().arg(&url).output()?.stdout)?;
+                        out += &String::from_utf8(one(1).output()?.stdout)?;
                     }
                 }
                 Ok(out)

@@ -92,6 +92,10 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, web: Arc<WebC
                 continue;
             }
         };
+        // A response leaves in several writes (the exposition's pieces, TLS records): without
+        // this, Nagle's algorithm holds the last one for the client's delayed ACK, 40 ms a
+        // scrape on a kept-alive connection (BENCHMARKS.md, "Securing the endpoints").
+        let _ = tcp.set_nodelay(true);
         let (app, web) = (app.clone(), web.clone());
         tokio::spawn(async move {
             let settings = web.current();
