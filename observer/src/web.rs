@@ -169,7 +169,10 @@ fn invalid(path: &Path, message: impl Into<String>) -> WebConfigError {
 /// The files a configuration was built from, with what they looked like then: a change to
 /// any of them means building it again.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp(Vec<(PathBuf, Option<(SystemTime, u64, u64)>)>);
+struct Stamp(Vec<(PathBuf, Option<FileLook>)>);
+
+/// A file's modification time, size and inode.
+type FileLook = (SystemTime, u64, u64);
 
 impl Stamp {
     fn of(paths: &[PathBuf]) -> Stamp {
@@ -636,7 +639,7 @@ pub fn has_allowed_san(cert: &CertificateDer<'_>, allowed: &[String]) -> bool {
             },
             _ => return false,
         };
-        allowed.iter().any(|a| *a == name)
+        allowed.contains(&name)
     })
 }
 
