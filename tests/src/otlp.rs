@@ -171,6 +171,15 @@ impl Receiver {
         }
     }
 
+    /// The URL for an `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` or `http/protobuf`.
+    pub fn url(&self, protocol: &str) -> String {
+        if protocol == "grpc" {
+            self.grpc_url()
+        } else {
+            self.http_url()
+        }
+    }
+
     pub fn http_url(&self) -> String {
         match self.tls {
             Some(_) => format!("https://localhost:{}", self.http.port()),

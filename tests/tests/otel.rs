@@ -714,6 +714,17 @@ fn mtls_env<'a>(
     ]
 }
 
+/// A receiver serving TLS only with `name`.crt and `name`.key, requiring a client certificate
+/// the tests' CA signed.
+fn tls_receiver(pki: &Pki, name: &str) -> Receiver {
+    Receiver::start_tls(pki.server_config(
+        &format!("{name}.crt"),
+        &format!("{name}.key"),
+        "ca.crt",
+        &[b"h2", b"http/1.1"],
+    ))
+}
+
 fn pki_files(pki: &Pki) -> [String; 3] {
     ["ca.crt", "client.crt", "client.key"].map(|f| pki.path(f).to_str().unwrap().to_string())
 }
@@ -724,17 +735,8 @@ fn otlp_over_mtls(protocol: &str) {
     let _serial = serial();
     let dir = tempdir("otlp-mtls");
     let pki = Pki::new(&dir);
-    let rx = Receiver::start_tls(pki.server_config(
-        "server.crt",
-        "server.key",
-        "ca.crt",
-        &[b"h2", b"http/1.1"],
-    ));
-    let url = if protocol == "grpc" {
-        rx.grpc_url()
-    } else {
-        rx.http_url()
-    };
+    let rx = tls_receiver(&pki, "server");
+    let url = rx.url(protocol);
     assert!(url.starts_with("https://"));
     let files = pki_files(&pki);
     let d = Daemon::start_env(
@@ -798,17 +800,8 @@ fn a_collector_with_an_untrusted_certificate_gets_nothing_and_failures_are_count
     let files = pki_files(&pki);
     for protocol in ["grpc", "http/protobuf"] {
         // Signed by a CA the daemon was not told to trust.
-        let rx = Receiver::start_tls(pki.server_config(
-            "rogue-server.crt",
-            "rogue-server.key",
-            "ca.crt",
-            &[b"h2", b"http/1.1"],
-        ));
-        let url = if protocol == "grpc" {
-            rx.grpc_url()
-        } else {
-            rx.http_url()
-        };
+        let rx = tls_receiver(&pki, "rogue-server");
+        let url = rx.url(protocol);
         let d = Daemon::start_env(
             &["--otlp-metrics", "true", "--otlp-metrics-interval", "1s"],
             &mtls_env(&url, protocol, &files),
