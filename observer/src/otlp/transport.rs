@@ -14,14 +14,17 @@ use super::{OtlpError, Signal};
 /// A signal's variable (`OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`), else the general one
 /// (`OTEL_EXPORTER_OTLP_CERTIFICATE`), as the specification orders them.
 fn var(signal: Signal, what: &str) -> Option<String> {
+    var_in(|name| std::env::var(name).ok(), signal, what)
+}
+
+/// [`var`] over any environment (the tests' own).
+fn var_in(env: impl Fn(&str) -> Option<String>, signal: Signal, what: &str) -> Option<String> {
     let specific = format!(
         "OTEL_EXPORTER_OTLP_{}_{what}",
         signal.name().to_ascii_uppercase()
     );
-    std::env::var(&specific)
-        .ok()
-        .or_else(|| std::env::var(format!("OTEL_EXPORTER_OTLP_{what}")).ok())
-        .filter(|v| !v.trim().is_empty())
+    let set = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+    set(env(&specific)).or_else(|| set(env(&format!("OTEL_EXPORTER_OTLP_{what}"))))
 }
 
 /// The PEM files a signal's TLS uses.
@@ -216,6 +219,28 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signals_own_variable_wins_over_the_general_one() {
+        let env: std::collections::HashMap<&str, &str> = [
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/all/ca.crt"),
+            ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", "/metrics/ca.crt"),
+            ("OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY", " "),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/all/tls.key"),
+        ]
+        .into_iter()
+        .collect();
+        let get = |name: &str| env.get(name).map(|v| v.to_string());
+        let ca = |s| var_in(get, s, "CERTIFICATE");
+        assert_eq!(ca(Signal::Metrics).as_deref(), Some("/metrics/ca.crt"));
+        assert_eq!(ca(Signal::Traces).as_deref(), Some("/all/ca.crt"));
+        // A blank signal variable is unset, not an empty path.
+        assert_eq!(
+            var_in(get, Signal::Logs, "CLIENT_KEY").as_deref(),
+            Some("/all/tls.key")
+        );
+        assert_eq!(var_in(get, Signal::Logs, "HEADERS"), None);
+    }
 
     #[test]
     fn header_values_are_percent_decoded() {
