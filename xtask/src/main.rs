@@ -299,11 +299,11 @@ struct Guests {
 type GuestRun = (String, anyhow::Result<Vec<vm::Outcome>>, f64, usize);
 
 /// Runs the kernel-dependent tests inside each of `guests`' kernels; returns the kernels
-/// where any failed. Each architecture's part runs in a thread of its own, all at once: the
-/// amd64 guests start as soon as their kernels are fetched (what they run is built), the
-/// arm64 part first cross-builds its daemon and tests at the lowest CPU priority (`nice`),
-/// so the guests keep the CPU they need and the build takes what they leave (little, in CI:
-/// BENCHMARKS.md has the phases), then boots its guests.
+/// where any failed. Each architecture's part runs in a thread of its own: the amd64 guests
+/// start as soon as their kernels are fetched (what they run is built); the arm64 part
+/// meanwhile cross-builds its daemon and tests at the lowest CPU priority (`nice`), so the
+/// guests keep the CPU they need and the build takes what they leave (BENCHMARKS.md has the
+/// phases), and boots its guests when the amd64 guests are done.
 fn kernel_matrix(root: &Path, assets: &Path, guests: &[Guests]) -> anyhow::Result<Vec<String>> {
     // This machine's test binaries first, before any other build holds cargo's locks.
     let native: Vec<anyhow::Result<Vec<(String, PathBuf)>>> = guests
@@ -320,27 +320,29 @@ fn kernel_matrix(root: &Path, assets: &Path, guests: &[Guests]) -> anyhow::Resul
             }
         })
         .collect();
-    // One architecture's guests at a time: the five guests at once on CI's two cores
-    // stretched an x264 frame past 4 s, a hold past its limit and a UDP receiver past its
-    // socket's buffer (CI failed so). The cross build still runs beside the first
-    // architecture's guests, where the CPU it takes only slows them.
-    let turn = Turn::default();
-    if guests.len() < 2 {
-        turn.pass();
-    }
+    // One architecture's guests at a time: all five at once on CI's two cores stretched an
+    // x264 frame past the latency bound, a UDP receiver past its socket's buffer and a static
+    // build's file past the tests' linger (CI failed so). Each part's guests wait for the
+    // previous part to end, however it ends: its thread drops its sender then, a panic
+    // included, and `recv` returns.
+    let mut previous: Option<std::sync::mpsc::Receiver<()>> = None;
+    let turns: Vec<_> = guests
+        .iter()
+        .map(|_| {
+            let (done, next) = std::sync::mpsc::channel::<()>();
+            (previous.replace(next), done)
+        })
+        .collect();
     let results: Vec<GuestRun> = std::thread::scope(|scope| {
         let parts: Vec<_> = guests
             .iter()
             .zip(native)
-            .enumerate()
-            .map(|(i, (g, binaries))| {
-                let turn = &turn;
+            .zip(turns)
+            .map(|((g, binaries), (after, done))| {
                 scope.spawn(move || {
-                    // The first architecture's guests boot at once and pass the turn when
-                    // done (or failed: passed on drop, a panic included); the others wait for
-                    // it after their builds.
-                    let _passes = (i == 0).then_some(PassOnDrop(turn));
-                    guest_part(root, assets, g, binaries, (i > 0).then_some(turn))
+                    let part = guest_part(root, assets, g, binaries, after);
+                    drop(done);
+                    part
                 })
             })
             .collect();
@@ -387,43 +389,15 @@ fn kernel_matrix(root: &Path, assets: &Path, guests: &[Guests]) -> anyhow::Resul
     Ok(failed)
 }
 
-/// Whether the guests that boot first are done, for the ones that wait their turn.
-#[derive(Default)]
-struct Turn {
-    passed: std::sync::Mutex<bool>,
-    changed: std::sync::Condvar,
-}
-
-struct PassOnDrop<'a>(&'a Turn);
-
-impl Drop for PassOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.pass();
-    }
-}
-
-impl Turn {
-    fn pass(&self) {
-        *self.passed.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        self.changed.notify_all();
-    }
-
-    fn wait(&self) {
-        let mut passed = self.passed.lock().unwrap_or_else(|p| p.into_inner());
-        while !*passed {
-            passed = self.changed.wait(passed).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-}
-
-/// One architecture's part of the matrix: its builds where needed, its kernels, then (after
-/// `turn`, if given) its guests at once. Every failure is reported per guest, never lost.
+/// One architecture's part of the matrix: its builds where needed, its kernels, then (once
+/// `after` ends, if given: the previous part's guests are done) its guests at once. Every
+/// failure is reported per guest, never lost.
 fn guest_part(
     root: &Path,
     assets: &Path,
     g: &Guests,
     native: anyhow::Result<Vec<(String, PathBuf)>>,
-    turn: Option<&Turn>,
+    after: Option<std::sync::mpsc::Receiver<()>>,
 ) -> Vec<GuestRun> {
     let name = |suite: &str| format!("Debian {suite}'s {} kernel", g.arch.name());
     let wanted = g.arch.guest_tests();
@@ -476,8 +450,9 @@ fn guest_part(
         .iter()
         .map(|suite| vm::kernel(assets, suite, g.arch))
         .collect();
-    if let Some(t) = turn {
-        t.wait();
+    if let Some(previous) = after {
+        // Nothing is ever sent: this returns when the previous part's thread ends.
+        let _ = previous.recv();
     }
     // The guests of one architecture boot at once: the three amd64 guests on CI's two cores
     // took 7 to 8 minutes each (9 to 12.5 with the niced arm64 build beside), where one
