@@ -150,13 +150,14 @@ impl std::fmt::Debug for Settings {
     }
 }
 
-/// The toolkit's headers: only these may be set, some only to these values.
+/// The toolkit's headers (lowercase, as `HeaderName` keeps them; matched in any case): only
+/// these may be set, some only to these values.
 const HEADERS: &[(&str, &[&str])] = &[
-    ("Strict-Transport-Security", &[]),
-    ("X-Content-Type-Options", &["nosniff"]),
-    ("X-Frame-Options", &["deny", "sameorigin"]),
-    ("X-XSS-Protection", &[]),
-    ("Content-Security-Policy", &[]),
+    ("strict-transport-security", &[]),
+    ("x-content-type-options", &["nosniff"]),
+    ("x-frame-options", &["deny", "sameorigin"]),
+    ("x-xss-protection", &[]),
+    ("content-security-policy", &[]),
 ];
 
 fn invalid(path: &Path, message: impl Into<String>) -> WebConfigError {
@@ -256,7 +257,7 @@ pub fn build(text: &str, path: &Path) -> Result<(Settings, Vec<PathBuf>), WebCon
         }
         let value = HeaderValue::from_str(&value)
             .map_err(|_| invalid(path, format!("{canonical}: not a header value")))?;
-        headers.push((HeaderName::from_static(lowercase(canonical)), value));
+        headers.push((HeaderName::from_static(canonical), value));
     }
     for (user, hash) in &file.basic_auth_users {
         if hash.parse::<bcrypt::HashParts>().is_err() {
@@ -300,17 +301,6 @@ pub fn first_line(message: &str) -> String {
         .unwrap_or("")
         .trim_start_matches("error: ")
         .to_string()
-}
-
-/// `HeaderName::from_static` wants lowercase: the canonical names, lowered once.
-fn lowercase(name: &'static str) -> &'static str {
-    match name {
-        "Strict-Transport-Security" => "strict-transport-security",
-        "X-Content-Type-Options" => "x-content-type-options",
-        "X-Frame-Options" => "x-frame-options",
-        "X-XSS-Protection" => "x-xss-protection",
-        _ => "content-security-policy",
-    }
 }
 
 /// Go's duration spellings humantime does not take (`1m30s` it does; `0` and `1.5s` it does

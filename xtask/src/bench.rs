@@ -88,17 +88,7 @@ pub(crate) struct Daemon(pub(crate) Child);
 
 impl Daemon {
     pub(crate) fn start(bin: &Path, port: u16, extra: &[&str]) -> anyhow::Result<Daemon> {
-        let mut cmd = Command::new(bin);
-        cmd.args(extra);
-        cmd.arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--log-level")
-            .arg("warn");
-        let child = cmd
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting the daemon")?;
-        let d = Daemon(child);
+        let d = Daemon::spawn(bin, port, extra)?;
         let agent = ureq::Agent::new_with_defaults();
         let t0 = Instant::now();
         while agent
@@ -112,6 +102,20 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(d)
+    }
+
+    /// Starts the daemon without waiting for it (`start` waits on a plain-HTTP /readyz).
+    fn spawn(bin: &Path, port: u16, extra: &[&str]) -> anyhow::Result<Daemon> {
+        let child = Command::new(bin)
+            .args(extra)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--log-level")
+            .arg("warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the daemon")?;
+        Ok(Daemon(child))
     }
 }
 
@@ -1349,18 +1353,6 @@ fn arm64(root: &Path, bin: &Path, assets: &Path, report: &mut String) -> anyhow:
     Ok(())
 }
 
-/// The daemon's CPU in seconds (user and system), from /proc.
-fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(") ").context("/proc stat")?.1;
-    let f: Vec<&str> = rest.split(' ').collect();
-    // utime and stime are the 12th and 13th fields after the command.
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    // SAFETY: sysconf reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz)
-}
-
 /// What securing the endpoints costs a scrape: the same idle daemon plain and behind
 /// `make-certs.sh`'s web configuration (TLS 1.3, a verified client certificate, basic auth),
 /// scraped by curl, each scrape on a new connection (a full handshake: the worst case) and
@@ -1387,19 +1379,15 @@ fn web(
     let password = std::fs::read_to_string(tls.join("password"))?;
     let user = format!("prometheus:{}", password.trim());
     let p = |f: &str| tls.join(f).display().to_string();
-    let secure_args: Vec<String> = [
-        "--cacert",
-        &p("ca.crt"),
-        "--cert",
-        &p("client.crt"),
-        "--key",
-        &p("client.key"),
-        "-u",
-        &user,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let tls_args = [
+        "--cacert".to_string(),
+        p("ca.crt"),
+        "--cert".to_string(),
+        p("client.crt"),
+        "--key".to_string(),
+        p("client.key"),
+    ];
+    let auth_args = ["-u".to_string(), user];
     const SCRAPES: usize = 200;
     // (mode, new connections: cpu ms, wall ms; kept alive: cpu ms, wall ms)
     let mut rows: Vec<(&str, Vec<[f64; 4]>)> = vec![
@@ -1415,13 +1403,7 @@ fn web(
             if secured {
                 extra.extend(["--web-config-file", &web_config]);
             }
-            let mut cmd = Command::new(bin);
-            cmd.args(&extra)
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
-                .args(["--log-level", "warn"])
-                .stdout(Stdio::null());
-            let d = Daemon(cmd.spawn().context("starting the daemon")?);
+            let d = Daemon::spawn(bin, port, &extra)?;
             let base = if secured {
                 format!("https://localhost:{port}")
             } else {
@@ -1435,7 +1417,7 @@ fn web(
                     let mut c = Command::new("curl");
                     c.args(["-s", "--max-time", "30", "-w", fmt]);
                     if secured {
-                        c.args(&secure_args);
+                        c.args(&tls_args).args(&auth_args);
                     }
                     for _ in 0..urls {
                         c.args(["-o", "/dev/null", &url]);
@@ -1459,7 +1441,7 @@ fn web(
                 let mut c = Command::new("curl");
                 c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]);
                 if secured {
-                    c.args(&secure_args[..6]);
+                    c.args(&tls_args);
                 }
                 let code = c.arg(format!("{base}/readyz")).output()?.stdout;
                 if code == if secured { b"401" } else { b"200" } {
@@ -1485,7 +1467,7 @@ fn web(
     }
     let _ = writeln!(
         report,
-        "Securing the endpoints: an idle daemon's /metrics ({SCRAPES} scrapes by curl per sample, {runs} runs alternating, medians; daemon CPU from /proc)\n"
+        "Securing the endpoints: an idle daemon's /metrics ({SCRAPES} scrapes by curl per sample, {runs} runs alternating, medians; daemon CPU from its threads' schedstat)\n"
     );
     let _ = writeln!(
         report,
@@ -1516,11 +1498,11 @@ fn scrape_costs(
 ) -> anyhow::Result<[f64; 4]> {
     let pid = d.0.id();
     let one = |reuse: bool| -> anyhow::Result<(f64, f64)> {
-        let c0 = process_cpu_seconds(pid)?;
+        let c0 = process_cpu(pid)?;
         let t0 = Instant::now();
         let codes = curl(n, reuse, "%{http_code} ")?;
         let wall = t0.elapsed().as_secs_f64();
-        let cpu = process_cpu_seconds(pid)? - c0;
+        let cpu = process_cpu(pid)? - c0;
         anyhow::ensure!(
             codes.split_whitespace().filter(|c| *c == "200").count() == n,
             "not every scrape answered 200: {codes}"
