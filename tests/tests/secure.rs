@@ -63,6 +63,16 @@ fn curl(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// The status line and headers curl got, lowercase.
+fn curl_head(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-D", "-", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl (cargo xtask test installs it)");
+    String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+}
+
 #[test]
 fn the_compose_stacks_prometheus_scrapes_over_mtls_with_basic_auth() {
     let dir = tempdir("secure-compose");
@@ -144,15 +154,10 @@ fn every_refusal_holds_and_a_certificate_replaced_on_disk_is_served_without_a_re
 
     // Everything right: 200, with the configured header.
     let mut args = trusted.to_vec();
-    args.extend(["-u", "prometheus:s3cret", "-D", "-"]);
+    args.extend(["-u", "prometheus:s3cret"]);
     let metrics = url("/metrics");
     args.push(&metrics);
-    let out = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "--max-time", "10"])
-        .args(&args)
-        .output()
-        .unwrap();
-    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    let head = curl_head(&args);
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("x-content-type-options: nosniff"), "{head}");
 
@@ -202,13 +207,7 @@ fn every_refusal_holds_and_a_certificate_replaced_on_disk_is_served_without_a_re
             a.extend(["-u", c]);
         }
         a.push(&u);
-        a.extend(["-D", "-"]);
-        let out = Command::new("curl")
-            .args(["-sS", "-o", "/dev/null", "--max-time", "10"])
-            .args(&a)
-            .output()
-            .unwrap();
-        let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        let head = curl_head(&a);
         assert!(head.starts_with("http/1.1 401"), "{creds:?} {path}: {head}");
         assert!(head.contains("www-authenticate: basic"), "{head}");
         assert!(
@@ -440,4 +439,62 @@ fn observer_health_and_top_reach_a_secured_daemon_with_a_client_file() {
         String::from_utf8_lossy(&top.stderr)
     );
     assert!(String::from_utf8_lossy(&top.stdout).contains("live streams"));
+}
+
+#[test]
+fn client_allowed_sans_and_the_rate_limit_refuse_what_they_name() {
+    let dir = tempdir("secure-sans");
+    let pki = Pki::new(&dir);
+    let web = dir.join("web.yml");
+    let config = |sans: &str| {
+        format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
+             client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  \
+             client_allowed_sans: [{sans}]\n"
+        )
+    };
+    std::fs::write(&web, config("prometheus")).unwrap();
+    let none = dir.join("none");
+    std::fs::write(&none, "").unwrap();
+    let mut args = client(&dir, "", &none);
+    args.username = None;
+    args.password_file = None;
+    let d = Daemon::start_secured(&["--web-config-file", web.to_str().unwrap()], &[], args);
+    let p = |name: &str| pki.path(name).to_str().unwrap().to_string();
+    let (ca, cert, key) = (p("ca.crt"), p("client.crt"), p("client.key"));
+    let metrics = format!("https://localhost:{}/metrics", d.port);
+    let scrape = || curl(&["--cacert", &ca, "--cert", &cert, "--key", &key, &metrics]);
+    assert_eq!(scrape().1, "200");
+    // The same certificate, its SAN (`prometheus`) no longer allowed: refused after the
+    // handshake, from the reload on.
+    std::fs::write(&web, config("grafana, 10.0.0.1")).unwrap();
+    wait("the SAN refusal", Duration::from_secs(10), || {
+        scrape().1 == "000"
+    });
+    std::fs::write(&web, config("prometheus")).unwrap();
+    wait("the SAN allowed again", Duration::from_secs(10), || {
+        scrape().1 == "200"
+    });
+    let s = d.scrape();
+    assert!(
+        s.value("observer_http_refused_total", &[("reason", "client_san")])
+            .unwrap()
+            >= 1.0
+    );
+    drop(d);
+
+    // Plain HTTP, a bucket of 1,000 requests refilled one an hour: the daemon's readiness
+    // checks (one each 50 ms) took some, and the 1,001st request at most is refused.
+    std::fs::write(&web, "rate_limit:\n  interval: 1h\n  burst: 1000\n").unwrap();
+    let d = Daemon::start(&["--web-config-file", web.to_str().unwrap()]);
+    let answers: Vec<u16> = (0..1001)
+        .map(|_| d.get("/healthz").expect("an answer").0)
+        .collect();
+    let refused = answers.iter().position(|&c| c == 429);
+    assert!(refused.is_some(), "{answers:?}");
+    assert!(
+        answers[..refused.unwrap()].iter().all(|&c| c == 200)
+            && answers[refused.unwrap()..].iter().all(|&c| c == 429),
+        "{answers:?}"
+    );
 }
