@@ -243,6 +243,50 @@ mod tests {
     }
 
     #[test]
+    fn unreadable_or_unparsable_files_are_errors_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("ca.crt");
+        std::fs::write(&garbage, "not a certificate\n").unwrap();
+        let missing = dir.path().join("missing.crt");
+        for (files, says) in [
+            (
+                TlsFiles {
+                    ca: Some(missing.clone()),
+                    ..Default::default()
+                },
+                "missing.crt",
+            ),
+            (
+                TlsFiles {
+                    ca: Some(garbage.clone()),
+                    ..Default::default()
+                },
+                "no PEM certificate",
+            ),
+            (
+                TlsFiles {
+                    client_certificate: Some(garbage.clone()),
+                    ..Default::default()
+                },
+                "needs both",
+            ),
+            (
+                TlsFiles {
+                    client_certificate: Some(garbage.clone()),
+                    client_key: Some(missing.clone()),
+                    ..Default::default()
+                },
+                "missing.crt",
+            ),
+        ] {
+            let e = client_config(Signal::Traces, &files, &[b"h2"])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says) && e.contains("traces"), "{e}");
+        }
+    }
+
+    #[test]
     fn header_values_are_percent_decoded() {
         assert_eq!(percent_decode("Bearer%20abc%3D"), "Bearer abc=");
         assert_eq!(percent_decode("a%2"), "a%2");
