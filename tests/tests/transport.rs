@@ -70,23 +70,30 @@ fn receive(link: &Link, before: &[&str], url: &str, log: &std::path::Path) -> Ch
     spawn_ffmpeg(&link.rx, &args, log)
 }
 
+/// A sender in the sending namespace streaming the ingest file once, in real time.
 fn send(link: &Link, url: &str, format: &str) -> Child {
+    send_from(link, &[], url, format)
+}
+
+/// A sender as `send`, with `before` given ahead of its input (`-stream_loop -1`: until
+/// stopped).
+fn send_from(link: &Link, before: &[&str], url: &str, format: &str) -> Child {
     let input = ingest_ts();
     let dir = tempdir("tx");
+    let mut args = vec!["-loglevel", "error", "-re"];
+    args.extend(before);
+    args.extend([
+        "-i",
+        input.to_str().unwrap(),
+        "-c",
+        "copy",
+        "-f",
+        format,
+        url,
+    ]);
     spawn_ffmpeg(
         &link.tx,
-        &[
-            "-loglevel",
-            "error",
-            "-re",
-            "-i",
-            input.to_str().unwrap(),
-            "-c",
-            "copy",
-            "-f",
-            format,
-            url,
-        ],
+        &args,
         &dir.join(format!("tx-{}.log", std::process::id())),
     )
 }
@@ -349,20 +356,26 @@ fn receive_buffer_drops_equal_the_sockets_own_drop_counter() {
     );
     std::thread::sleep(Duration::from_millis(1500));
     let rx_pid = rx.id();
-    let mut tx = send(
+    // The sender loops until the overflow has been seen: a stream that ends on its own ended,
+    // on a starved emulated CPU, before the stopped receiver's buffer filled (CI failed so).
+    let mut tx = send_from(
         &link,
+        &["-stream_loop", "-1"],
         &format!("udp://{}:5006?pkt_size=1316", link.rx_addr),
         "mpegts",
     );
     // A receiver that stops reading once it reads the stream, until its socket's buffer has
-    // overflowed: told by the kernel's own counter, however fast the sender runs (an emulated
-    // CPU's is slow to start).
+    // overflowed: told by the kernel's own counter, however fast the sender runs.
     d.wait_for("the receiver reading the stream", SECS, |s| {
         (io_value(s, "media_io_datagrams_total", rx_pid, "input")? > 20.0).then_some(())
     });
     signal(rx_pid, libc::SIGSTOP);
     let t0 = std::time::Instant::now();
-    while udp_socket_drops(rx_pid, 5006).unwrap_or(0) < 20 && tx.try_wait().unwrap().is_none() {
+    while udp_socket_drops(rx_pid, 5006).unwrap_or(0) < 20 {
+        assert!(
+            tx.try_wait().unwrap().is_none(),
+            "the looping sender ended on its own"
+        );
         assert!(
             t0.elapsed() < patience(SECS),
             "the stopped receiver's buffer never overflowed"
@@ -370,6 +383,9 @@ fn receive_buffer_drops_equal_the_sockets_own_drop_counter() {
         std::thread::sleep(Duration::from_millis(50));
     }
     signal(rx_pid, libc::SIGCONT);
+    // The receiver drains its buffer and keeps up again before the sender stops.
+    std::thread::sleep(Duration::from_secs(1));
+    signal(tx.id(), libc::SIGINT);
     wait_exit(&mut tx, SECS);
     std::thread::sleep(Duration::from_millis(500));
     let truth = udp_socket_drops(rx_pid, 5006).expect("the receiver's socket");
