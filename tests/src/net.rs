@@ -166,6 +166,18 @@ impl Default for Link {
 impl Drop for Link {
     fn drop(&mut self) {
         for ns in [&self.tx, &self.rx] {
+            // What a failed test left running in the namespace (a sender looping until
+            // stopped, a receiver waiting for data) would outlive it: deleting a namespace
+            // only unmounts its name.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                {
+                    // SAFETY: plain kill(2) on a process in the test's own namespace.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
