@@ -125,10 +125,17 @@ impl Link {
     /// The states (`ss`'s words: ESTAB, FIN-WAIT-1, TIME-WAIT, ...) of the TCP sockets in
     /// namespace `ns` whose peer port is `port`.
     pub fn tcp_states(ns: &str, port: u16) -> Vec<String> {
-        let out = Link::exec(ns, "ss")
-            .args(["-Htan", &format!("dport = :{port}")])
-            .output()
-            .expect("ss");
+        Link::ss(ns, &["-Htan", &format!("dport = :{port}")])
+    }
+
+    /// Whether a TCP socket in namespace `ns` listens on `port`.
+    pub fn tcp_listening(ns: &str, port: u16) -> bool {
+        !Link::ss(ns, &["-Htln", &format!("sport = :{port}")]).is_empty()
+    }
+
+    /// The first column (the state) of each socket `ss` lists with `args` in namespace `ns`.
+    fn ss(ns: &str, args: &[&str]) -> Vec<String> {
+        let out = Link::exec(ns, "ss").args(args).output().expect("ss");
         assert!(
             out.status.success(),
             "ss: {}",

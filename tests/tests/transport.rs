@@ -144,7 +144,14 @@ fn wait_exit(child: &mut Child, within: Duration) {
     let within = patience(within);
     let t0 = std::time::Instant::now();
     while child.try_wait().unwrap().is_none() {
-        assert!(t0.elapsed() < within, "process {} did not end", child.id());
+        assert!(
+            t0.elapsed() < within,
+            "process {} did not end: {}",
+            child.id(),
+            std::fs::read_to_string(format!("/proc/{}/cmdline", child.id()))
+                .unwrap_or_default()
+                .replace('\0', " ")
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -551,11 +558,22 @@ fn tcp_stream(link: &Link, port: u16, rules: &str, dir: &std::path::Path) -> (Ch
         &format!("tcp://0.0.0.0:{port}?listen=1"),
         &dir.join("rx.log"),
     );
-    std::thread::sleep(Duration::from_millis(1000));
+    // A sender that connects before the receiver listens is refused and leaves the receiver
+    // waiting for ever: an emulated arm64 CPU took over the second once given to its start.
+    let t0 = std::time::Instant::now();
+    while !Link::tcp_listening(&link.rx, port) {
+        assert!(
+            t0.elapsed() < patience(SECS),
+            "the receiver never listened on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     link.nft_rx(rules);
     let before = Link::snmp(&link.tx, "Tcp", "RetransSegs");
     let mut tx = send(link, &format!("tcp://{}:{port}", link.rx_addr), "mpegts");
     wait_exit(&mut tx, SECS);
+    let status = tx.wait().unwrap();
+    assert!(status.success(), "the sender failed: {status}");
     (rx, tx.id(), before)
 }
 
