@@ -559,7 +559,8 @@ fn tcp_stream(link: &Link, port: u16, rules: &str, dir: &std::path::Path) -> (Ch
         &dir.join("rx.log"),
     );
     // A sender that connects before the receiver listens is refused and leaves the receiver
-    // waiting for ever: an emulated arm64 CPU took over the second once given to its start.
+    // waiting for ever; an emulated arm64 ffmpeg can take longer than the second once given
+    // to its start (the likeliest cause of one such failure in a guest).
     let t0 = std::time::Instant::now();
     while !Link::tcp_listening(&link.rx, port) {
         assert!(
