@@ -455,7 +455,7 @@ fn guest_part(
         let _ = previous.recv();
     }
     // The guests of one architecture boot at once: the three amd64 guests on CI's two cores
-    // took 7 to 8 minutes each (9 to 12.5 with the niced arm64 build beside), where one
+    // took 7 to 8 minutes each (9 to 13 with the niced arm64 build beside), where one
     // alone took 4 to 6.
     std::thread::scope(|scope| {
         let handles: Vec<_> = g
